@@ -1,0 +1,3 @@
+"""Guarita: a self-hostable production runtime for LLM agents."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,162 @@
+"""Agents declared in config, called with a message and an optional session.
+
+The conversation lives in the session store; each call sends the agent's system prompt
+and as much recent history as fits the model's context window next to the new message.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from guarita.errors import AgentNotFound, InvalidRequest, NotFound
+from guarita.pipeline import Next
+from guarita.settings import AgentSettings, Settings
+from guarita.store.sessions import SessionStore, Turn
+from guarita.store.tasks import TaskInfo
+from guarita.types import Call, Caller, Usage
+
+_TOKENS_PER_MESSAGE = 4
+
+
+def estimate_tokens(text: str) -> int:
+    """A cheap upper-leaning estimate (about 4 characters a token) for context budgeting."""
+    return len(text) // 4 + _TOKENS_PER_MESSAGE
+
+
+def fit_history(history: list[Turn], budget: int) -> list[Turn]:
+    """The newest turns whose estimated size fits ``budget`` tokens, oldest first."""
+    kept: list[Turn] = []
+    for turn in reversed(history):
+        cost = estimate_tokens(turn.content)
+        if cost > budget:
+            break
+        budget -= cost
+        kept.append(turn)
+    kept.reverse()
+    return kept
+
+
+@dataclass(slots=True, frozen=True)
+class ChatResult:
+    response: str
+    session_id: str
+    agent: str
+    model: str
+    usage: Usage
+    cost_usd: float
+    request_id: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "response": self.response,
+            "session_id": self.session_id,
+            "agent": self.agent,
+            "model": self.model,
+            "usage": self.usage.to_openai(),
+            "cost_usd": self.cost_usd,
+            "request_id": self.request_id,
+        }
+
+
+class AgentService:
+    def __init__(self, settings: Settings, sessions: SessionStore, pipeline: Next) -> None:
+        self._settings = settings
+        self._sessions = sessions
+        self._pipeline = pipeline
+
+    def resolve(self, name: str | None) -> tuple[str, AgentSettings]:
+        name = name or self._settings.default_agent
+        agent = self._settings.agents.get(name)
+        if agent is None:
+            known = ", ".join(sorted(self._settings.agents)) or "none"
+            raise AgentNotFound(f"agent {name!r} does not exist (known: {known})", param="agent")
+        return name, agent
+
+    async def chat(
+        self,
+        message: str,
+        *,
+        caller: Caller,
+        request_id: str,
+        agent_name: str | None = None,
+        session_id: str | None = None,
+        endpoint: str = "api.chat",
+        info: dict[str, Any] | None = None,
+    ) -> ChatResult:
+        name, agent = self.resolve(agent_name)
+        history: list[Turn] = []
+        if session_id is not None:
+            found = await self._sessions.owner_and_history(session_id)
+            if found is not None:
+                owner, history = found
+                if owner != caller.key_id:
+                    raise NotFound(
+                        f"session {session_id!r} does not exist", code="session_not_found"
+                    )
+        else:
+            session_id = uuid.uuid4().hex
+        window = self._settings.models[agent.model].context_window
+        budget = (
+            window
+            - agent.max_tokens
+            - estimate_tokens(agent.system_prompt)
+            - estimate_tokens(message)
+        )
+        if budget < 0:
+            raise InvalidRequest(
+                f"message too long for agent {name!r}: about {estimate_tokens(message)} tokens, "
+                f"the model's context is {window}",
+                code="context_length_exceeded",
+                param="message",
+            )
+        messages: list[dict[str, Any]] = []
+        if agent.system_prompt:
+            messages.append({"role": "system", "content": agent.system_prompt})
+        messages.extend(
+            {"role": t.role, "content": t.content} for t in fit_history(history, budget)
+        )
+        messages.append({"role": "user", "content": message})
+        call = Call(
+            request_id=request_id,
+            model=agent.model,
+            body={
+                "messages": messages,
+                "temperature": agent.temperature,
+                "max_tokens": agent.max_tokens,
+            },
+            caller=caller,
+            agent=name,
+            endpoint=endpoint,
+            session_id=session_id,
+            info=info if info is not None else {},
+        )
+        reply = await self._pipeline(call)
+        await self._sessions.append(
+            session_id,
+            agent=name,
+            key_id=caller.key_id,
+            turns=[Turn("user", message), Turn("assistant", reply.text)],
+        )
+        return ChatResult(
+            reply.text, session_id, name, agent.model, reply.usage, reply.cost_usd, request_id
+        )
+
+    async def run_task(self, task: TaskInfo) -> dict[str, Any]:
+        """Run an accepted task: an agent chat whose caller is the task's submitter."""
+        payload = task.payload
+        caller = Caller(
+            key_id=task.key_id,
+            name=str(payload.get("caller_name", "task")),
+            tier=str(payload.get("tier", "")),
+        )
+        result = await self.chat(
+            str(payload["message"]),
+            caller=caller,
+            request_id=f"{task.id}-{task.attempts}",
+            agent_name=task.agent,
+            session_id=payload.get("session_id"),
+            endpoint="task",
+        )
+        return result.to_json()

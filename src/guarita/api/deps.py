@@ -1,0 +1,42 @@
+"""FastAPI dependencies: the runtime, and the authenticated caller."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, cast
+
+from fastapi import Depends, Request
+
+from guarita.runtime import Runtime
+from guarita.types import Caller
+
+
+def get_runtime(request: Request) -> Runtime:
+    return cast(Runtime, request.app.state.runtime)
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+async def get_caller(request: Request) -> Caller:
+    runtime: Runtime = request.app.state.runtime
+    client = request.client.host if request.client else None
+    caller = await runtime.auth.authenticate(request.headers.get("authorization"), client)
+    info = request_info(request)
+    info["key_id"] = caller.key_id
+    return caller
+
+
+CallerDep = Annotated[Caller, Depends(get_caller)]
+
+
+def request_info(request: Request) -> dict[str, Any]:
+    """The per-request dict the access log line is built from (set by the middleware)."""
+    info = request.scope.get("state", {}).get("info")
+    if info is None:
+        info = {}
+        request.scope.setdefault("state", {})["info"] = info
+    return cast(dict[str, Any], info)
+
+
+def request_id(request: Request) -> str:
+    return str(request_info(request).get("request_id") or "")

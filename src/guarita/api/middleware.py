@@ -1,0 +1,131 @@
+"""Plain ASGI middleware for HTTP-level concerns: request ids, the per-request log line
+and latency metric, security headers, and the request body size limit."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import orjson
+import structlog
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from guarita.errors import PayloadTooLarge
+from guarita.telemetry.metrics import Metrics
+
+REQUEST_ID_HEADER = b"x-request-id"
+_SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+]
+_QUIET_PATHS = frozenset({"/health", "/metrics"})
+
+
+def _valid_request_id(value: bytes) -> bool:
+    return 0 < len(value) <= 128 and all(33 <= b < 127 for b in value)
+
+
+class RequestContextMiddleware:
+    """Accept or make the request id, echo it, time the request and log one JSON line."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.log = structlog.get_logger("guarita.access")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = b""
+        for name, value in scope["headers"]:
+            if name == REQUEST_ID_HEADER:
+                request_id = value
+                break
+        if not _valid_request_id(request_id):
+            request_id = uuid.uuid4().hex.encode()
+        info: dict[str, Any] = {"request_id": request_id.decode()}
+        scope.setdefault("state", {})["info"] = info
+        status = 500
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", ()))
+                headers.append((REQUEST_ID_HEADER, request_id))
+                headers.extend(_SECURITY_HEADERS)
+                message["headers"] = headers
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        finally:
+            self._finish(scope, info, status, started)
+
+    def _finish(self, scope: Scope, info: dict[str, Any], status: int, started: float) -> None:
+        elapsed = time.perf_counter() - started
+        route = scope.get("route")
+        template = getattr(route, "path", "unmatched")
+        self.metrics.http_duration.labels(template, scope["method"], str(status)).observe(elapsed)
+        path = scope["path"]
+        if path in _QUIET_PATHS:
+            return
+        info["method"] = scope["method"]
+        info["path"] = path
+        info["status"] = status
+        info["duration_ms"] = round(elapsed * 1000, 3)
+        if "input_tokens" in info:
+            info["tokens"] = info["input_tokens"] + info["output_tokens"]
+        self.log.info("request", **info)
+
+
+class BodySizeLimitMiddleware:
+    """Refuse bodies over ``max_bytes``: by Content-Length at once, else while reading."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                if not value.isdigit() or int(value) > self.max_bytes:
+                    await self._reject(send)
+                    return
+                break
+        seen = 0
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise PayloadTooLarge(self._message())
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+    def _message(self) -> str:
+        return f"request body larger than the limit of {self.max_bytes} bytes"
+
+    async def _reject(self, send: Send) -> None:
+        body = orjson.dumps(PayloadTooLarge(self._message()).to_body())
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,144 @@
+"""The OpenAI-compatible surface: chat completions (plain and SSE), models, embeddings.
+
+A ``model`` may name a configured model or a configured agent; an agent adds its system
+prompt and default sampling parameters, so agent frameworks can use declared agents by
+only changing their base URL.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from starlette.responses import Response, StreamingResponse
+
+from guarita.api.deps import CallerDep, RuntimeDep, request_id, request_info
+from guarita.api.schemas import ChatCompletionRequest, EmbeddingRequest
+from guarita.errors import GuaritaError, ModelNotFound
+from guarita.runtime import Runtime
+from guarita.types import Call, Chunk, Reply
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+
+_JSON = "application/json"
+_DONE = b"data: [DONE]\n\n"
+
+
+def resolve_model(runtime: Runtime, name: str) -> tuple[str, str | None]:
+    """(model, agent) for a requested name: a configured model, else a configured agent."""
+    if name in runtime.settings.models:
+        return name, None
+    agent = runtime.settings.agents.get(name)
+    if agent is not None:
+        return agent.model, name
+    raise ModelNotFound(f"The model {name!r} does not exist", param="model")
+
+
+def _apply_agent(runtime: Runtime, agent_name: str, body: dict[str, Any]) -> None:
+    agent = runtime.settings.agents[agent_name]
+    messages = body["messages"]
+    if agent.system_prompt and not any(m.get("role") in ("system", "developer") for m in messages):
+        body["messages"] = [{"role": "system", "content": agent.system_prompt}, *messages]
+    body.setdefault("temperature", agent.temperature)
+    if "max_tokens" not in body and "max_completion_tokens" not in body:
+        body["max_tokens"] = agent.max_tokens
+
+
+@router.post("/chat/completions", response_model=None)
+async def chat_completions(
+    payload: ChatCompletionRequest, request: Request, runtime: RuntimeDep, caller: CallerDep
+) -> Response:
+    model, agent = resolve_model(runtime, payload.model)
+    body = payload.provider_body()
+    if agent is not None:
+        _apply_agent(runtime, agent, body)
+    include_usage = bool(payload.stream_options and payload.stream_options.include_usage)
+    call = Call(
+        request_id=request_id(request),
+        model=model,
+        body=body,
+        caller=caller,
+        stream=payload.stream,
+        include_usage=include_usage,
+        agent=agent,
+        info=request_info(request),
+    )
+    reply = await runtime.pipeline(call)
+    if not reply.is_stream:
+        assert reply.completion is not None
+        content = reply.completion.raw or orjson.dumps(reply.completion.body)
+        return Response(content, media_type=_JSON)
+    chunks = reply.chunks()
+    first = await anext(chunks)  # fail with a proper status while none has been sent
+    return StreamingResponse(
+        _sse(first, chunks, reply, include_usage),
+        media_type="text/event-stream",
+        headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+    )
+
+
+async def _sse(
+    first: Chunk, rest: AsyncIterator[Chunk], reply: Reply, include_usage: bool
+) -> AsyncIterator[bytes]:
+    """Server-sent events; ``[DONE]`` only after a complete answer, an error event otherwise."""
+    try:
+        chunk: Chunk | None = first
+        while chunk is not None:
+            is_usage_chunk = bool(chunk.get("usage")) and not chunk.get("choices")
+            if include_usage or not is_usage_chunk:
+                if not include_usage and "usage" in chunk:
+                    chunk = {k: v for k, v in chunk.items() if k != "usage"}
+                yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+            chunk = await anext(rest, None)
+    except GuaritaError as exc:
+        yield b"data: " + orjson.dumps(exc.to_body()) + b"\n\n"
+        return
+    yield _DONE
+
+
+@router.get("/models")
+async def list_models(runtime: RuntimeDep, _caller: CallerDep) -> Response:
+    created = int(time.time())
+    data = [
+        {"id": name, "object": "model", "created": created, "owned_by": m.provider}
+        for name, m in runtime.settings.models.items()
+    ] + [
+        {"id": name, "object": "model", "created": created, "owned_by": "guarita-agent"}
+        for name in runtime.settings.agents
+        if name not in runtime.settings.models
+    ]
+    return Response(orjson.dumps({"object": "list", "data": data}), media_type=_JSON)
+
+
+@router.post("/embeddings")
+async def embeddings(
+    payload: EmbeddingRequest, request: Request, runtime: RuntimeDep, caller: CallerDep
+) -> Response:
+    model, agent = resolve_model(runtime, payload.model)
+    inputs = [payload.input] if isinstance(payload.input, str) else payload.input
+    call = Call(
+        request_id=request_id(request),
+        model=model,
+        body={},
+        caller=caller,
+        agent=agent,
+        endpoint="embeddings",
+        info=request_info(request),
+    )
+    result = await runtime.embed(call, inputs)
+    body = {
+        "object": "list",
+        "data": [
+            {"object": "embedding", "index": i, "embedding": v}
+            for i, v in enumerate(result.vectors)
+        ],
+        "model": result.model,
+        "usage": {
+            "prompt_tokens": result.usage.input_tokens,
+            "total_tokens": result.usage.input_tokens,
+        },
+    }
+    return Response(orjson.dumps(body), media_type=_JSON)

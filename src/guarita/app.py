@@ -1,0 +1,51 @@
+"""``create_app(settings)``: the FastAPI application around one :class:`Runtime`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from guarita import __version__
+from guarita.api import agents, health, openai
+from guarita.api.errors import install_error_handlers
+from guarita.api.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
+from guarita.runtime import Runtime
+from guarita.settings import Settings, load_settings
+from guarita.telemetry.logging import configure_logging
+
+
+def create_app(settings: Settings | None = None, *, runtime: Runtime | None = None) -> FastAPI:
+    settings = settings or load_settings()
+    runtime = runtime or Runtime(settings)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await runtime.start()
+        try:
+            yield
+        finally:
+            await runtime.aclose()
+
+    app = FastAPI(
+        title="Guarita",
+        version=__version__,
+        description="A production runtime for LLM agents: OpenAI-compatible gateway and agent API.",
+        lifespan=lifespan,
+    )
+    app.state.runtime = runtime
+    install_error_handlers(app)
+    app.include_router(openai.router)
+    app.include_router(agents.router)
+    app.include_router(health.router)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.server.max_body_bytes)
+    app.add_middleware(RequestContextMiddleware, metrics=runtime.metrics)
+    return app
+
+
+def app_from_environment() -> FastAPI:
+    """The uvicorn factory: settings from ``guarita.yaml`` and ``GUARITA_*`` variables."""
+    settings = load_settings()
+    configure_logging(settings.server.log_level)
+    return create_app(settings)

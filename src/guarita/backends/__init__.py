@@ -1,0 +1,1 @@
+"""Backends chosen by settings: task queues (and, with scale-out, key-value stores)."""

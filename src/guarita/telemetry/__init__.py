@@ -1,0 +1,1 @@
+"""Logs, metrics, prices: what Guarita tells its operators."""

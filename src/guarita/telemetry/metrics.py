@@ -1,0 +1,60 @@
+"""Prometheus metrics: the five names the source documents use, plus ``guarita_*``.
+
+Each runtime owns its own registry (no module-level collectors), so tests and several
+apps in one process never clash.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class Metrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "agent_requests_total",
+            "Model calls by agent and outcome.",
+            ["agent_name", "status"],
+            registry=r,
+        )
+        self.duration = Histogram(
+            "agent_request_duration_seconds",
+            "Model call duration.",
+            ["agent_name"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "agent_tokens_used_total",
+            "Tokens used (input + output).",
+            ["agent_name", "model"],
+            registry=r,
+        )
+        self.cost = Counter("agent_cost_usd_total", "Cost in USD.", ["agent_name"], registry=r)
+        self.active = Gauge("agent_active_requests", "Model calls in progress.", registry=r)
+        self.http_duration = Histogram(
+            "guarita_http_request_duration_seconds",
+            "HTTP request latency by route and status.",
+            ["route", "method", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tokens_by_kind = Counter(
+            "guarita_tokens_total", "Tokens by direction.", ["model", "kind"], registry=r
+        )
+        self.records_pending = Gauge(
+            "guarita_records_pending", "Request records waiting to be written.", registry=r
+        )
+        self.tasks = Counter(
+            "guarita_tasks_total", "Tasks by outcome.", ["agent_name", "status"], registry=r
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
