@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any, TypeVar
 
+import orjson
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -129,7 +131,9 @@ def keys_create(
 
 
 @keys_app.command("list")
-def keys_list() -> None:
+def keys_list(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per key.")] = False,
+) -> None:
     """List keys (never their secrets)."""
 
     async def go(settings: Settings) -> list[KeyInfo]:
@@ -143,17 +147,16 @@ def keys_list() -> None:
         finally:
             await db.aclose()
 
+    keys = _run(go, _settings())
+    if as_json:
+        for info in keys:
+            print(orjson.dumps(dataclasses.asdict(info)).decode())
+        return
     table = Table("id", "name", "tier", "prefix", "created", "revoked")
-    for info in _run(go, _settings()):
-        table.add_row(
-            info.id,
-            info.name,
-            info.tier,
-            info.prefix + "…",
-            f"{info.created_at:%Y-%m-%d %H:%M}",
-            f"{info.revoked_at:%Y-%m-%d %H:%M}" if info.revoked_at else "",
-        )
-    out.print(table)
+    for info in keys:
+        revoked = f"{info.revoked_at:%Y-%m-%d %H:%M}" if info.revoked_at else ""
+        table.add_row(info.id, info.name, info.tier, info.prefix + "…", f"{info.created_at:%Y-%m-%d %H:%M}", revoked)
+    Console(width=max(out.width, 120)).print(table)
 
 
 @keys_app.command("revoke")

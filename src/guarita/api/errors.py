@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Any
 
 import orjson
@@ -33,11 +34,44 @@ def _validation_message(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
         loc = [str(p) for p in err.get("loc", ()) if p != "body"]
         where = ".".join(loc)
         if err.get("type") == "json_invalid":
-            return f"invalid JSON body: {err.get('ctx', {}).get('error', err.get('msg'))}", None
+            at = f" at character {loc[-1]}" if loc else ""
+            return f"invalid JSON body: {err.get('ctx', {}).get('error', err.get('msg'))}{at}", None
         parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
-    first = errors[0].get("loc", ()) if errors else ()
-    param = ".".join(str(p) for p in first if p != "body") or None
+    first = errors[0] if errors else {}
+    param = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or None
+    if param is None and isinstance(first.get("ctx"), dict):
+        # Whole-body checks (schemas.check_json_body) name the field in their context.
+        param = first["ctx"].get("param") if first["ctx"].get("param") != "body" else None
     return "; ".join(parts), param
+
+
+_BODY_SHAPE_ERRORS = frozenset({"missing", "model_attributes_type", "dict_type", "model_type"})
+_JSON_KINDS = {list: "an array", str: "a string", bool: "a boolean", int: "a number"}
+
+
+def _body_shape_message(request: Request, errors: list[dict[str, Any]]) -> str | None:
+    """A plain message when the body as a whole is wrong: absent, not JSON, not an object."""
+    if len(errors) != 1 or tuple(errors[0].get("loc", ())) != ("body",):
+        return None
+    err = errors[0]
+    if err.get("type") not in _BODY_SHAPE_ERRORS:
+        return None
+    if err.get("type") == "missing":
+        return "the request body is required: a JSON object (Content-Type: application/json)"
+    value = err.get("input")
+    if isinstance(value, bytes | bytearray):  # FastAPI parses JSON only when the type says so
+        content_type = request.headers.get("content-type")
+        if content_type:
+            return (
+                f"unsupported Content-Type {content_type!r}: send the request body as JSON "
+                "with 'Content-Type: application/json'"
+            )
+        return (
+            "missing Content-Type: send the request body as JSON "
+            "with 'Content-Type: application/json'"
+        )
+    kind = "null" if value is None else _JSON_KINDS.get(type(value), "a number")
+    return f"the request body must be a JSON object, not {kind}"
 
 
 async def _on_guarita_error(_request: Request, exc: Exception) -> Response:
@@ -45,22 +79,47 @@ async def _on_guarita_error(_request: Request, exc: Exception) -> Response:
     return error_response(exc)
 
 
-async def _on_validation_error(_request: Request, exc: Exception) -> Response:
+async def _on_validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
-    message, param = _validation_message(list(exc.errors()))
+    errors = list(exc.errors())
+    shape = _body_shape_message(request, errors)
+    message, param = (shape, None) if shape else _validation_message(errors)
     return error_response(
         InvalidRequest(message or "invalid request body", param=param, code="invalid_body")
     )
 
 
-async def _on_http_error(_request: Request, exc: Exception) -> Response:
+def _http_message(request: Request, exc: HTTPException) -> tuple[str, str | None]:
+    """Starlette's bare phrases ("Not Found", "There was an error parsing the body") made
+    into messages that say what was wrong."""
+    status, detail, cause = exc.status_code, str(exc.detail), exc.__cause__
+    if status == 400 and isinstance(cause, UnicodeDecodeError):
+        return f"invalid JSON body: not valid UTF-8 ({cause.reason} at byte {cause.start})", (
+            "invalid_body"
+        )
+    if status == 400 and isinstance(cause, RecursionError):
+        return "invalid JSON body: nested too deeply", "invalid_body"
+    if status == 404 and detail == HTTPStatus.NOT_FOUND.phrase:
+        return f"Invalid URL ({request.method} {request.url.path})", "unknown_url"
+    if status == 405 and detail == HTTPStatus.METHOD_NOT_ALLOWED.phrase:
+        allowed = {k.lower(): v for k, v in (exc.headers or {}).items()}.get("allow")
+        return (
+            f"Method {request.method} is not allowed for {request.url.path}"
+            + (f" (allowed: {allowed})" if allowed else ""),
+            "method_not_allowed",
+        )
+    return detail, None
+
+
+async def _on_http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
+    message, code = _http_message(request, exc)
     body = {
         "error": {
-            "message": str(exc.detail),
+            "message": message,
             "type": _HTTP_TYPES.get(exc.status_code, "invalid_request_error"),
             "param": None,
-            "code": None,
+            "code": code,
         }
     }
     return Response(

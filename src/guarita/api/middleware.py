@@ -11,7 +11,7 @@ import orjson
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from guarita.errors import PayloadTooLarge
+from guarita.errors import GuaritaError, PayloadTooLarge
 from guarita.telemetry.metrics import Metrics
 
 REQUEST_ID_HEADER = b"x-request-id"
@@ -50,11 +50,13 @@ class RequestContextMiddleware:
         info: dict[str, Any] = {"request_id": request_id.decode()}
         scope.setdefault("state", {})["info"] = info
         status = 500
+        response_started = False
 
         async def send_with_headers(message: Message) -> None:
-            nonlocal status
+            nonlocal status, response_started
             if message["type"] == "http.response.start":
                 status = message["status"]
+                response_started = True
                 headers = list(message.get("headers", ()))
                 headers.append((REQUEST_ID_HEADER, request_id))
                 headers.extend(_SECURITY_HEADERS)
@@ -63,6 +65,20 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_headers)
+        except Exception as exc:
+            # Starlette would answer this 500 outside this middleware (no request id, no
+            # security headers) and re-raise, which makes the server drop the connection.
+            if response_started:
+                raise
+            if not isinstance(exc, GuaritaError):
+                self.log.exception(
+                    "unhandled_error",
+                    request_id=info["request_id"],
+                    path=scope["path"],
+                    error_type=type(exc).__name__,
+                )
+                exc = GuaritaError("internal error; see the server log for this request id")
+            await _send_error(send_with_headers, exc)
         finally:
             self._finish(scope, info, status, started)
 
@@ -101,31 +117,49 @@ class BodySizeLimitMiddleware:
                     return
                 break
         seen = 0
+        too_large = started = False
 
         async def limited_receive() -> Message:
-            nonlocal seen
+            nonlocal seen, too_large
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
+                    too_large = True
                     raise PayloadTooLarge(self._message())
             return message
 
-        await self.app(scope, limited_receive, send)
+        async def checked_send(message: Message) -> None:
+            # FastAPI turns any error while reading the body into a 400 "error parsing the
+            # body"; the 413 is sent instead of whatever answer follows an overflow.
+            nonlocal started
+            if too_large and not started:
+                if message["type"] == "http.response.start":
+                    await self._reject(send)
+                return
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        await self.app(scope, limited_receive, checked_send)
 
     def _message(self) -> str:
         return f"request body larger than the limit of {self.max_bytes} bytes"
 
     async def _reject(self, send: Send) -> None:
-        body = orjson.dumps(PayloadTooLarge(self._message()).to_body())
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await _send_error(send, PayloadTooLarge(self._message()))
+
+
+async def _send_error(send: Send, exc: GuaritaError) -> None:
+    body = orjson.dumps(exc.to_body())
+    await send(
+        {
+            "type": "http.response.start",
+            "status": exc.status_code,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *((k.lower().encode(), v.encode()) for k, v in exc.headers().items()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

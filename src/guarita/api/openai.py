@@ -7,6 +7,8 @@ only changing their base URL.
 
 from __future__ import annotations
 
+import base64
+import struct
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -142,3 +144,8 @@ async def embeddings(
         },
     }
     return Response(orjson.dumps(body), media_type=_JSON)
+
+
+def _base64_floats(vector: list[float]) -> str:
+    """OpenAI's ``encoding_format=base64``: little-endian float32s (the SDK's default)."""
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()

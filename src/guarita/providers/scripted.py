@@ -17,6 +17,7 @@ import itertools
 from collections.abc import AsyncIterator
 
 from guarita.errors import (
+    ConfigError,
     GuaritaError,
     UpstreamError,
     UpstreamRateLimited,
@@ -53,7 +54,13 @@ class ScriptedProvider(BaseProvider):
         self._chunk_delay = float(opts.get("chunk_delay_s", 0.0))
         self._fail_first = int(opts.get("fail_first", 0))
         self._fail_every = int(opts.get("fail_every", 0))
-        self._error = _ERRORS[str(opts.get("error", "upstream"))]
+        error = str(opts.get("error", "upstream"))
+        if error not in _ERRORS:
+            raise ConfigError(
+                f"models.{model_name}.options.error: unknown error kind {error!r}; "
+                f"known: {', '.join(_ERRORS)}"
+            )
+        self._error = _ERRORS[error]
         self.calls = 0
 
     def _maybe_fail(self) -> None:
