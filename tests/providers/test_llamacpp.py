@@ -1,0 +1,205 @@
+"""The embedded llama.cpp provider with the real packaged model (Gemma 3 270M, GGUF).
+
+Nothing is faked here: the model is loaded once for the module and every call runs it.
+Sampling is greedy (temperature 0, fixed seed) wherever two answers are compared.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from guarita.errors import InvalidRequest, ServiceUnavailable
+from guarita.providers.llamacpp import LlamaCppProvider, fold_system_prompt
+from guarita.settings import LOCAL_MODEL, ModelSettings
+from guarita.types import Call, Caller, Chunk, Completion
+
+pytestmark = pytest.mark.model
+
+GREEDY = {"temperature": 0, "seed": 1234}
+
+
+def settings(**options: Any) -> ModelSettings:
+    return ModelSettings(
+        provider="llamacpp",
+        context_window=2048,
+        options={"instances": 1, "max_queue": 2, **options},
+    )
+
+
+async def wait_ready(provider: LlamaCppProvider, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await provider.ready():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"model not ready after {timeout}s")
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+async def provider() -> AsyncIterator[LlamaCppProvider]:
+    llm = LlamaCppProvider(LOCAL_MODEL, settings())
+    await llm.start()
+    await wait_ready(llm)
+    yield llm
+    await llm.aclose()
+
+
+def make_call(messages: list[dict[str, Any]] | str, **extra: Any) -> Call:
+    if isinstance(messages, str):
+        messages = [{"role": "user", "content": messages}]
+    body: dict[str, Any] = {"messages": messages, **extra}
+    return Call(request_id="req-test", model=LOCAL_MODEL, body=body, caller=Caller.anonymous())
+
+
+async def collect(stream: AsyncIterator[Chunk]) -> list[Chunk]:
+    return [chunk async for chunk in stream]
+
+
+def streamed_text(chunks: list[Chunk]) -> str:
+    return "".join(
+        choice["delta"].get("content") or "" for c in chunks for choice in c["choices"]
+    )
+
+
+async def test_ready_becomes_true_after_start() -> None:
+    llm = LlamaCppProvider(LOCAL_MODEL, settings())
+    try:
+        await llm.start()
+        # start() only schedules the load: nothing has run yet.
+        assert await llm.ready() is False
+        await wait_ready(llm)
+        assert await llm.ready() is True
+    finally:
+        await llm.aclose()
+
+
+async def test_complete_gives_an_openai_shaped_answer(provider: LlamaCppProvider) -> None:
+    completion = await provider.complete(make_call("Name a colour.", max_tokens=8, **GREEDY))
+
+    body = completion.body
+    assert body["object"] == "chat.completion"
+    assert body["model"] == LOCAL_MODEL == completion.model
+    choice = body["choices"][0]
+    assert choice["message"]["role"] == "assistant"
+    assert isinstance(choice["message"]["content"], str)
+    assert choice["finish_reason"] in ("stop", "length")
+    usage = body["usage"]
+    assert usage["prompt_tokens"] > 0
+    assert 0 < usage["completion_tokens"] <= 8
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    assert completion.usage.input_tokens == usage["prompt_tokens"]
+    assert completion.usage.output_tokens == usage["completion_tokens"]
+
+
+async def test_stream_counts_tokens_like_the_complete_answer(
+    provider: LlamaCppProvider,
+) -> None:
+    call = make_call("Write one short sentence about the sea.", max_tokens=12, **GREEDY)
+
+    completion = await provider.complete(call)
+    chunks = await collect(provider.stream(call))
+
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    assert all(c["model"] == LOCAL_MODEL for c in chunks)
+    assert len({c["id"] for c in chunks}) == 1
+    assert [c for c in chunks if c.get("usage")] == [chunks[-1]]
+    assert chunks[-1]["choices"] == []
+    assert streamed_text(chunks) == completion.text
+    assert chunks[-1]["usage"] == completion.body["usage"]
+
+
+async def test_stream_stopped_by_a_stop_sequence_counts_like_complete(
+    provider: LlamaCppProvider,
+) -> None:
+    """A stop sequence ends the answer with finish_reason "stop" like end-of-generation
+    does, but the token that completed it was generated and counts."""
+    probe = await provider.complete(make_call("Count: one two three", max_tokens=16, **GREEDY))
+    words = probe.text.split()
+    assert len(words) >= 3, f"need a few words of output to stop on: {probe.text!r}"
+    call = make_call("Count: one two three", max_tokens=16, stop=[words[2]], **GREEDY)
+
+    completion = await provider.complete(call)
+    chunks = await collect(provider.stream(call))
+
+    assert completion.body["choices"][0]["finish_reason"] == "stop"
+    assert streamed_text(chunks) == completion.text
+    assert chunks[-1]["usage"] == completion.body["usage"]
+
+
+def test_fold_system_prompt_puts_system_text_in_the_first_user_turn() -> None:
+    folded = fold_system_prompt([
+        {"role": "system", "content": "Be brief."},
+        {"role": "developer", "content": "Use French."},
+        {"role": "user", "content": "Hello"},
+        {"role": "assistant", "content": "Bonjour"},
+        {"role": "user", "content": "Again"},
+    ])
+
+    assert folded == [
+        {"role": "user", "content": "Be brief.\n\nUse French.\n\nHello"},
+        {"role": "assistant", "content": "Bonjour"},
+        {"role": "user", "content": "Again"},
+    ]
+    assert fold_system_prompt([{"role": "system", "content": "Only this"}]) == [
+        {"role": "user", "content": "Only this"}
+    ]
+    plain = [{"role": "user", "content": "hi"}]
+    assert fold_system_prompt(plain) == plain
+
+
+async def test_system_prompt_reaches_the_model(provider: LlamaCppProvider) -> None:
+    """Gemma has no system role; the folded system text still counts as prompt."""
+    user = {"role": "user", "content": "Say hello."}
+    system = {"role": "system", "content": "You are a pirate who speaks in rhymes."}
+
+    bare = await provider.complete(make_call([user], max_tokens=1, **GREEDY))
+    with_system = await provider.complete(make_call([system, user], max_tokens=1, **GREEDY))
+
+    assert with_system.usage.input_tokens > bare.usage.input_tokens + 5
+
+
+async def test_prompt_over_the_context_window_is_invalid_request(
+    provider: LlamaCppProvider,
+) -> None:
+    too_long = "word " * 4000  # well over the 2048-token context
+
+    with pytest.raises(InvalidRequest) as info:
+        await provider.complete(make_call(too_long, max_tokens=4))
+    assert info.value.code == "context_length_exceeded"
+
+    with pytest.raises(InvalidRequest):
+        await collect(provider.stream(make_call(too_long, max_tokens=4)))
+    # The instance went back to the pool: the next call is served.
+    assert (await provider.complete(make_call("Hi", max_tokens=2))).usage.output_tokens > 0
+
+
+async def test_full_queue_answers_service_unavailable() -> None:
+    llm = LlamaCppProvider(LOCAL_MODEL, settings(max_queue=1))
+    try:
+        await llm.start()
+        await wait_ready(llm)
+        calls = [make_call(f"Tell me about the number {i}.", max_tokens=16) for i in range(5)]
+
+        results = await asyncio.gather(
+            *(llm.complete(call) for call in calls), return_exceptions=True
+        )
+
+        served = [r for r in results if isinstance(r, Completion)]
+        refused = [r for r in results if isinstance(r, ServiceUnavailable)]
+        assert len(served) + len(refused) == len(calls), results
+        # One call runs and one may wait; the others find the queue full.
+        assert 1 <= len(served) <= 2
+        assert refused
+        for error in refused:
+            assert error.status_code == 503
+            assert error.retry_after is not None
+            assert error.headers()["Retry-After"] == "1"
+        # Once the burst is over the model serves again.
+        again = await llm.complete(make_call("Hi", max_tokens=2))
+        assert again.usage.output_tokens > 0
+    finally:
+        await llm.aclose()
