@@ -18,7 +18,9 @@ import httpx
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-POSTGRES_ADMIN_URL = os.environ.get("GUARITA_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+POSTGRES_ADMIN_URL = os.environ.get(
+    "GUARITA_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
 UPSTREAM_KEY = "test-upstream-key"
 
 
@@ -28,7 +30,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_until(predicate: Callable[[], Any], *, timeout: float = 30.0, interval: float = 0.05, what: str = "") -> Any:
+def wait_until(
+    predicate: Callable[[], Any], *, timeout: float = 30.0, interval: float = 0.05, what: str = ""
+) -> Any:
     """Poll ``predicate`` until it returns something truthy, or fail after ``timeout``."""
     deadline = time.monotonic() + timeout
     last_error: BaseException | None = None
@@ -47,7 +51,9 @@ def wait_until(predicate: Callable[[], Any], *, timeout: float = 30.0, interval:
 class Process:
     """A child process whose output goes to a file, stopped at the end of the test."""
 
-    def __init__(self, args: list[str], *, env: dict[str, str], log_path: Path, cwd: Path | None = None) -> None:
+    def __init__(
+        self, args: list[str], *, env: dict[str, str], log_path: Path, cwd: Path | None = None
+    ) -> None:
         self.args = args
         self.env = env
         self.log_path = log_path
@@ -57,7 +63,12 @@ class Process:
     def start(self) -> None:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            self.args, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=self.cwd, start_new_session=True
+            self.args,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.cwd,
+            start_new_session=True,
         )
         log.close()
 
@@ -85,8 +96,14 @@ def base_env(data_dir: Path) -> dict[str, str]:
 class GuaritaServer:
     """``guarita serve`` in its own process, with a config file written for the test."""
 
-    def __init__(self, workdir: Path, config: dict[str, Any], *, store_url: str | None = None,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        config: dict[str, Any],
+        *,
+        store_url: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.config_path = workdir / "guarita.yaml"
@@ -103,7 +120,11 @@ class GuaritaServer:
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
-            [sys.executable, "-m", "guarita.cli", *args], env=self.env, capture_output=True, text=True, timeout=120
+            [sys.executable, "-m", "guarita.cli", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         if check and result.returncode != 0:
             raise AssertionError(f"guarita {' '.join(args)} failed: {result.stderr}")
@@ -115,7 +136,8 @@ class GuaritaServer:
     def start(self, *, ready: bool = True, timeout: float = 90.0) -> GuaritaServer:
         self.process = Process(
             [sys.executable, "-m", "guarita.cli", "serve", "--port", str(self.port)],
-            env=self.env, log_path=self.workdir / "server.log",
+            env=self.env,
+            log_path=self.workdir / "server.log",
         )
         self.process.start()
         path = "/ready" if ready else "/health"
@@ -147,13 +169,18 @@ class FakeUpstream:
         workdir.mkdir(parents=True, exist_ok=True)
         self.process = Process(
             [sys.executable, "-m", f"tests.fakes.{module}", "--port", str(self.port)],
-            env=full_env, log_path=workdir / f"{module}.log", cwd=ROOT,
+            env=full_env,
+            log_path=workdir / f"{module}.log",
+            cwd=ROOT,
         )
 
     def start(self) -> FakeUpstream:
         self.process.start()
-        wait_until(lambda: httpx.get(self.base_url + "/_health", timeout=2).status_code == 200,
-                   timeout=30, what=f"fake upstream on {self.port}")
+        wait_until(
+            lambda: httpx.get(self.base_url + "/_health", timeout=2).status_code == 200,
+            timeout=30,
+            what=f"fake upstream on {self.port}",
+        )
         return self
 
     def last_request(self) -> dict[str, Any]:
@@ -165,6 +192,7 @@ class FakeUpstream:
 
 
 # -- PostgreSQL -------------------------------------------------------------------------
+
 
 def _pg_admin(statement: str) -> None:
     import asyncpg

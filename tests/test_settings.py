@@ -32,12 +32,16 @@ def test_defaults_describe_the_embedded_install() -> None:
 
 def test_yaml_then_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "custom.yaml"
-    path.write_text(yaml.safe_dump({
-        "server": {"port": 9001, "host": "0.0.0.0"},
-        "models": {"m": {"provider": "scripted", "price_input_per_1m": 1}},
-        "agents": {"a": {"model": "m", "system_prompt": "hi"}},
-        "default_agent": "a",
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "server": {"port": 9001, "host": "0.0.0.0"},
+                "models": {"m": {"provider": "scripted", "price_input_per_1m": 1}},
+                "agents": {"a": {"model": "m", "system_prompt": "hi"}},
+                "default_agent": "a",
+            }
+        )
+    )
     monkeypatch.setenv("GUARITA_CONFIG", str(path))
     monkeypatch.setenv("GUARITA_SERVER__PORT", "9002")
     monkeypatch.setenv("GUARITA_STORE__URL", "postgresql+asyncpg://u@h/db")
@@ -57,15 +61,19 @@ def test_local_guarita_yaml_is_found(tmp_path: Path) -> None:
     ("config", "field"),
     [
         ({"server": {"port": 70000}}, "server.port"),
-        ({"models": {"m": {"provider": "openai", "api_key_env": "sk-abc123!"}}}, "models.m.api_key_env"),
+        (
+            {"models": {"m": {"provider": "openai", "api_key_env": "sk-abc123!"}}},
+            "models.m.api_key_env",
+        ),
         ({"agents": {"a": {"model": "nope"}}, "default_agent": "a"}, "agents.a.model"),
         ({"default_agent": "ghost"}, "default_agent"),
         ({"tasks": {"workers": 0}}, "tasks.workers"),
         ({"serverr": {}}, "serverr"),
     ],
 )
-def test_invalid_config_names_the_field(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                        config: dict[str, object], field: str) -> None:
+def test_invalid_config_names_the_field(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, config: dict[str, object], field: str
+) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(config))
     monkeypatch.setenv("GUARITA_CONFIG", str(path))

@@ -34,12 +34,17 @@ async def test_sigterm_under_load_loses_no_answered_request(store_url: str, tmp_
     stop = threading.Event()
 
     def client() -> None:
-        with httpx.Client(base_url=server.base_url, headers={"authorization": f"Bearer {key}"}, timeout=10) as c:
+        with httpx.Client(
+            base_url=server.base_url, headers={"authorization": f"Bearer {key}"}, timeout=10
+        ) as c:
             for _ in range(5000):  # bounded
                 if stop.is_set():
                     return
                 try:
-                    r = c.post("/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+                    r = c.post(
+                        "/v1/chat/completions",
+                        json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+                    )
                 except httpx.HTTPError:
                     return  # the server is going away
                 if r.status_code == 200:

@@ -155,7 +155,14 @@ def keys_list(
     table = Table("id", "name", "tier", "prefix", "created", "revoked")
     for info in keys:
         revoked = f"{info.revoked_at:%Y-%m-%d %H:%M}" if info.revoked_at else ""
-        table.add_row(info.id, info.name, info.tier, info.prefix + "…", f"{info.created_at:%Y-%m-%d %H:%M}", revoked)
+        table.add_row(
+            info.id,
+            info.name,
+            info.tier,
+            info.prefix + "…",
+            f"{info.created_at:%Y-%m-%d %H:%M}",
+            revoked,
+        )
     Console(width=max(out.width, 120)).print(table)
 
 

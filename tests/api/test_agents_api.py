@@ -21,8 +21,13 @@ from tests.helpers import UPSTREAM_KEY, FakeUpstream, GuaritaServer, query, wait
 
 def config(upstream_url: str) -> dict[str, Any]:
     def up(upstream: str, **extra: Any) -> dict[str, Any]:
-        return {"provider": "openai", "base_url": upstream_url + "/v1", "api_key_env": "TEST_UPSTREAM_KEY",
-                "upstream": upstream, **extra}
+        return {
+            "provider": "openai",
+            "base_url": upstream_url + "/v1",
+            "api_key_env": "TEST_UPSTREAM_KEY",
+            "upstream": upstream,
+            **extra,
+        }
 
     return {
         "models": {
@@ -51,8 +56,12 @@ def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeUpstream]
 
 @pytest.fixture
 def gateway(store_url: str, upstream: FakeUpstream, tmp_path: Path) -> Iterator[GuaritaServer]:
-    server = GuaritaServer(tmp_path / "gw", config(upstream.base_url), store_url=store_url,
-                           env={"TEST_UPSTREAM_KEY": UPSTREAM_KEY})
+    server = GuaritaServer(
+        tmp_path / "gw",
+        config(upstream.base_url),
+        store_url=store_url,
+        env={"TEST_UPSTREAM_KEY": UPSTREAM_KEY},
+    )
     server.store_url = store_url  # type: ignore[attr-defined]
     server.key = server.create_key("agents")  # type: ignore[attr-defined]
     server.start()
@@ -68,16 +77,24 @@ def chat(gateway: GuaritaServer, key: str, **body: Any) -> httpx.Response:
     return httpx.post(gateway.base_url + "/api/chat", headers=auth(key), json=body, timeout=30)
 
 
-def poll_task(gateway: GuaritaServer, key: str, task_id: str, *, timeout: float = 60) -> dict[str, Any]:
+def poll_task(
+    gateway: GuaritaServer, key: str, task_id: str, *, timeout: float = 60
+) -> dict[str, Any]:
     def finished() -> dict[str, Any] | None:
-        body: dict[str, Any] = httpx.get(f"{gateway.base_url}/api/tasks/{task_id}", headers=auth(key)).json()
+        body: dict[str, Any] = httpx.get(
+            f"{gateway.base_url}/api/tasks/{task_id}", headers=auth(key)
+        ).json()
         return body if body["status"] in ("succeeded", "failed") else None
 
-    result: dict[str, Any] = wait_until(finished, timeout=timeout, interval=0.1, what=f"task {task_id}")
+    result: dict[str, Any] = wait_until(
+        finished, timeout=timeout, interval=0.1, what=f"task {task_id}"
+    )
     return result
 
 
-async def test_session_keeps_the_conversation(gateway: GuaritaServer, upstream: FakeUpstream) -> None:
+async def test_session_keeps_the_conversation(
+    gateway: GuaritaServer, upstream: FakeUpstream
+) -> None:
     key = gateway.key  # type: ignore[attr-defined]
     first = chat(gateway, key, message="my name is Ana")
     assert first.status_code == 200, first.text
@@ -88,17 +105,28 @@ async def test_session_keeps_the_conversation(gateway: GuaritaServer, upstream: 
     assert second.json()["session_id"] == body["session_id"]
     sent = upstream.last_request()["body"]["messages"]
     assert [m["role"] for m in sent] == ["system", "user", "assistant", "user"]
-    assert sent[1]["content"] == "my name is Ana" and sent[2]["content"] == "upstream says: my name is Ana"
-    rows = await query(gateway.store_url, "SELECT role FROM messages WHERE session_id = :s ORDER BY id",  # type: ignore[attr-defined]
-                       s=body["session_id"])
+    assert (
+        sent[1]["content"] == "my name is Ana"
+        and sent[2]["content"] == "upstream says: my name is Ana"
+    )
+    rows = await query(
+        gateway.store_url,
+        "SELECT role FROM messages WHERE session_id = :s ORDER BY id",  # type: ignore[attr-defined]
+        s=body["session_id"],
+    )
     assert [r["role"] for r in rows] == ["user", "assistant", "user", "assistant"]
 
 
-def test_session_context_is_bounded_by_the_model_window(gateway: GuaritaServer, upstream: FakeUpstream) -> None:
+def test_session_context_is_bounded_by_the_model_window(
+    gateway: GuaritaServer, upstream: FakeUpstream
+) -> None:
     key = gateway.key  # type: ignore[attr-defined]
     session = "bounded-session"
     for i in range(12):
-        assert chat(gateway, key, message=f"turn {i} " + "word " * 40, session_id=session).status_code == 200
+        assert (
+            chat(gateway, key, message=f"turn {i} " + "word " * 40, session_id=session).status_code
+            == 200
+        )
     sent = upstream.last_request()["body"]["messages"]
     # window 400 - max_tokens 100 leaves room for only the last few turns
     assert 2 < len(sent) < 24
@@ -117,7 +145,9 @@ def test_a_session_belongs_to_its_key(gateway: GuaritaServer) -> None:
 
 def test_task_runs_and_is_polled(gateway: GuaritaServer) -> None:
     key = gateway.key  # type: ignore[attr-defined]
-    accepted = httpx.post(gateway.base_url + "/api/tasks", headers=auth(key), json={"message": "long job"})
+    accepted = httpx.post(
+        gateway.base_url + "/api/tasks", headers=auth(key), json={"message": "long job"}
+    )
     assert accepted.status_code == 202
     task_id = accepted.json()["task_id"]
     assert accepted.json()["status"] == "queued"
@@ -127,13 +157,18 @@ def test_task_runs_and_is_polled(gateway: GuaritaServer) -> None:
     assert done["result"]["response"] == "upstream says: long job"
     assert done["attempts"] == 1 and done["finished_at"]
     other = gateway.create_key("other")
-    assert httpx.get(f"{gateway.base_url}/api/tasks/{task_id}", headers=auth(other)).status_code == 404
+    assert (
+        httpx.get(f"{gateway.base_url}/api/tasks/{task_id}", headers=auth(other)).status_code == 404
+    )
 
 
 def test_task_failing_on_its_request_is_not_retried(gateway: GuaritaServer) -> None:
     key = gateway.key  # type: ignore[attr-defined]
-    task_id = httpx.post(gateway.base_url + "/api/tasks", headers=auth(key),
-                         json={"message": "x", "agent": "rejects"}).json()["task_id"]
+    task_id = httpx.post(
+        gateway.base_url + "/api/tasks",
+        headers=auth(key),
+        json={"message": "x", "agent": "rejects"},
+    ).json()["task_id"]
     done = poll_task(gateway, key, task_id)
     assert done["status"] == "failed"
     assert done["attempts"] == 1
@@ -142,8 +177,9 @@ def test_task_failing_on_its_request_is_not_retried(gateway: GuaritaServer) -> N
 
 def test_task_failing_upstream_is_retried_then_failed(gateway: GuaritaServer) -> None:
     key = gateway.key  # type: ignore[attr-defined]
-    task_id = httpx.post(gateway.base_url + "/api/tasks", headers=auth(key),
-                         json={"message": "x", "agent": "flaky"}).json()["task_id"]
+    task_id = httpx.post(
+        gateway.base_url + "/api/tasks", headers=auth(key), json={"message": "x", "agent": "flaky"}
+    ).json()["task_id"]
     done = poll_task(gateway, key, task_id)
     assert done["status"] == "failed"
     assert done["attempts"] == 2
@@ -153,8 +189,11 @@ def test_task_failing_upstream_is_retried_then_failed(gateway: GuaritaServer) ->
 async def test_task_accepted_before_a_crash_finishes_after_restart(gateway: GuaritaServer) -> None:
     key = gateway.key  # type: ignore[attr-defined]
     ids = [
-        httpx.post(gateway.base_url + "/api/tasks", headers=auth(key),
-                   json={"message": f"job {i}", "agent": "patient"}).json()["task_id"]
+        httpx.post(
+            gateway.base_url + "/api/tasks",
+            headers=auth(key),
+            json={"message": f"job {i}", "agent": "patient"},
+        ).json()["task_id"]
         for i in range(3)
     ]
     gateway.stop(signal.SIGKILL)  # no chance to finish anything

@@ -29,8 +29,15 @@ from tests.helpers import (
 
 def gateway_config(upstream_url: str) -> dict[str, Any]:
     def up(upstream: str, **extra: Any) -> dict[str, Any]:
-        return {"provider": "openai", "base_url": upstream_url + "/v1", "api_key_env": "TEST_UPSTREAM_KEY",
-                "upstream": upstream, "price_input_per_1m": 3.0, "price_output_per_1m": 15.0, **extra}
+        return {
+            "provider": "openai",
+            "base_url": upstream_url + "/v1",
+            "api_key_env": "TEST_UPSTREAM_KEY",
+            "upstream": upstream,
+            "price_input_per_1m": 3.0,
+            "price_output_per_1m": 15.0,
+            **extra,
+        }
 
     return {
         "models": {
@@ -45,7 +52,12 @@ def gateway_config(upstream_url: str) -> dict[str, Any]:
             "up-break": up("stream-break"),
         },
         "agents": {
-            "helper": {"model": "up", "system_prompt": "You are terse.", "max_tokens": 50, "temperature": 0.2},
+            "helper": {
+                "model": "up",
+                "system_prompt": "You are terse.",
+                "max_tokens": 50,
+                "temperature": 0.2,
+            },
             "localagent": {"model": "local", "max_tokens": 8},
         },
         "default_agent": "helper",
@@ -54,23 +66,31 @@ def gateway_config(upstream_url: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeUpstream]:
-    fake = FakeUpstream("openai_upstream", tmp_path_factory.mktemp("upstream"),
-                        env={"FAKE_REQUIRE_KEY": UPSTREAM_KEY}).start()
+    fake = FakeUpstream(
+        "openai_upstream",
+        tmp_path_factory.mktemp("upstream"),
+        env={"FAKE_REQUIRE_KEY": UPSTREAM_KEY},
+    ).start()
     yield fake
     fake.stop()
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
-def gateway(request: pytest.FixtureRequest, upstream: FakeUpstream,
-            tmp_path_factory: pytest.TempPathFactory) -> Iterator[GuaritaServer]:
+def gateway(
+    request: pytest.FixtureRequest, upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GuaritaServer]:
     workdir: Path = tmp_path_factory.mktemp(f"gw-{request.param}")
     pg_name = None
     if request.param == "postgres":
         pg_name, url = create_pg_database()
     else:
         url = f"sqlite+aiosqlite:///{workdir / 'store.db'}"
-    server = GuaritaServer(workdir, gateway_config(upstream.base_url), store_url=url,
-                           env={"TEST_UPSTREAM_KEY": UPSTREAM_KEY})
+    server = GuaritaServer(
+        workdir,
+        gateway_config(upstream.base_url),
+        store_url=url,
+        env={"TEST_UPSTREAM_KEY": UPSTREAM_KEY},
+    )
     server.store_url = url  # type: ignore[attr-defined]
     server.key = server.create_key("api-tests", "pro")  # type: ignore[attr-defined]
     server.start()
@@ -89,7 +109,9 @@ def headers(gateway: GuaritaServer, **extra: str) -> dict[str, str]:
 
 
 async def records(gateway: GuaritaServer, request_id: str) -> list[dict[str, Any]]:
-    return await query(gateway.store_url, "SELECT * FROM requests WHERE request_id = :rid", rid=request_id)  # type: ignore[attr-defined]
+    return await query(
+        gateway.store_url, "SELECT * FROM requests WHERE request_id = :rid", rid=request_id
+    )  # type: ignore[attr-defined]
 
 
 async def wait_for_record(gateway: GuaritaServer, request_id: str) -> dict[str, Any]:
@@ -110,7 +132,10 @@ async def wait_for_record(gateway: GuaritaServer, request_id: str) -> dict[str, 
 @pytest.mark.model
 def test_local_model_through_the_sdk(gateway: GuaritaServer) -> None:
     completion = sdk(gateway).chat.completions.create(
-        model="local", messages=[{"role": "user", "content": "Name a colour."}], max_tokens=6, temperature=0
+        model="local",
+        messages=[{"role": "user", "content": "Name a colour."}],
+        max_tokens=6,
+        temperature=0,
     )
     assert completion.object == "chat.completion"
     assert completion.choices[0].finish_reason in ("stop", "length")
@@ -122,20 +147,29 @@ def test_local_model_through_the_sdk(gateway: GuaritaServer) -> None:
 @pytest.mark.model
 def test_local_model_streams_with_usage(gateway: GuaritaServer) -> None:
     stream = sdk(gateway).chat.completions.create(
-        model="localagent", messages=[{"role": "user", "content": "Count: one, two,"}],
-        stream=True, stream_options={"include_usage": True}, temperature=0,
+        model="localagent",
+        messages=[{"role": "user", "content": "Count: one, two,"}],
+        stream=True,
+        stream_options={"include_usage": True},
+        temperature=0,
     )
     chunks = list(stream)
     assert chunks[-1].usage is not None and chunks[-1].choices == []
     assert chunks[-1].usage.prompt_tokens > 0
-    assert 0 < chunks[-1].usage.completion_tokens <= 8 or chunks[-2].choices[0].finish_reason == "stop"
+    assert (
+        0 < chunks[-1].usage.completion_tokens <= 8 or chunks[-2].choices[0].finish_reason == "stop"
+    )
     assert all(c.usage is None for c in chunks[:-1])
 
 
-async def test_hosted_model_passthrough_is_costed_and_recorded(gateway: GuaritaServer, upstream: FakeUpstream) -> None:
+async def test_hosted_model_passthrough_is_costed_and_recorded(
+    gateway: GuaritaServer, upstream: FakeUpstream
+) -> None:
     raw = sdk(gateway).chat.completions.with_raw_response.create(
-        model="up", messages=[{"role": "user", "content": "hello there friend"}],
-        user="u-42", extra_body={"metadata": {"trace": "abc"}},
+        model="up",
+        messages=[{"role": "user", "content": "hello there friend"}],
+        user="u-42",
+        extra_body={"metadata": {"trace": "abc"}},
     )
     completion = raw.parse()
     assert completion.choices[0].message.content == "upstream says: hello there friend"
@@ -150,7 +184,9 @@ async def test_hosted_model_passthrough_is_costed_and_recorded(gateway: GuaritaS
     assert usage is not None
     assert record["input_tokens"] == usage.prompt_tokens
     assert record["output_tokens"] == usage.completion_tokens
-    assert record["cost_usd"] == pytest.approx((usage.prompt_tokens * 3 + usage.completion_tokens * 15) / 1e6)
+    assert record["cost_usd"] == pytest.approx(
+        (usage.prompt_tokens * 3 + usage.completion_tokens * 15) / 1e6
+    )
     assert record["status"] == "success" and record["status_code"] == 200
     assert record["provider"] == "openai" and record["model"] == "up"
     assert record["key_id"].startswith("key_")
@@ -158,32 +194,49 @@ async def test_hosted_model_passthrough_is_costed_and_recorded(gateway: GuaritaS
 
 async def test_stream_through_hosted_model(gateway: GuaritaServer) -> None:
     stream = sdk(gateway).chat.completions.create(
-        model="up", messages=[{"role": "user", "content": "a b c"}], stream=True,
+        model="up",
+        messages=[{"role": "user", "content": "a b c"}],
+        stream=True,
     )
     text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
     assert text == "upstream says: a b c"
 
 
 def test_stream_without_usage_option_has_no_usage_chunk(gateway: GuaritaServer) -> None:
-    with httpx.stream("POST", gateway.base_url + "/v1/chat/completions", headers=headers(gateway),
-                      json={"model": "up", "stream": True, "messages": [{"role": "user", "content": "x"}]}) as r:
+    with httpx.stream(
+        "POST",
+        gateway.base_url + "/v1/chat/completions",
+        headers=headers(gateway),
+        json={"model": "up", "stream": True, "messages": [{"role": "user", "content": "x"}]},
+    ) as r:
         lines = [line for line in r.iter_lines() if line.startswith("data: ")]
     assert lines[-1] == "data: [DONE]"
     assert all('"usage":{' not in line for line in lines)
 
 
 def test_broken_stream_ends_with_an_error_event_not_done(gateway: GuaritaServer) -> None:
-    with httpx.stream("POST", gateway.base_url + "/v1/chat/completions", headers=headers(gateway),
-                      json={"model": "up-break", "stream": True,
-                            "messages": [{"role": "user", "content": "one two three four"}]}) as r:
+    with httpx.stream(
+        "POST",
+        gateway.base_url + "/v1/chat/completions",
+        headers=headers(gateway),
+        json={
+            "model": "up-break",
+            "stream": True,
+            "messages": [{"role": "user", "content": "one two three four"}],
+        },
+    ) as r:
         assert r.status_code == 200
         lines = [line for line in r.iter_lines() if line.startswith("data: ")]
     assert "[DONE]" not in lines[-1]
     assert '"error"' in lines[-1]
 
 
-def test_agent_as_model_adds_its_system_prompt(gateway: GuaritaServer, upstream: FakeUpstream) -> None:
-    sdk(gateway).chat.completions.create(model="helper", messages=[{"role": "user", "content": "hi"}])
+def test_agent_as_model_adds_its_system_prompt(
+    gateway: GuaritaServer, upstream: FakeUpstream
+) -> None:
+    sdk(gateway).chat.completions.create(
+        model="helper", messages=[{"role": "user", "content": "hi"}]
+    )
     body = upstream.last_request()["body"]
     assert body["messages"][0] == {"role": "system", "content": "You are terse."}
     assert body["max_tokens"] == 50 and body["temperature"] == 0.2
@@ -212,10 +265,13 @@ def test_embeddings(gateway: GuaritaServer) -> None:
         ("up-garbage", 502, openai.APIStatusError),
     ],
 )
-def test_upstream_failures_are_mapped(gateway: GuaritaServer, model: str, status: int,
-                                      error_class: type[openai.APIStatusError]) -> None:
+def test_upstream_failures_are_mapped(
+    gateway: GuaritaServer, model: str, status: int, error_class: type[openai.APIStatusError]
+) -> None:
     with pytest.raises(error_class) as caught:
-        sdk(gateway).chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}])
+        sdk(gateway).chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "x"}]
+        )
     assert caught.value.status_code == status
     assert caught.value.body["message"]  # type: ignore[index]
     if model == "up-429":
@@ -227,8 +283,11 @@ def test_upstream_failures_are_mapped(gateway: GuaritaServer, model: str, status
 
 async def test_request_id_is_echoed_recorded_and_logged(gateway: GuaritaServer) -> None:
     rid = "test-rid-" + gateway.base_url.rsplit(":", 1)[1]
-    response = httpx.post(gateway.base_url + "/v1/chat/completions", headers=headers(gateway, **{"x-request-id": rid}),
-                          json={"model": "echo", "messages": [{"role": "user", "content": "ping pong"}]})
+    response = httpx.post(
+        gateway.base_url + "/v1/chat/completions",
+        headers=headers(gateway, **{"x-request-id": rid}),
+        json={"model": "echo", "messages": [{"role": "user", "content": "ping pong"}]},
+    )
     assert response.status_code == 200
     assert response.headers["x-request-id"] == rid
     record = await wait_for_record(gateway, rid)
@@ -256,8 +315,12 @@ def test_generated_request_id(gateway: GuaritaServer) -> None:
 
 
 def test_metrics_exposes_the_documented_series(gateway: GuaritaServer) -> None:
-    sdk(gateway).chat.completions.create(model="up", messages=[{"role": "user", "content": "metrics"}])
-    sdk(gateway).chat.completions.create(model="helper", messages=[{"role": "user", "content": "metrics"}])
+    sdk(gateway).chat.completions.create(
+        model="up", messages=[{"role": "user", "content": "metrics"}]
+    )
+    sdk(gateway).chat.completions.create(
+        model="helper", messages=[{"role": "user", "content": "metrics"}]
+    )
     text = httpx.get(gateway.base_url + "/metrics").text
     assert 'agent_requests_total{agent_name="direct",status="success"}' in text
     assert 'agent_requests_total{agent_name="helper",status="success"}' in text
@@ -265,7 +328,10 @@ def test_metrics_exposes_the_documented_series(gateway: GuaritaServer) -> None:
     assert 'agent_tokens_used_total{agent_name="direct",model="up"}' in text
     assert 'agent_cost_usd_total{agent_name="helper"}' in text
     assert "agent_active_requests " in text
-    assert 'guarita_http_request_duration_seconds_count{method="POST",route="/v1/chat/completions",status="200"}' in text
+    assert (
+        'guarita_http_request_duration_seconds_count{method="POST",route="/v1/chat/completions",status="200"}'
+        in text
+    )
 
 
 def test_health_and_ready(gateway: GuaritaServer) -> None:

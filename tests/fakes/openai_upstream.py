@@ -61,29 +61,63 @@ async def chat(request: Request) -> Response:
         return Response(b"<html>not json</html>", media_type="text/html")
     text = "upstream says: " + _text_of(body.get("messages", []))
     prompt = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
-    usage = {"prompt_tokens": prompt, "completion_tokens": len(text.split()),
-             "total_tokens": prompt + len(text.split())}
+    usage = {
+        "prompt_tokens": prompt,
+        "completion_tokens": len(text.split()),
+        "total_tokens": prompt + len(text.split()),
+    }
     if body.get("stream"):
         include = bool((body.get("stream_options") or {}).get("include_usage"))
-        return StreamingResponse(_stream(model, text, usage, include), media_type="text/event-stream")
-    return JSONResponse({
-        "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()), "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-        "usage": usage,
-    })
+        return StreamingResponse(
+            _stream(model, text, usage, include), media_type="text/event-stream"
+        )
+    return JSONResponse(
+        {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": usage,
+        }
+    )
 
 
-async def _stream(model: str, text: str, usage: dict[str, int], include_usage: bool) -> AsyncIterator[bytes]:
+async def _stream(
+    model: str, text: str, usage: dict[str, int], include_usage: bool
+) -> AsyncIterator[bytes]:
     def event(choices: list[dict[str, Any]], **extra: Any) -> bytes:
-        chunk = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()),
-                 "model": model, "choices": choices, **extra}
+        chunk = {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": model,
+            "choices": choices,
+            **extra,
+        }
         return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
-    yield event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+    yield event(
+        [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]
+    )
     for i, word in enumerate(text.split(" ")):
         if model == "stream-break" and i == 2:
             raise ConnectionResetError("fake upstream dropped the stream")
-        yield event([{"index": 0, "delta": {"content": word if i == 0 else " " + word}, "finish_reason": None}])
+        yield event(
+            [
+                {
+                    "index": 0,
+                    "delta": {"content": word if i == 0 else " " + word},
+                    "finish_reason": None,
+                }
+            ]
+        )
     yield event([{"index": 0, "delta": {}, "finish_reason": "stop"}])
     if include_usage:
         yield event([], usage=usage)
@@ -95,10 +129,19 @@ async def embeddings(request: Request) -> Response:
     LAST.clear()
     LAST.update(body=body, headers=dict(request.headers))
     inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
-    data = [{"object": "embedding", "index": i, "embedding": [float(len(t)), 1.0, 0.5]} for i, t in enumerate(inputs)]
+    data = [
+        {"object": "embedding", "index": i, "embedding": [float(len(t)), 1.0, 0.5]}
+        for i, t in enumerate(inputs)
+    ]
     tokens = sum(len(t.split()) for t in inputs)
-    return JSONResponse({"object": "list", "data": data, "model": body["model"],
-                         "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+    return JSONResponse(
+        {
+            "object": "list",
+            "data": data,
+            "model": body["model"],
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+    )
 
 
 async def last(_request: Request) -> Response:
@@ -109,12 +152,14 @@ async def health(_request: Request) -> Response:
     return JSONResponse({"ok": True})
 
 
-app = Starlette(routes=[
-    Route("/v1/chat/completions", chat, methods=["POST"]),
-    Route("/v1/embeddings", embeddings, methods=["POST"]),
-    Route("/_last", last),
-    Route("/_health", health),
-])
+app = Starlette(
+    routes=[
+        Route("/v1/chat/completions", chat, methods=["POST"]),
+        Route("/v1/embeddings", embeddings, methods=["POST"]),
+        Route("/_last", last),
+        Route("/_health", health),
+    ]
+)
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()

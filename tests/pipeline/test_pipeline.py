@@ -15,8 +15,13 @@ from guarita.types import Call, Caller, Completion, Reply, Usage
 
 
 def make_call(stream: bool = False) -> Call:
-    return Call(request_id="r", model="m", body={"messages": [{"role": "user", "content": "hi"}]},
-                caller=Caller.anonymous(), stream=stream)
+    return Call(
+        request_id="r",
+        model="m",
+        body={"messages": [{"role": "user", "content": "hi"}]},
+        caller=Caller.anonymous(),
+        stream=stream,
+    )
 
 
 async def test_stages_run_outermost_first() -> None:

@@ -16,10 +16,23 @@ from tests.helpers import query
 
 def record(i: int) -> dict[str, Any]:
     return {
-        "request_id": f"r{i}", "created_at": datetime.now(UTC), "key_id": None, "endpoint": "chat.completions",
-        "agent": None, "model": "m", "provider": "scripted", "upstream_model": "m", "status": "success",
-        "status_code": 200, "error_type": None, "stream": False, "input_tokens": i, "output_tokens": 1,
-        "cost_usd": 0.0, "latency_ms": 1.0, "session_id": None,
+        "request_id": f"r{i}",
+        "created_at": datetime.now(UTC),
+        "key_id": None,
+        "endpoint": "chat.completions",
+        "agent": None,
+        "model": "m",
+        "provider": "scripted",
+        "upstream_model": "m",
+        "status": "success",
+        "status_code": 200,
+        "error_type": None,
+        "stream": False,
+        "input_tokens": i,
+        "output_tokens": 1,
+        "cost_usd": 0.0,
+        "latency_ms": 1.0,
+        "session_id": None,
     }
 
 
@@ -32,7 +45,9 @@ async def test_records_are_flushed_on_close(store_url: str, tmp_path: Path) -> N
         writer.add(record(i))
     await writer.aclose()
     await db.aclose()
-    rows = await query(store_url, "SELECT request_id, input_tokens FROM requests ORDER BY input_tokens")
+    rows = await query(
+        store_url, "SELECT request_id, input_tokens FROM requests ORDER BY input_tokens"
+    )
     assert [r["request_id"] for r in rows] == [f"r{i}" for i in range(25)]
     assert writer.written == 25
 

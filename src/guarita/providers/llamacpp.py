@@ -175,7 +175,12 @@ class LlamaCppProvider(BaseProvider):
         if self._loading is None:
             await self.start()
         assert self._loading is not None
-        await asyncio.shield(self._loading)
+        try:
+            await asyncio.shield(self._loading)
+        except (ConfigError, OSError, ValueError) as exc:
+            raise ServiceUnavailable(
+                f"local model {self.model_name!r} failed to load: {exc}"
+            ) from exc
 
     @asynccontextmanager
     async def _instance(self) -> AsyncIterator[Any]:
