@@ -10,6 +10,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from opentelemetry import trace
+
 from guarita.errors import AgentNotFound, InvalidRequest, NotFound
 from guarita.pipeline import Next
 from guarita.settings import AgentSettings, Settings
@@ -61,10 +63,13 @@ class ChatResult:
 
 
 class AgentService:
-    def __init__(self, settings: Settings, sessions: SessionStore, pipeline: Next) -> None:
+    def __init__(
+        self, settings: Settings, sessions: SessionStore, pipeline: Next, *, tracer: trace.Tracer
+    ) -> None:
         self._settings = settings
         self._sessions = sessions
         self._pipeline = pipeline
+        self._tracer = tracer
 
     def resolve(self, name: str | None) -> tuple[str, AgentSettings]:
         name = name or self._settings.default_agent
@@ -88,7 +93,8 @@ class AgentService:
         name, agent = self.resolve(agent_name)
         history: list[Turn] = []
         if session_id is not None:
-            found = await self._sessions.owner_and_history(session_id)
+            with self._tracer.start_as_current_span("guarita.session.load"):
+                found = await self._sessions.owner_and_history(session_id)
             if found is not None:
                 owner, history = found
                 if owner != caller.key_id:
@@ -133,12 +139,13 @@ class AgentService:
             info=info if info is not None else {},
         )
         reply = await self._pipeline(call)
-        await self._sessions.append(
-            session_id,
-            agent=name,
-            key_id=caller.key_id,
-            turns=[Turn("user", message), Turn("assistant", reply.text)],
-        )
+        with self._tracer.start_as_current_span("guarita.session.append"):
+            await self._sessions.append(
+                session_id,
+                agent=name,
+                key_id=caller.key_id,
+                turns=[Turn("user", message), Turn("assistant", reply.text)],
+            )
         return ChatResult(
             reply.text, session_id, name, agent.model, reply.usage, reply.cost_usd, request_id
         )

@@ -40,7 +40,8 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.include_router(agents.router)
     app.include_router(health.router)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.server.max_body_bytes)
-    app.add_middleware(RequestContextMiddleware, metrics=runtime.metrics)
+    tracer = runtime.tracing.tracer if runtime.tracing.enabled else None
+    app.add_middleware(RequestContextMiddleware, metrics=runtime.metrics, tracer=tracer)
     return app
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import sys
+import tempfile
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any, TypeVar
 
@@ -51,6 +53,7 @@ def serve(
         str | None, typer.Option(help="Interface to listen on [default: 127.0.0.1].")
     ] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on [default: 8080].")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="API processes sharing the port.")] = 1,
 ) -> None:
     """Serve the HTTP API (embedded default: SQLite and the local model)."""
     import uvicorn
@@ -59,31 +62,55 @@ def serve(
     from guarita.runtime import Runtime
     from guarita.telemetry.logging import configure_logging
 
-    server: dict[str, object] = {}
     if host is not None:
-        server["host"] = host
+        os.environ["GUARITA_SERVER__HOST"] = host
     if port is not None:
-        server["port"] = port
+        os.environ["GUARITA_SERVER__PORT"] = str(port)
     settings = _settings()
-    if server:
-        settings = settings.model_copy(update={"server": settings.server.model_copy(update=server)})
     configure_logging(settings.server.log_level)
     try:
-        runtime = Runtime(settings)
+        runtime = Runtime(settings)  # validates providers and keys before anything listens
     except ConfigError as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from None
+    where = f"http://{settings.server.host}:{settings.server.port}"
     err.print(
-        f"Guarita serving on http://{settings.server.host}:{settings.server.port}", highlight=False
+        f"Guarita serving on {where} ({workers} process{'es' if workers > 1 else ''})",
+        highlight=False,
     )
-    uvicorn.run(
-        create_app(settings, runtime=runtime),
-        host=settings.server.host,
-        port=settings.server.port,
-        access_log=False,
-        log_level="warning",
+    options: dict[str, Any] = dict(
+        host=settings.server.host, port=settings.server.port, access_log=False, log_level="warning",
         timeout_graceful_shutdown=30,
-    )
+    )  # fmt: skip
+    if workers == 1:
+        uvicorn.run(create_app(settings, runtime=runtime), **options)
+        return
+    with tempfile.TemporaryDirectory(prefix="guarita-metrics-") as metrics_dir:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        uvicorn.run("guarita.app:app_from_environment", factory=True, workers=workers, **options)
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[
+        int | None, typer.Option(min=1, help="Tasks at once [default: tasks.workers].")
+    ] = None,
+) -> None:
+    """Run a Celery worker for agent tasks (scale-out mode: task_queue = celery)."""
+    from guarita.backends.celery_tasks import run_worker
+    from guarita.telemetry.logging import configure_logging
+
+    settings = _settings()
+    if settings.task_queue != "celery":
+        err.print("[red]error:[/red] task_queue is 'local': tasks run inside `guarita serve`; "
+                  "set GUARITA_TASK_QUEUE=celery to use workers", highlight=False)  # fmt: skip
+        raise typer.Exit(2)
+    configure_logging(settings.server.log_level)
+    try:
+        run_worker(settings, concurrency=concurrency)
+    except ConfigError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
 
 
 @app.command()

@@ -1,19 +1,24 @@
 """The composition root: one object that owns every component and their lifecycle.
 
 The HTTP layer, the CLI and the task workers all receive a ``Runtime``; no component
-finds another by import, and nothing is built at import time.
+finds another by import, and nothing is built at import time. Backends are chosen here,
+from settings alone: SQLite or PostgreSQL by ``store.url``, in-process or Redis state by
+``redis_url``, in-process or Celery tasks by ``task_queue``.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Literal
 
 import structlog
+from opentelemetry import trace
+from opentelemetry.sdk.trace.export import SpanExporter
 
 from guarita.agents import AgentService
 from guarita.auth import Authenticator
-from guarita.backends.tasks import LocalTaskQueue, TaskQueue
+from guarita.backends.kv import KeyValue, MemoryKV, RedisKV
+from guarita.backends.tasks import LocalTaskQueue, Outcome, TaskExecutor, TaskQueue
 from guarita.errors import ModelNotFound
 from guarita.pipeline import Next, compose
 from guarita.pipeline.account import Accounting
@@ -24,20 +29,41 @@ from guarita.settings import Settings
 from guarita.store.database import Database
 from guarita.store.keys import KeyStore
 from guarita.store.records import RecordWriter
-from guarita.store.sessions import SessionStore
-from guarita.store.tasks import TaskStore
+from guarita.store.sessions import SessionStore, SqlSessionStore
+from guarita.store.tasks import TaskInfo, TaskStore
+from guarita.telemetry import events
 from guarita.telemetry.metrics import Metrics
 from guarita.telemetry.prices import Price, price_for
+from guarita.telemetry.tracing import Tracing
 from guarita.types import Call, Reply
 
 log = structlog.get_logger("guarita.runtime")
 
+Role = Literal["api", "worker"]
+
 
 class Runtime:
-    def __init__(self, settings: Settings, *, registry: ProviderRegistry | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        registry: ProviderRegistry | None = None,
+        role: Role = "api",
+        span_exporter: SpanExporter | None = None,
+    ) -> None:
         self.settings = settings
+        self.role = role
         self.db = Database(settings.store_url)
         self.metrics = Metrics()
+        self.tracing = Tracing(settings.tracing, exporter=span_exporter)
+        self.kv: KeyValue = (
+            RedisKV(settings.redis_url, prefix=settings.redis_prefix)
+            if settings.redis_url
+            else MemoryKV()
+        )
+        self.events = events.make_publisher(
+            settings.events, settings.redis_url, on_drop=self.metrics.events_dropped.inc
+        )
         self.keys = KeyStore(self.db, cache_ttl_s=settings.auth.key_cache_ttl_s)
         self.auth = Authenticator(self.keys, settings.auth)
         self.records = RecordWriter(
@@ -46,7 +72,7 @@ class Runtime:
             batch_size=settings.store.record_batch_size,
             flush_interval_s=settings.store.record_flush_interval_s,
         )
-        self.sessions = SessionStore(self.db)
+        self.sessions = self._session_store()
         self.task_store = TaskStore(self.db)
         registry = registry or ProviderRegistry()
         # Building providers reads their keys: a missing one stops the start here.
@@ -56,17 +82,49 @@ class Runtime:
         self.prices: dict[str, Price] = {
             name: price_for(name, m) for name, m in settings.models.items()
         }
-        self.recording = Recording(self.metrics, self.records)
+        self.recording = Recording(self.metrics, self.records, self.events)
+        tracer = self.tracing.tracer if self.tracing.enabled else None
         self.pipeline: Next = compose(
-            [self.recording, Accounting(self.prices)], ProviderCall(self.providers)
+            [self.recording, Accounting(self.prices)],
+            ProviderCall(self.providers, tracer=tracer),
+            tracer=tracer,
         )
-        self.agents = AgentService(settings, self.sessions, self.pipeline)
-        self.tasks: TaskQueue = LocalTaskQueue(
+        self.agents = AgentService(
+            settings, self.sessions, self.pipeline, tracer=self.tracing.tracer
+        )
+        self.executor = TaskExecutor(
             self.task_store,
             self.agents.run_task,
-            workers=settings.tasks.workers,
             max_attempts=settings.tasks.max_attempts,
             retry_backoff_s=settings.tasks.retry_backoff_s,
+            lease_s=settings.tasks.lease_s,
+            listener=self._on_task_event,
+        )
+        self.tasks: TaskQueue = self._task_queue()
+
+    def _session_store(self) -> SessionStore:
+        if isinstance(self.kv, RedisKV):
+            from guarita.backends.sessions import RedisSessionStore
+
+            s = self.settings
+            return RedisSessionStore(self.kv.client, prefix=s.redis_prefix, ttl_s=s.sessions.ttl_s,
+                                     max_turns=s.sessions.max_turns)  # fmt: skip
+        return SqlSessionStore(self.db, max_loaded=self.settings.sessions.max_turns)
+
+    def _task_queue(self) -> TaskQueue:
+        if self.settings.task_queue == "celery":
+            from guarita.backends.celery_tasks import CeleryTaskQueue
+
+            return CeleryTaskQueue(self.settings, self.task_store)
+        return LocalTaskQueue(self.task_store, self.executor, workers=self.settings.tasks.workers)
+
+    def _on_task_event(self, event: str, task: TaskInfo, details: dict[str, Any]) -> None:
+        status = event.removeprefix("task.")
+        if event == "task.failed" and not details.get("final"):
+            status = "retrying"
+        self.metrics.tasks.labels(task.agent, status).inc()
+        self.events.publish(
+            "guarita." + event, {"task_id": task.id, "agent": task.agent, **details}
         )
 
     @property
@@ -78,14 +136,43 @@ class Runtime:
         if self.settings.store.auto_migrate:
             await self.db.migrate()
         await self.records.start()
+        await self.events.start()
         for provider in self.providers.values():
             await provider.start()
-        await self.tasks.start()
-        log.info(
-            "runtime_started",
-            store=self.db.engine.url.render_as_string(hide_password=True),
-            models=sorted(self.providers),
+        if self.role == "api":
+            await self.tasks.start()
+        log.info("runtime_started", role=self.role, models=sorted(self.providers),
+                 store=self.db.engine.url.render_as_string(hide_password=True),
+                 shared_state="redis" if isinstance(self.kv, RedisKV) else "in-process",
+                 task_queue=self.settings.task_queue)  # fmt: skip
+
+    async def submit_task(self, *, agent: str, payload: dict[str, Any], key_id: str | None,
+                          request_id: str | None) -> TaskInfo:  # fmt: skip
+        """Write the task (durable first), then hand it to the queue."""
+        with self.tracing.tracer.start_as_current_span("guarita.task.enqueue"):
+            task = await self.task_store.create(
+                agent=agent, payload=payload, key_id=key_id, request_id=request_id
+            )
+            await self.tasks.submit(task, trace_context=self.tracing.inject())
+        self.metrics.tasks.labels(agent, "queued").inc()
+        self.events.publish(
+            events.TASK_QUEUED, {"task_id": task.id, "agent": agent, "request_id": request_id}
         )
+        return task
+
+    async def execute_task(
+        self, task_id: str, trace_context: dict[str, str] | None = None
+    ) -> Outcome:
+        """Run one delivery of a task in a worker, as a child of the submitting request's trace."""
+        parent = self.tracing.extract(trace_context)
+        tracer = self.tracing.tracer
+        with tracer.start_as_current_span(
+            "guarita.task.run", context=parent, kind=trace.SpanKind.CONSUMER
+        ) as span:
+            span.set_attribute("guarita.task.id", task_id)
+            outcome = await self.executor.execute(task_id)
+        await self.records.flush()  # a worker may be killed any time after this
+        return outcome
 
     async def embed(self, call: Call, inputs: list[str]) -> Embeddings:
         """Embeddings do not go through the chat pipeline, but are costed and recorded alike."""
@@ -104,18 +191,22 @@ class Runtime:
         return result
 
     async def readiness(self) -> dict[str, Any]:
-        store_ok = await self.db.ping()
+        checks: dict[str, bool] = {"store": await self.db.ping()}
+        if isinstance(self.kv, RedisKV):
+            checks["redis"] = await self.kv.ping()
         model = self.default_model
         provider = self.providers.get(model)
-        model_ok = await provider.ready() if provider is not None else False
-        return {
-            "ready": store_ok and model_ok,
-            "checks": {"store": store_ok, f"model:{model}": model_ok},
-        }
+        checks[f"model:{model}"] = await provider.ready() if provider is not None else False
+        return {"ready": all(checks.values()), "checks": checks}
 
     async def aclose(self) -> None:
-        await self.tasks.aclose()
+        if self.role == "api":
+            await self.tasks.aclose()
         await self.records.aclose()
+        await self.events.aclose()
         await asyncio.gather(*(p.aclose() for p in self.providers.values()))
+        await self.kv.aclose()
         await self.db.aclose()
-        log.info("runtime_stopped", records_written=self.records.written)
+        self.tracing.shutdown()
+        self.metrics.process_exited()
+        log.info("runtime_stopped", role=self.role, records_written=self.records.written)

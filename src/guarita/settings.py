@@ -92,9 +92,48 @@ class StoreSettings(_Strict):
 
 
 class TaskSettings(_Strict):
-    workers: int = Field(default=2, ge=1, le=256)
+    workers: int = Field(default=2, ge=1, le=256, description="Concurrent tasks per process.")
     max_attempts: int = Field(default=3, ge=1)
     retry_backoff_s: float = Field(default=1.0, ge=0)
+    lease_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="A worker renews its claim this often (/3); a dead one's expires.",
+    )
+    visibility_timeout_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="Redis broker: redeliver an unacknowledged task after this.",
+    )
+    queue: str = Field(
+        default="guarita-tasks", pattern=r"^[A-Za-z0-9_.\-]+$", description="Celery queue."
+    )
+    sweep_interval_s: float = Field(default=30.0, gt=0)
+    stranded_after_s: float = Field(
+        default=300.0, gt=0, description="Re-send tasks queued this long without being claimed."
+    )
+
+
+class SessionSettings(_Strict):
+    ttl_s: float = Field(default=7 * 24 * 3600, gt=0, description="Redis: idle sessions expire.")
+    max_turns: int = Field(default=200, gt=0, description="Turns kept per session.")
+
+
+class EventSettings(_Strict):
+    sink: Literal["none", "redis", "nats"] = "none"
+    url: str | None = Field(
+        default=None, description="Default: redis_url, or nats://127.0.0.1:4222."
+    )
+    stream: str = Field(default="guarita-events", pattern=r"^[A-Za-z0-9_\-]+$")
+    max_queue: int = Field(
+        default=10_000, gt=0, description="Events waiting beyond it are dropped."
+    )
+
+
+class TracingSettings(_Strict):
+    exporter: Literal["none", "console", "otlp"] = "none"
+    otlp_endpoint: str | None = Field(default=None, description="Default: the OTLP exporter's own.")
+    service_name: str = "guarita"
 
 
 def _default_models() -> dict[str, ModelSettings]:
@@ -139,6 +178,16 @@ class Settings(BaseSettings):
     auth: AuthSettings = AuthSettings()
     store: StoreSettings = StoreSettings()
     tasks: TaskSettings = TaskSettings()
+    sessions: SessionSettings = SessionSettings()
+    events: EventSettings = EventSettings()
+    tracing: TracingSettings = TracingSettings()
+    redis_url: str | None = Field(
+        default=None,
+        description="Shared state (sessions, limits, breakers) in Redis; absent: in-process.",
+    )
+    redis_prefix: str = "guarita:"
+    task_queue: Literal["local", "celery"] = "local"
+    celery_broker_url: str | None = Field(default=None, description="Default: redis_url.")
     models: dict[str, ModelSettings] = Field(default_factory=_default_models)
     agents: dict[str, AgentSettings] = Field(default_factory=_default_agents)
     default_agent: str = "assistant"
@@ -150,6 +199,10 @@ class Settings(BaseSettings):
                 raise ValueError(f"agents.{name}.model: unknown model {agent.model!r}")
         if self.agents and self.default_agent not in self.agents:
             raise ValueError(f"default_agent: unknown agent {self.default_agent!r}")
+        if self.task_queue == "celery" and not (self.celery_broker_url or self.redis_url):
+            raise ValueError("task_queue: celery needs celery_broker_url (or redis_url)")
+        if self.events.sink == "redis" and not (self.events.url or self.redis_url):
+            raise ValueError("events.url: the redis event sink needs a URL (or redis_url)")
         return self
 
     @property

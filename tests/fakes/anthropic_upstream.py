@@ -50,11 +50,26 @@ from starlette.routing import Route
 LAST: dict[str, Any] = {}
 
 # The top-level fields of a Messages API request; the real API refuses any other.
-KNOWN_FIELDS = frozenset({
-    "model", "messages", "max_tokens", "system", "metadata", "stop_sequences", "stream",
-    "temperature", "top_p", "top_k", "tools", "tool_choice", "thinking", "service_tier",
-    "container", "mcp_servers",
-})
+KNOWN_FIELDS = frozenset(
+    {
+        "model",
+        "messages",
+        "max_tokens",
+        "system",
+        "metadata",
+        "stop_sequences",
+        "stream",
+        "temperature",
+        "top_p",
+        "top_k",
+        "tools",
+        "tool_choice",
+        "thinking",
+        "service_tier",
+        "container",
+        "mcp_servers",
+    }
+)
 FAILURES: dict[str, tuple[int, str]] = {
     "fail-529": (529, "overloaded_error"),
     "fail-429": (429, "rate_limit_error"),
@@ -62,8 +77,9 @@ FAILURES: dict[str, tuple[int, str]] = {
 }
 
 
-def _error(status: int, kind: str, message: str,
-           headers: dict[str, str] | None = None) -> JSONResponse:
+def _error(
+    status: int, kind: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
     body = {"type": "error", "error": {"type": kind, "message": message}}
     return JSONResponse(body, status_code=status, headers=headers)
 
@@ -73,8 +89,9 @@ def _text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "".join(b.get("text", "") for b in content
-                       if isinstance(b, dict) and b.get("type") == "text")
+        return "".join(
+            b.get("text", "") for b in content if isinstance(b, dict) and b.get("type") == "text"
+        )
     return ""
 
 
@@ -120,8 +137,7 @@ def _answer(body: dict[str, Any]) -> tuple[str, str, str | None, int]:
     if len(words) > body["max_tokens"]:
         text, stop_reason = " ".join(words[: body["max_tokens"]]), "max_tokens"
     system = _text(body.get("system"))
-    input_tokens = len(system.split()) + sum(len(_text(m.get("content")).split())
-                                             for m in messages)
+    input_tokens = len(system.split()) + sum(len(_text(m.get("content")).split()) for m in messages)
     return text, stop_reason, stop_sequence, input_tokens
 
 
@@ -154,41 +170,77 @@ async def messages(request: Request) -> Response:
             _stream(msg_id, model, text, stop_reason, stop_sequence, input_tokens),
             media_type="text/event-stream",
         )
-    return JSONResponse({
-        "id": msg_id, "type": "message", "role": "assistant", "model": model,
-        "content": [{"type": "text", "text": text}],
-        "stop_reason": stop_reason, "stop_sequence": stop_sequence,
-        "usage": {"input_tokens": input_tokens, "output_tokens": len(text.split())},
-    })
+    return JSONResponse(
+        {
+            "id": msg_id,
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": [{"type": "text", "text": text}],
+            "stop_reason": stop_reason,
+            "stop_sequence": stop_sequence,
+            "usage": {"input_tokens": input_tokens, "output_tokens": len(text.split())},
+        }
+    )
 
 
 def _event(name: str, data: dict[str, Any]) -> bytes:
     return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
 
-async def _stream(msg_id: str, model: str, text: str, stop_reason: str,
-                  stop_sequence: str | None, input_tokens: int) -> AsyncIterator[bytes]:
-    yield _event("message_start", {"type": "message_start", "message": {
-        "id": msg_id, "type": "message", "role": "assistant", "content": [], "model": model,
-        "stop_reason": None, "stop_sequence": None,
-        "usage": {"input_tokens": input_tokens, "output_tokens": 1},
-    }})
-    yield _event("content_block_start", {"type": "content_block_start", "index": 0,
-                                         "content_block": {"type": "text", "text": ""}})
+async def _stream(
+    msg_id: str,
+    model: str,
+    text: str,
+    stop_reason: str,
+    stop_sequence: str | None,
+    input_tokens: int,
+) -> AsyncIterator[bytes]:
+    yield _event(
+        "message_start",
+        {
+            "type": "message_start",
+            "message": {
+                "id": msg_id,
+                "type": "message",
+                "role": "assistant",
+                "content": [],
+                "model": model,
+                "stop_reason": None,
+                "stop_sequence": None,
+                "usage": {"input_tokens": input_tokens, "output_tokens": 1},
+            },
+        },
+    )
+    yield _event(
+        "content_block_start",
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+    )
     yield _event("ping", {"type": "ping"})
     for i, word in enumerate(text.split(" ")):
         if model == "stream-error" and i == 2:
-            yield _event("error", {"type": "error", "error": {
-                "type": "overloaded_error", "message": "Overloaded"}})
+            yield _event(
+                "error",
+                {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}},
+            )
             return
-        yield _event("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {
-            "type": "text_delta", "text": word if i == 0 else " " + word}})
+        yield _event(
+            "content_block_delta",
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "text_delta", "text": word if i == 0 else " " + word},
+            },
+        )
     yield _event("content_block_stop", {"type": "content_block_stop", "index": 0})
-    yield _event("message_delta", {
-        "type": "message_delta",
-        "delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence},
-        "usage": {"output_tokens": len(text.split())},
-    })
+    yield _event(
+        "message_delta",
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence},
+            "usage": {"output_tokens": len(text.split())},
+        },
+    )
     yield _event("message_stop", {"type": "message_stop"})
 
 
@@ -200,11 +252,13 @@ async def health(_request: Request) -> Response:
     return JSONResponse({"ok": True})
 
 
-app = Starlette(routes=[
-    Route("/v1/messages", messages, methods=["POST"]),
-    Route("/_last", last),
-    Route("/_health", health),
-])
+app = Starlette(
+    routes=[
+        Route("/v1/messages", messages, methods=["POST"]),
+        Route("/_last", last),
+        Route("/_health", health),
+    ]
+)
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()

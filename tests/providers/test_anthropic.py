@@ -35,7 +35,8 @@ MakeProvider = Callable[..., AnthropicProvider]
 @pytest.fixture(scope="module")
 def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeUpstream]:
     fake = FakeUpstream(
-        "anthropic_upstream", tmp_path_factory.mktemp("anthropic-fake"),
+        "anthropic_upstream",
+        tmp_path_factory.mktemp("anthropic-fake"),
         env={"FAKE_REQUIRE_KEY": UPSTREAM_KEY},
     ).start()
     yield fake
@@ -89,7 +90,10 @@ async def test_request_is_translated_to_the_messages_api(
             {"role": "assistant", "content": "first answer"},
             {"role": "user", "content": [{"type": "text", "text": "second question"}]},
         ],
-        temperature=0.2, top_p=0.9, stop="never-seen", user="user-42",
+        temperature=0.2,
+        top_p=0.9,
+        stop="never-seen",
+        user="user-42",
     )
 
     await provider.complete(call)
@@ -128,10 +132,12 @@ async def test_answer_is_translated_to_an_openai_chat_completion(
     make_provider: MakeProvider,
 ) -> None:
     provider = make_provider("claude-answerer")
-    call = make_call([
-        {"role": "system", "content": "two words"},
-        {"role": "user", "content": "what is new"},
-    ])
+    call = make_call(
+        [
+            {"role": "system", "content": "two words"},
+            {"role": "user", "content": "what is new"},
+        ]
+    )
 
     completion = await provider.complete(call)
 
@@ -139,12 +145,14 @@ async def test_answer_is_translated_to_an_openai_chat_completion(
     assert body["object"] == "chat.completion"
     assert body["id"].startswith("msg_")
     assert body["model"] == "claude-answerer" == completion.model
-    assert body["choices"] == [{
-        "index": 0,
-        "message": {"role": "assistant", "content": "anthropic says: what is new"},
-        "finish_reason": "stop",
-        "logprobs": None,
-    }]
+    assert body["choices"] == [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "anthropic says: what is new"},
+            "finish_reason": "stop",
+            "logprobs": None,
+        }
+    ]
     # The fake counts words: 2 system + 3 user in, 5 out.
     assert body["usage"] == {"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10}
     assert (completion.usage.input_tokens, completion.usage.output_tokens) == (5, 5)
@@ -170,10 +178,12 @@ async def test_stream_is_translated_to_openai_chunks(
     make_provider: MakeProvider, upstream: FakeUpstream
 ) -> None:
     provider = make_provider("claude-streamer")
-    call = make_call([
-        {"role": "system", "content": "sys prompt"},
-        {"role": "user", "content": "stream me please"},
-    ])
+    call = make_call(
+        [
+            {"role": "system", "content": "sys prompt"},
+            {"role": "user", "content": "stream me please"},
+        ]
+    )
 
     chunks = await collect(provider.stream(call))
 
@@ -273,10 +283,14 @@ async def test_unsupported_role_is_refused_before_calling_upstream(
     await provider.complete(make_call("marker request"))
 
     with pytest.raises(InvalidRequest) as info:
-        await provider.complete(make_call([
-            {"role": "user", "content": "hi"},
-            {"role": "tool", "content": "result", "tool_call_id": "t1"},
-        ]))
+        await provider.complete(
+            make_call(
+                [
+                    {"role": "user", "content": "hi"},
+                    {"role": "tool", "content": "result", "tool_call_id": "t1"},
+                ]
+            )
+        )
 
     assert info.value.param == "messages"
     assert "tool" in info.value.message
@@ -300,21 +314,27 @@ async def test_fake_refuses_what_the_messages_api_refuses(upstream: FakeUpstream
     """The checks above rely on the fake enforcing the API's rules; make sure it does."""
     url = upstream.base_url + "/v1/messages"
     good_headers = {"x-api-key": UPSTREAM_KEY, "anthropic-version": API_VERSION}
-    good = {"model": "claude-test", "max_tokens": 5,
-            "messages": [{"role": "user", "content": "hi"}]}
+    good = {
+        "model": "claude-test",
+        "max_tokens": 5,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
     async with httpx.AsyncClient() as client:
         ok = await client.post(url, json=good, headers=good_headers)
         no_key = await client.post(url, json=good, headers={"anthropic-version": API_VERSION})
-        bad_key = await client.post(
-            url, json=good, headers={**good_headers, "x-api-key": "nope"}
-        )
+        bad_key = await client.post(url, json=good, headers={**good_headers, "x-api-key": "nope"})
         no_version = await client.post(url, json=good, headers={"x-api-key": UPSTREAM_KEY})
         no_max = await client.post(
             url, json={k: v for k, v in good.items() if k != "max_tokens"}, headers=good_headers
         )
-        system_role = await client.post(url, headers=good_headers, json={
-            **good, "messages": [{"role": "system", "content": "x"}, *good["messages"]],
-        })
+        system_role = await client.post(
+            url,
+            headers=good_headers,
+            json={
+                **good,
+                "messages": [{"role": "system", "content": "x"}, *good["messages"]],
+            },
+        )
         openai_stop = await client.post(url, json={**good, "stop": ["x"]}, headers=good_headers)
 
     assert ok.status_code == 200

@@ -31,11 +31,12 @@ def settings(**options: Any) -> ModelSettings:
     )
 
 
-async def wait_ready(provider: LlamaCppProvider, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
+async def wait_ready(provider: LlamaCppProvider, limit_s: float = 120.0) -> None:
+    """Poll ready() until it is True, failing after ``limit_s``."""
+    deadline = time.monotonic() + limit_s
     while not await provider.ready():
         if time.monotonic() > deadline:
-            raise TimeoutError(f"model not ready after {timeout}s")
+            raise TimeoutError(f"model not ready after {limit_s}s")
         await asyncio.sleep(0.05)
 
 
@@ -60,9 +61,7 @@ async def collect(stream: AsyncIterator[Chunk]) -> list[Chunk]:
 
 
 def streamed_text(chunks: list[Chunk]) -> str:
-    return "".join(
-        choice["delta"].get("content") or "" for c in chunks for choice in c["choices"]
-    )
+    return "".join(choice["delta"].get("content") or "" for c in chunks for choice in c["choices"])
 
 
 async def test_ready_becomes_true_after_start() -> None:
@@ -99,6 +98,9 @@ async def test_stream_counts_tokens_like_the_complete_answer(
     provider: LlamaCppProvider,
 ) -> None:
     call = make_call("Write one short sentence about the sea.", max_tokens=12, **GREEDY)
+    # llama.cpp reuses the KV cache of a repeated prompt, which can change the logits a
+    # little; one warm-up call puts the complete and the streamed call on the same path.
+    await provider.complete(call)
 
     completion = await provider.complete(call)
     chunks = await collect(provider.stream(call))
@@ -109,35 +111,86 @@ async def test_stream_counts_tokens_like_the_complete_answer(
     assert [c for c in chunks if c.get("usage")] == [chunks[-1]]
     assert chunks[-1]["choices"] == []
     assert streamed_text(chunks) == completion.text
+    assert chunks[-1]["usage"]["prompt_tokens"] == completion.usage.input_tokens > 0
     assert chunks[-1]["usage"] == completion.body["usage"]
 
 
 async def test_stream_stopped_by_a_stop_sequence_counts_like_complete(
     provider: LlamaCppProvider,
 ) -> None:
-    """A stop sequence ends the answer with finish_reason "stop" like end-of-generation
-    does, but the token that completed it was generated and counts."""
-    probe = await provider.complete(make_call("Count: one two three", max_tokens=16, **GREEDY))
-    words = probe.text.split()
-    assert len(words) >= 3, f"need a few words of output to stop on: {probe.text!r}"
-    call = make_call("Count: one two three", max_tokens=16, stop=[words[2]], **GREEDY)
+    """A stop sequence ends the answer with finish_reason "stop" as end-of-generation
+    does, but the token that completed it was generated and is counted."""
+    messages = "Count: one two three"
+    await provider.complete(make_call(messages, max_tokens=16, **GREEDY))  # see above
+    probe = await provider.complete(make_call(messages, max_tokens=16, **GREEDY))
+    text = probe.text
+    assert len(text) >= 4, f"need some output to stop on: {text!r}"
+    stop = text[len(text) // 2 : len(text) // 2 + 2]
+    call = make_call(messages, max_tokens=16, stop=[stop], **GREEDY)
 
     completion = await provider.complete(call)
     chunks = await collect(provider.stream(call))
 
     assert completion.body["choices"][0]["finish_reason"] == "stop"
+    assert stop not in completion.text
     assert streamed_text(chunks) == completion.text
     assert chunks[-1]["usage"] == completion.body["usage"]
 
 
+@pytest.mark.parametrize("end_at", [1, 4])
+def test_stream_count_leaves_out_the_end_of_generation_token(end_at: int) -> None:
+    """When the model ends its turn, the end-of-turn token was sampled but is not part of
+    the answer. Callers cannot steer sampling, so this drives the stream's token counter
+    directly on a real instance, with a logits processor that forces end-of-turn."""
+    from llama_cpp import LogitsProcessorList
+
+    from guarita.providers.llamacpp import _TokenCounter
+
+    llm = LlamaCppProvider(LOCAL_MODEL, settings())._new_llama()
+    end_of_turn = llm.tokenize(b"<end_of_turn>", add_bos=False, special=True)[0]
+
+    def force_end(at: int) -> LogitsProcessorList:
+        steps = 0
+
+        def processor(input_ids: Any, scores: Any) -> Any:
+            nonlocal steps
+            steps += 1
+            if steps == at:
+                scores[:] = -1e9
+                scores[end_of_turn] = 0.0
+            return scores
+
+        return LogitsProcessorList([processor])
+
+    args: dict[str, Any] = {
+        "messages": [{"role": "user", "content": "Hello there"}],
+        "max_tokens": 20,
+        "temperature": 0,
+    }
+    complete = llm.create_chat_completion(logits_processor=force_end(end_at), **args)
+    with _TokenCounter(llm) as counter:
+        chunks = list(
+            llm.create_chat_completion(stream=True, logits_processor=force_end(end_at), **args)
+        )
+
+    assert complete["choices"][0]["finish_reason"] == "stop"
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    assert counter.sampled == end_at
+    assert counter.usage().to_openai() == complete["usage"]
+    assert complete["usage"]["completion_tokens"] == end_at - 1
+    assert "sample" not in vars(llm), "the instance's own sample method is back"
+
+
 def test_fold_system_prompt_puts_system_text_in_the_first_user_turn() -> None:
-    folded = fold_system_prompt([
-        {"role": "system", "content": "Be brief."},
-        {"role": "developer", "content": "Use French."},
-        {"role": "user", "content": "Hello"},
-        {"role": "assistant", "content": "Bonjour"},
-        {"role": "user", "content": "Again"},
-    ])
+    folded = fold_system_prompt(
+        [
+            {"role": "system", "content": "Be brief."},
+            {"role": "developer", "content": "Use French."},
+            {"role": "user", "content": "Hello"},
+            {"role": "assistant", "content": "Bonjour"},
+            {"role": "user", "content": "Again"},
+        ]
+    )
 
     assert folded == [
         {"role": "user", "content": "Be brief.\n\nUse French.\n\nHello"},

@@ -39,7 +39,8 @@ MakeProvider = Callable[..., OpenAICompatProvider]
 @pytest.fixture(scope="module")
 def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeUpstream]:
     fake = FakeUpstream(
-        "openai_upstream", tmp_path_factory.mktemp("openai-fake"),
+        "openai_upstream",
+        tmp_path_factory.mktemp("openai-fake"),
         env={"FAKE_REQUIRE_KEY": UPSTREAM_KEY},
     ).start()
     yield fake
@@ -85,8 +86,11 @@ async def test_complete_passes_the_body_through_and_reads_usage(
 ) -> None:
     provider = make_provider("gpt-upstream-name")
     call = make_call(
-        "what is up", temperature=0.3, user="user-42",
-        metadata={"team": "blue", "nested": {"n": 1}}, x_vendor_field=[1, 2],
+        "what is up",
+        temperature=0.3,
+        user="user-42",
+        metadata={"team": "blue", "nested": {"n": 1}},
+        x_vendor_field=[1, 2],
     )
 
     completion = await provider.complete(call)
@@ -119,6 +123,7 @@ async def test_complete_keeps_the_upstream_bytes(
             json={**call.body, "model": "gpt-test"},
             headers={"authorization": f"Bearer {UPSTREAM_KEY}"},
         )
+
     def unclocked(raw: bytes) -> bytes:
         return re.sub(rb'"created":\d+', b'"created":0', raw)
 
@@ -137,9 +142,7 @@ async def test_stream_yields_chunks_ending_with_usage(
     assert sent["stream_options"] == {"include_usage": True}
     assert sent["model"] == "gpt-streamer"
     assert all(c["object"] == "chat.completion.chunk" for c in chunks)
-    text = "".join(
-        choice["delta"].get("content") or "" for c in chunks for choice in c["choices"]
-    )
+    text = "".join(choice["delta"].get("content") or "" for c in chunks for choice in c["choices"])
     assert text == "upstream says: stream me"
     finishes = [ch["finish_reason"] for c in chunks for ch in c["choices"] if ch["finish_reason"]]
     assert finishes == ["stop"]

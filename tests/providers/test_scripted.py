@@ -159,7 +159,10 @@ async def test_stream_chunks_and_final_usage() -> None:
     first, *words, finish, usage = chunks
     assert first["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     assert [c["choices"][0]["delta"]["content"] for c in words] == [
-        "echo:", " stream", " this", " please",
+        "echo:",
+        " stream",
+        " this",
+        " please",
     ]
     assert finish["choices"][0]["finish_reason"] == "stop"
     assert usage["choices"] == []

@@ -44,11 +44,9 @@ async def create_task(
     }
     if payload.session_id:
         body["session_id"] = payload.session_id
-    task = await runtime.task_store.create(
+    task = await runtime.submit_task(
         agent=agent, payload=body, key_id=caller.key_id, request_id=request_id(request)
     )
-    await runtime.tasks.submit(task)
-    runtime.metrics.tasks.labels(agent, "queued").inc()
     request_info(request)["task_id"] = task.id
     return Response(
         orjson.dumps({"task_id": task.id, "status": task.status}),

@@ -20,7 +20,11 @@ RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 async def get_caller(request: Request) -> Caller:
     runtime: Runtime = request.app.state.runtime
     client = request.client.host if request.client else None
-    caller = await runtime.auth.authenticate(request.headers.get("authorization"), client)
+    if runtime.tracing.enabled:
+        with runtime.tracing.tracer.start_as_current_span("guarita.auth"):
+            caller = await runtime.auth.authenticate(request.headers.get("authorization"), client)
+    else:
+        caller = await runtime.auth.authenticate(request.headers.get("authorization"), client)
     info = request_info(request)
     info["key_id"] = caller.key_id
     return caller

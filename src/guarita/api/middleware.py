@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 import structlog
+from opentelemetry import trace
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from guarita.errors import GuaritaError, PayloadTooLarge
@@ -30,9 +31,10 @@ def _valid_request_id(value: bytes) -> bool:
 class RequestContextMiddleware:
     """Accept or make the request id, echo it, time the request and log one JSON line."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, tracer: trace.Tracer | None = None) -> None:
         self.app = app
         self.metrics = metrics
+        self.tracer = tracer
         self.log = structlog.get_logger("guarita.access")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

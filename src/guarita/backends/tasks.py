@@ -1,27 +1,35 @@
-"""Task queues. The embedded default runs tasks in an in-process worker pool; the task
-rows in the store make them durable: a task accepted before a restart is run after it."""
+"""Task queues and the executor they share.
+
+A queue only decides *where* a task runs: the embedded default runs tasks in an
+in-process worker pool, scale-out mode in Celery workers (``backends/celery_tasks.py``).
+The :class:`TaskExecutor` decides *how*: claim with a lease, renew it while working,
+finish or fail conditionally on the claim, retry with backoff up to a limit.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
 
 import structlog
 
 from guarita.errors import GuaritaError, InvalidRequest, NotFound
-from guarita.store.tasks import TaskInfo, TaskStore
+from guarita.store.tasks import FINAL, RUNNING, TaskInfo, TaskStore
 
 log = structlog.get_logger("guarita.tasks")
 
 TaskRunner = Callable[[TaskInfo], Awaitable[dict[str, Any]]]
+TaskListener = Callable[[str, TaskInfo, dict[str, Any]], None]
+"""Told of each step: "task.started", "task.finished" or "task.failed", the task, details."""
 
 
 class TaskQueue(Protocol):
     async def start(self) -> None: ...
 
-    async def submit(self, task: TaskInfo) -> None:
+    async def submit(self, task: TaskInfo, *, trace_context: dict[str, str] | None = None) -> None:
         """Hand a task (already written to the store) to the workers."""
 
     async def aclose(self) -> None: ...
@@ -39,22 +47,85 @@ def is_retryable(exc: BaseException) -> bool:
     return not isinstance(exc, InvalidRequest | NotFound)
 
 
-class LocalTaskQueue:
+@dataclass(slots=True, frozen=True)
+class Outcome:
+    kind: Literal["done", "retry", "busy", "gone"]
+    delay_s: float = 0.0
+
+
+class TaskExecutor:
     def __init__(
         self,
         store: TaskStore,
         runner: TaskRunner,
         *,
-        workers: int = 2,
         max_attempts: int = 3,
         retry_backoff_s: float = 1.0,
-        shutdown_grace_s: float = 5.0,
+        lease_s: float = 60.0,
+        listener: TaskListener | None = None,
     ) -> None:
         self._store = store
         self._runner = runner
-        self._workers = workers
         self._max_attempts = max_attempts
         self._backoff = retry_backoff_s
+        self._lease = lease_s
+        self._listener = listener
+
+    def _tell(self, event: str, task: TaskInfo, **details: Any) -> None:
+        if self._listener is not None:
+            self._listener(event, task, details)
+
+    async def execute(self, task_id: str) -> Outcome:
+        """Run one delivery of a task; the outcome tells the queue what to do next."""
+        task = await self._store.claim(task_id, lease_s=self._lease)
+        if task is None:
+            current = await self._store.get(task_id)
+            if current is None or current.status in FINAL:
+                return Outcome("gone")  # a duplicate delivery: already finished
+            # another worker holds a live lease, or a race with a retry: look again later
+            return Outcome("busy", self._lease / 2 if current.status == RUNNING else 1.0)
+        self._tell("task.started", task, attempt=task.attempts)
+        renewer = asyncio.create_task(self._keep_lease(task))
+        try:
+            result = await self._runner(task)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure is recorded on the task
+            return await self._failed(task, exc)
+        finally:
+            renewer.cancel()
+        if await self._store.succeed(task, result):
+            self._tell("task.finished", task, attempt=task.attempts)
+        else:
+            log.warning("task_claim_lost", task_id=task.id, attempt=task.attempts)
+        return Outcome("done")
+
+    async def _failed(self, task: TaskInfo, exc: Exception) -> Outcome:
+        retry = is_retryable(exc) and task.attempts < self._max_attempts
+        await self._store.fail(task, error_body(exc), retry=retry)
+        log.warning(
+            "task_failed", task_id=task.id, attempt=task.attempts, retry=retry, error=str(exc)
+        )
+        self._tell("task.failed", task, attempt=task.attempts, final=not retry, error=str(exc))
+        if retry:
+            return Outcome("retry", self._backoff * 2 ** (task.attempts - 1))
+        return Outcome("done")
+
+    async def _keep_lease(self, task: TaskInfo) -> None:
+        while True:
+            await asyncio.sleep(self._lease / 3)
+            if not await self._store.renew(task, lease_s=self._lease):
+                return
+
+
+class LocalTaskQueue:
+    """The embedded default: a pool of asyncio workers in the API process."""
+
+    def __init__(self, store: TaskStore, executor: TaskExecutor, *, workers: int = 2,
+                 shutdown_grace_s: float = 5.0) -> None:  # fmt: skip
+        self._store = store
+        self._executor = executor
+        self._workers = workers
         self._grace = shutdown_grace_s
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
@@ -72,40 +143,23 @@ class LocalTaskQueue:
             asyncio.create_task(self._work(), name=f"task-worker-{i}") for i in range(self._workers)
         ]
 
-    async def submit(self, task: TaskInfo) -> None:
+    async def submit(self, task: TaskInfo, *, trace_context: dict[str, str] | None = None) -> None:
         self._queue.put_nowait(task.id)
 
     async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             task_id = await self._queue.get()
-            task = await self._store.claim(task_id)
-            if task is None:
-                continue
             self._busy += 1
             self._idle.clear()
             try:
-                await self._run(task)
+                outcome = await self._executor.execute(task_id)
             finally:
                 self._busy -= 1
                 if not self._busy:
                     self._idle.set()
-
-    async def _run(self, task: TaskInfo) -> None:
-        try:
-            result = await self._runner(task)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - every failure is recorded on the task
-            retry = is_retryable(exc) and task.attempts < self._max_attempts
-            await self._store.fail(task.id, error_body(exc), retry=retry)
-            log.warning(
-                "task_failed", task_id=task.id, attempt=task.attempts, retry=retry, error=str(exc)
-            )
-            if retry:
-                delay = self._backoff * 2 ** (task.attempts - 1)
-                asyncio.get_running_loop().call_later(delay, self._queue.put_nowait, task.id)
-            return
-        await self._store.succeed(task.id, result)
+            if outcome.kind in ("retry", "busy"):
+                loop.call_later(outcome.delay_s, self._queue.put_nowait, task_id)
 
     async def aclose(self) -> None:
         """Let running tasks finish for a grace period; any cut short resume at next start."""

@@ -10,6 +10,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Protocol
 
+from opentelemetry import trace
+
 from guarita.types import Call, Reply
 
 Next = Callable[[Call], Awaitable[Reply]]
@@ -19,9 +21,23 @@ class Stage(Protocol):
     async def __call__(self, call: Call, next: Next) -> Reply: ...
 
 
-def compose(stages: Sequence[Stage], terminal: Next) -> Next:
+class _Traced:
+    """A stage inside a span named after it (only built when tracing is on)."""
+
+    def __init__(self, stage: Stage, tracer: trace.Tracer) -> None:
+        self._stage = stage
+        self._tracer = tracer
+        self._name = "guarita.stage." + type(stage).__name__.lower()
+
+    async def __call__(self, call: Call, next: Next) -> Reply:
+        with self._tracer.start_as_current_span(self._name):
+            return await self._stage(call, next)
+
+
+def compose(stages: Sequence[Stage], terminal: Next, *, tracer: trace.Tracer | None = None) -> Next:
     """Chain ``stages`` (outermost first) in front of ``terminal``."""
     handler = terminal
     for stage in reversed(stages):
-        handler = partial(stage, next=handler)
+        wrapped: Stage = _Traced(stage, tracer) if tracer is not None else stage
+        handler = partial(wrapped, next=handler)
     return handler

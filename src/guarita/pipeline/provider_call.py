@@ -1,22 +1,72 @@
-"""The innermost step: hand the call to the provider serving its model."""
+"""The innermost step: hand the call to the provider serving its model.
+
+With tracing on, the call gets a client span with the OpenTelemetry GenAI semantic
+convention attributes; for a stream the span ends when the stream does.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
+from opentelemetry import trace
+
 from guarita.errors import ModelNotFound
 from guarita.providers.base import Provider
 from guarita.types import Call, Reply
 
+_REQUEST_ATTRIBUTES = {
+    "temperature": "gen_ai.request.temperature",
+    "top_p": "gen_ai.request.top_p",
+    "max_tokens": "gen_ai.request.max_tokens",
+    "seed": "gen_ai.request.seed",
+}
+
 
 class ProviderCall:
-    def __init__(self, providers: Mapping[str, Provider]) -> None:
+    def __init__(
+        self, providers: Mapping[str, Provider], *, tracer: trace.Tracer | None = None
+    ) -> None:
         self._providers = providers
+        self._tracer = tracer
 
     async def __call__(self, call: Call) -> Reply:
         provider = self._providers.get(call.model)
         if provider is None:
             raise ModelNotFound(f"model {call.model!r} does not exist", param="model")
+        if self._tracer is None:
+            return await self._call(provider, call)
+        span = self._tracer.start_span(f"chat {call.model}", kind=trace.SpanKind.CLIENT)
+        span.set_attribute("gen_ai.operation.name", "chat")
+        span.set_attribute("gen_ai.system", provider.name)
+        span.set_attribute("gen_ai.request.model", call.model)
+        for field, attribute in _REQUEST_ATTRIBUTES.items():
+            value = call.body.get(field)
+            if isinstance(value, int | float):
+                span.set_attribute(attribute, value)
+        try:
+            with trace.use_span(span, end_on_exit=False):
+                reply = await self._call(provider, call)
+        except BaseException as exc:
+            span.record_exception(exc)
+            span.set_status(trace.StatusCode.ERROR, str(exc))
+            span.end()
+            raise
+
+        def end(done: Reply, error: BaseException | None) -> None:
+            span.set_attribute("gen_ai.response.model", done.model)
+            span.set_attribute("gen_ai.usage.input_tokens", done.usage.input_tokens)
+            span.set_attribute("gen_ai.usage.output_tokens", done.usage.output_tokens)
+            if done.finish_reason:
+                span.set_attribute("gen_ai.response.finish_reasons", [done.finish_reason])
+            if error is not None:
+                span.set_status(trace.StatusCode.ERROR, str(error))
+            span.end()
+
+        reply.on_finish(end)
+        return reply
+
+    @staticmethod
+    async def _call(provider: Provider, call: Call) -> Reply:
         if call.stream:
             return Reply(model=call.model, provider=provider.name, source=provider.stream(call))
         return Reply.complete(provider.name, await provider.complete(call))

@@ -13,14 +13,16 @@ from typing import Any
 from guarita.errors import GuaritaError
 from guarita.pipeline import Next
 from guarita.store.records import RecordWriter
+from guarita.telemetry.events import REQUEST_COMPLETED, EventPublisher
 from guarita.telemetry.metrics import Metrics
 from guarita.types import Call, Reply
 
 
 class Recording:
-    def __init__(self, metrics: Metrics, writer: RecordWriter) -> None:
+    def __init__(self, metrics: Metrics, writer: RecordWriter, events: EventPublisher) -> None:
         self._metrics = metrics
         self._writer = writer
+        self._events = events
 
     async def __call__(self, call: Call, next: Next) -> Reply:
         self.begin()
@@ -81,6 +83,10 @@ class Recording:
             if reply.cost_usd:
                 m.cost.labels(agent).inc(reply.cost_usd)
         self._writer.add(record)
+        if self._events.enabled:
+            data = dict(record)
+            data["created_at"] = record["created_at"].isoformat()
+            self._events.publish(REQUEST_COMPLETED, data)
         call.info.update(
             agent=call.agent,
             model=call.model,

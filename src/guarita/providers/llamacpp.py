@@ -83,22 +83,43 @@ def fold_system_prompt(messages: list[dict[str, str]]) -> list[dict[str, str]]:
 
 
 class _TokenCounter:
-    """A logits processor that sees every sampling step: the model's own token counts
-    for streams, where llama-cpp-python reports no usage. Its first call sees the whole
-    prompt; each call is one sampled token, the last being end-of-generation on "stop"."""
+    """The model's own token counts for a stream, where llama-cpp-python reports no usage.
 
-    def __init__(self) -> None:
+    For one call it stands in for the instance's ``sample`` method: the first sample comes
+    once the whole prompt is evaluated (``n_tokens``), and each sample is one generated
+    token. As in llama-cpp-python's own count, an end-of-generation token ends the answer
+    without being part of it, while a token that completes a stop sequence is part of it
+    (both end with finish_reason "stop", so the reason alone cannot tell them apart)."""
+
+    def __init__(self, llm: Any) -> None:
+        self._llm = llm
+        self._sample = llm.sample
         self.prompt_tokens = 0
-        self.steps = 0
+        self.sampled = 0
+        self.last_token: int | None = None
 
-    def __call__(self, input_ids: Any, scores: Any) -> Any:
-        if self.steps == 0:
-            self.prompt_tokens = len(input_ids)
-        self.steps += 1
-        return scores
+    def __enter__(self) -> _TokenCounter:
+        self._llm.sample = self._counting_sample
+        return self
 
-    def usage(self, finish_reason: str | None) -> Usage:
-        generated = self.steps - 1 if finish_reason == "stop" and self.steps else self.steps
+    def __exit__(self, *exc_info: object) -> None:
+        del self._llm.sample  # back to the class's method
+
+    def _counting_sample(self, *args: Any, **kwargs: Any) -> Any:
+        if self.sampled == 0:
+            self.prompt_tokens = int(self._llm.n_tokens)
+        token = self._sample(*args, **kwargs)
+        self.sampled += 1
+        self.last_token = int(token)
+        return token
+
+    def usage(self) -> Usage:
+        generated = self.sampled
+        if self.last_token is not None:
+            import llama_cpp
+
+            if llama_cpp.llama_vocab_is_eog(self._llm._model.vocab, self.last_token):
+                generated -= 1
         return Usage(self.prompt_tokens, generated)
 
 
@@ -266,19 +287,13 @@ class LlamaCppProvider(BaseProvider):
         """Run in a worker thread: generate, hand chunks to the event loop, count tokens."""
         put = queue.put_nowait
         try:
-            from llama_cpp import LogitsProcessorList
-
-            counter = _TokenCounter()
-            stream: Iterator[dict[str, Any]] = llm.create_chat_completion(
-                stream=True, logits_processor=LogitsProcessorList([counter]), **args
-            )
-            finish_reason = None
-            for item in stream:
-                if stop.is_set():
-                    break
-                finish_reason = item["choices"][0].get("finish_reason") or finish_reason
-                loop.call_soon_threadsafe(put, item)
-            usage = counter.usage(finish_reason)
+            with _TokenCounter(llm) as counter:
+                stream: Iterator[dict[str, Any]] = llm.create_chat_completion(stream=True, **args)
+                for item in stream:
+                    if stop.is_set():
+                        break
+                    loop.call_soon_threadsafe(put, item)
+            usage = counter.usage()
             loop.call_soon_threadsafe(put, chunk(cid="", model=self.model_name, usage=usage))
         except ValueError as exc:
             loop.call_soon_threadsafe(put, InvalidRequest(str(exc), code="context_length_exceeded"))

@@ -1,9 +1,11 @@
-"""Conversation context by session id, kept in the store so any process can continue it."""
+"""Conversation context by session id, where any process can continue it: the SQL store
+in the embedded default, Redis in scale-out mode (``backends/sessions.py``)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Protocol
 
 from sqlalchemy import select
 
@@ -17,7 +19,16 @@ class Turn:
     content: str
 
 
-class SessionStore:
+class SessionStore(Protocol):
+    async def owner_and_history(self, session_id: str) -> tuple[str | None, list[Turn]] | None:
+        """The session's key id and its latest turns (oldest first), or None if unknown."""
+
+    async def append(
+        self, session_id: str, *, agent: str, key_id: str | None, turns: list[Turn]
+    ) -> None: ...
+
+
+class SqlSessionStore:
     def __init__(self, db: Database, *, max_loaded: int = 200) -> None:
         self._db = db
         self._max_loaded = max_loaded

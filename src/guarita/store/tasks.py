@@ -1,22 +1,25 @@
 """Task rows: the durable half of every task queue backend.
 
-Status moves queued → running → succeeded | failed (or back to queued for a retry). Every
-move is a conditional UPDATE, so two workers cannot both claim a task or both finish it.
+Status moves queued → running → succeeded | failed (or back to queued for a retry). A
+worker *claims* a task with a fresh token and a lease it renews while it works; every
+later move is conditional on that token, so a task is never finished twice, and a task
+whose worker died (lease expired) can be claimed again by another worker.
 """
 
 from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, or_, select, update
 
 from guarita.store.database import Database
 from guarita.store.models import Task
 
 QUEUED, RUNNING, SUCCEEDED, FAILED = "queued", "running", "succeeded", "failed"
+FINAL = frozenset({SUCCEEDED, FAILED})
 
 
 @dataclass(slots=True, frozen=True)
@@ -33,23 +36,19 @@ class TaskInfo:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    claim_token: str | None = None
 
     @classmethod
     def of(cls, row: Task) -> TaskInfo:
         return cls(
-            row.id,
-            row.status,
-            row.agent,
-            row.payload,
-            row.result,
-            row.error,
-            row.attempts,
-            row.key_id,
-            row.request_id,
-            row.created_at,
-            row.started_at,
-            row.finished_at,
-        )
+            row.id, row.status, row.agent, row.payload, row.result, row.error, row.attempts,
+            row.key_id, row.request_id, row.created_at, row.started_at, row.finished_at,
+            row.claim_token,
+        )  # fmt: skip
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
 
 
 class TaskStore:
@@ -59,18 +58,11 @@ class TaskStore:
     async def create(
         self, *, agent: str, payload: dict[str, Any], key_id: str | None, request_id: str | None
     ) -> TaskInfo:
-        now = datetime.now(UTC)
+        now = _now()
         row = Task(
-            id="task_" + secrets.token_hex(12),
-            status=QUEUED,
-            agent=agent,
-            payload=payload,
-            attempts=0,
-            key_id=key_id,
-            request_id=request_id,
-            created_at=now,
-            updated_at=now,
-        )
+            id="task_" + secrets.token_hex(12), status=QUEUED, agent=agent, payload=payload,
+            attempts=0, key_id=key_id, request_id=request_id, created_at=now, updated_at=now,
+        )  # fmt: skip
         async with self._db.sessions.begin() as session:
             session.add(row)
         return TaskInfo.of(row)
@@ -80,46 +72,52 @@ class TaskStore:
             row = await session.get(Task, task_id)
             return TaskInfo.of(row) if row is not None else None
 
-    async def _move(self, task_id: str, *, from_status: str, **values: Any) -> bool:
-        values["updated_at"] = datetime.now(UTC)
+    async def _update(self, task_id: str, *where: Any, **values: Any) -> bool:
+        values["updated_at"] = _now()
         async with self._db.sessions.begin() as session:
             result = await session.execute(
-                update(Task).where(Task.id == task_id, Task.status == from_status).values(**values)
+                update(Task).where(Task.id == task_id, *where).values(**values)
             )
         return bool(getattr(result, "rowcount", 0))
 
-    async def claim(self, task_id: str) -> TaskInfo | None:
-        """Move a queued task to running for this worker; None if someone else has it."""
-        now = datetime.now(UTC)
-        claimed = await self._move(
-            task_id, from_status=QUEUED, status=RUNNING, attempts=Task.attempts + 1, started_at=now
-        )
+    async def claim(self, task_id: str, *, lease_s: float) -> TaskInfo | None:
+        """Take a queued task, or a running one whose lease ran out; None if not claimable."""
+        now = _now()
+        token = secrets.token_hex(8)
+        claimable = or_(Task.status == QUEUED, and_(Task.status == RUNNING, Task.lease_until < now))
+        claimed = await self._update(
+            task_id, claimable, status=RUNNING, attempts=Task.attempts + 1, started_at=now,
+            claim_token=token, lease_until=now + timedelta(seconds=lease_s),
+        )  # fmt: skip
         return await self.get(task_id) if claimed else None
 
-    async def succeed(self, task_id: str, result: dict[str, Any]) -> bool:
-        return await self._move(
-            task_id,
-            from_status=RUNNING,
-            status=SUCCEEDED,
-            result=result,
-            error=None,
-            finished_at=datetime.now(UTC),
-        )
+    async def renew(self, task: TaskInfo, *, lease_s: float) -> bool:
+        return await self._update(
+            task.id, Task.status == RUNNING, Task.claim_token == task.claim_token,
+            lease_until=_now() + timedelta(seconds=lease_s),
+        )  # fmt: skip
 
-    async def fail(self, task_id: str, error: dict[str, Any], *, retry: bool) -> bool:
+    async def succeed(self, task: TaskInfo, result: dict[str, Any]) -> bool:
+        """Finish a claimed task; False if the claim was lost (another worker took over)."""
+        return await self._update(
+            task.id, Task.status == RUNNING, Task.claim_token == task.claim_token,
+            status=SUCCEEDED, result=result, error=None, finished_at=_now(), lease_until=None,
+        )  # fmt: skip
+
+    async def fail(self, task: TaskInfo, error: dict[str, Any], *, retry: bool) -> bool:
+        owned = (Task.status == RUNNING, Task.claim_token == task.claim_token)
         if retry:
-            return await self._move(task_id, from_status=RUNNING, status=QUEUED, error=error)
-        return await self._move(
-            task_id, from_status=RUNNING, status=FAILED, error=error, finished_at=datetime.now(UTC)
+            return await self._update(task.id, *owned, status=QUEUED, error=error, lease_until=None)
+        return await self._update(
+            task.id, *owned, status=FAILED, error=error, finished_at=_now(), lease_until=None
         )
 
     async def requeue_interrupted(self) -> int:
-        """Put tasks left running by a stopped process back in the queue."""
+        """Embedded mode, at start: this process owns every running task, so all of them
+        were interrupted by the previous stop."""
         async with self._db.sessions.begin() as session:
             result = await session.execute(
-                update(Task)
-                .where(Task.status == RUNNING)
-                .values(status=QUEUED, updated_at=datetime.now(UTC))
+                update(Task).where(Task.status == RUNNING).values(status=QUEUED, updated_at=_now())
             )
         return int(getattr(result, "rowcount", 0) or 0)
 
@@ -127,5 +125,24 @@ class TaskStore:
         async with self._db.sessions() as session:
             rows = await session.scalars(
                 select(Task.id).where(Task.status == QUEUED).order_by(Task.created_at)
+            )
+            return list(rows)
+
+    async def stranded_ids(self, *, queued_for_s: float) -> list[str]:
+        """Tasks that may have lost their queue message: running with an expired lease,
+        or queued for longer than ``queued_for_s``. Re-sending them is safe (claims are
+        conditional)."""
+        now = _now()
+        async with self._db.sessions() as session:
+            rows = await session.scalars(
+                select(Task.id).where(
+                    or_(
+                        and_(Task.status == RUNNING, Task.lease_until < now),
+                        and_(
+                            Task.status == QUEUED,
+                            Task.updated_at < now - timedelta(seconds=queued_for_s),
+                        ),
+                    )
+                )
             )
             return list(rows)

@@ -1,12 +1,23 @@
 """Prometheus metrics: the five names the source documents use, plus ``guarita_*``.
 
 Each runtime owns its own registry (no module-level collectors), so tests and several
-apps in one process never clash.
+apps in one process never clash. With several API processes (``guarita serve --workers``)
+``PROMETHEUS_MULTIPROC_DIR`` is set, each process writes its values there, and any
+process's ``/metrics`` reports the sum over all of them.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import os
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -38,7 +49,12 @@ class Metrics:
             registry=r,
         )
         self.cost = Counter("agent_cost_usd_total", "Cost in USD.", ["agent_name"], registry=r)
-        self.active = Gauge("agent_active_requests", "Model calls in progress.", registry=r)
+        self.active = Gauge(
+            "agent_active_requests",
+            "Model calls in progress.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.http_duration = Histogram(
             "guarita_http_request_duration_seconds",
             "HTTP request latency by route and status.",
@@ -50,11 +66,30 @@ class Metrics:
             "guarita_tokens_total", "Tokens by direction.", ["model", "kind"], registry=r
         )
         self.records_pending = Gauge(
-            "guarita_records_pending", "Request records waiting to be written.", registry=r
+            "guarita_records_pending",
+            "Request records waiting to be written.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.events_dropped = Counter(
+            "guarita_events_dropped_total",
+            "Lifecycle events dropped (sink too slow or down).",
+            registry=r,
         )
         self.tasks = Counter(
             "guarita_tasks_total", "Tasks by outcome.", ["agent_name", "status"], registry=r
         )
 
+        self._multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+
     def render(self) -> bytes:
+        if self._multiprocess_dir:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry, path=self._multiprocess_dir)  # type: ignore[no-untyped-call]
+            return generate_latest(registry)
         return generate_latest(self.registry)
+
+    def process_exited(self) -> None:
+        """Drop this process's live gauges from the multiprocess sum."""
+        if self._multiprocess_dir:
+            multiprocess.mark_process_dead(os.getpid(), self._multiprocess_dir)  # type: ignore[no-untyped-call]
