@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,7 +11,35 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import create_pg_database, drop_pg_database
+from tests.helpers import clean_leftovers, create_pg_database, drop_pg_database, scale_out
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--mode",
+        choices=["embedded", "scaleout"],
+        default=None,
+        help="embedded (SQLite, in-process state and tasks) or scaleout (PostgreSQL, Redis, "
+        "Celery over RabbitMQ); default: $GUARITA_TEST_MODE or embedded",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    mode = config.getoption("--mode")
+    if mode:
+        os.environ["GUARITA_TEST_MODE"] = mode
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"guarita test mode: {os.environ.get('GUARITA_TEST_MODE', 'embedded')}"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _scale_out_cleanup() -> Iterator[None]:
+    yield
+    if scale_out():
+        clean_leftovers()
+
 
 _real_connect = socket.socket.connect
 _real_connect_ex = socket.socket.connect_ex
@@ -62,6 +91,8 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """The same test against the embedded SQLite store and against PostgreSQL
     (a database of its own, dropped after the test)."""
     if request.param == "sqlite":
+        if scale_out():
+            pytest.skip("scale-out mode runs on PostgreSQL")
         yield f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
         return
     name, url = create_pg_database()

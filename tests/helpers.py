@@ -21,7 +21,37 @@ ROOT = Path(__file__).resolve().parent.parent
 POSTGRES_ADMIN_URL = os.environ.get(
     "GUARITA_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
+REDIS_URL = os.environ.get("GUARITA_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+BROKER_URL = os.environ.get("GUARITA_TEST_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
 UPSTREAM_KEY = "test-upstream-key"
+
+
+def scale_out() -> bool:
+    """Whether the suite runs in scale-out mode (``pytest --mode=scaleout``)."""
+    return os.environ.get("GUARITA_TEST_MODE", "embedded") == "scaleout"
+
+
+class Leftovers:
+    """What scale-out servers create outside the test's temp dir, removed at session end."""
+
+    databases: list[str] = []
+    redis_prefixes: list[str] = []
+    queues: list[str] = []
+
+
+def scale_out_settings(tag: str) -> dict[str, Any]:
+    """Settings that put a server on Redis and Celery (RabbitMQ), with names of its own."""
+    prefix = f"guarita-test-{tag}:"
+    queue = f"guarita-test-{tag}"
+    Leftovers.redis_prefixes.append(prefix)
+    Leftovers.queues.append(queue)
+    return {
+        "redis_url": REDIS_URL,
+        "redis_prefix": prefix,
+        "task_queue": "celery",
+        "celery_broker_url": BROKER_URL,
+        "tasks": {"queue": queue, "sweep_interval_s": 2},
+    }
 
 
 def free_port() -> int:
@@ -85,6 +115,9 @@ class Process:
     def output(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
 
 def base_env(data_dir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GUARITA_")}
@@ -94,7 +127,11 @@ def base_env(data_dir: Path) -> dict[str, str]:
 
 
 class GuaritaServer:
-    """``guarita serve`` in its own process, with a config file written for the test."""
+    """``guarita serve`` in its own process, with a config file written for the test.
+
+    In scale-out mode it runs on PostgreSQL (a database of its own unless one is given),
+    Redis and Celery over RabbitMQ, with a ``guarita worker`` process beside it.
+    """
 
     def __init__(
         self,
@@ -103,20 +140,34 @@ class GuaritaServer:
         *,
         store_url: str | None = None,
         env: dict[str, str] | None = None,
+        workers: int = 1,
     ) -> None:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.config_path = workdir / "guarita.yaml"
         cfg = dict(config)
+        if scale_out():
+            if store_url is None:
+                name, store_url = create_pg_database()
+                Leftovers.databases.append(name)
+            for key, value in scale_out_settings(secrets.token_hex(4)).items():
+                if isinstance(value, dict):
+                    cfg[key] = {**value, **cfg.get(key, {})}
+                else:
+                    cfg.setdefault(key, value)
         if store_url:
             cfg.setdefault("store", {})["url"] = store_url
+        self.store_url = store_url or f"sqlite+aiosqlite:///{workdir / 'data' / 'guarita.db'}"
+        self.config = cfg
         self.config_path.write_text(yaml.safe_dump(cfg))
         self.env = base_env(workdir / "data")
         self.env["GUARITA_CONFIG"] = str(self.config_path)
         self.env.update(env or {})
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
+        self.api_processes = workers
         self.process: Process | None = None
+        self.worker: Process | None = None
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
@@ -133,13 +184,25 @@ class GuaritaServer:
     def create_key(self, name: str = "test", tier: str = "free") -> str:
         return self.cli("keys", "create", "--name", name, "--tier", tier).stdout.strip()
 
-    def start(self, *, ready: bool = True, timeout: float = 90.0) -> GuaritaServer:
-        self.process = Process(
-            [sys.executable, "-m", "guarita.cli", "serve", "--port", str(self.port)],
+    def start_worker(self) -> Process:
+        worker = Process(
+            [sys.executable, "-m", "guarita.cli", "worker"],
             env=self.env,
-            log_path=self.workdir / "server.log",
+            log_path=self.workdir / f"worker-{secrets.token_hex(3)}.log",
         )
+        worker.start()
+        return worker
+
+    def start(self, *, ready: bool = True, timeout: float = 90.0) -> GuaritaServer:
+        args = [sys.executable, "-m", "guarita.cli", "serve", "--port", str(self.port)]
+        if self.api_processes > 1:
+            args += ["--workers", str(self.api_processes)]
+        self.process = Process(args, env=self.env, log_path=self.workdir / "server.log")
         self.process.start()
+        if self.config.get("task_queue") == "celery" and (
+            self.worker is None or not self.worker.running()
+        ):
+            self.worker = self.start_worker()
         path = "/ready" if ready else "/health"
 
         def up() -> bool:
@@ -152,7 +215,12 @@ class GuaritaServer:
         return self
 
     def stop(self, sig: int = signal.SIGTERM) -> int | None:
-        return self.process.stop(sig) if self.process else None
+        """Stop the API process(es); the worker goes too unless the API was killed (a crash)."""
+        code = self.process.stop(sig) if self.process else None
+        if self.worker is not None and sig != signal.SIGKILL:
+            self.worker.stop(signal.SIGTERM, timeout=30)
+            self.worker = None
+        return code
 
     def logs(self) -> str:
         return self.process.output() if self.process else ""
@@ -231,3 +299,24 @@ async def query(store_url: str, sql: str, **params: Any) -> list[dict[str, Any]]
             return [dict(row._mapping) for row in result]
     finally:
         await engine.dispose()
+
+
+def clean_leftovers() -> None:
+    """Drop what scale-out servers created in PostgreSQL, Redis and RabbitMQ."""
+    for name in Leftovers.databases:
+        drop_pg_database(name)
+    if Leftovers.redis_prefixes:
+        import redis
+
+        client = redis.Redis.from_url(REDIS_URL)
+        for prefix in Leftovers.redis_prefixes:
+            for key in client.scan_iter(match=prefix + "*", count=1000):
+                client.delete(key)
+        client.close()
+    if Leftovers.queues:
+        from kombu import Connection
+
+        with Connection(BROKER_URL) as conn:
+            channel = conn.default_channel
+            for queue in Leftovers.queues:
+                channel.queue_delete(queue)

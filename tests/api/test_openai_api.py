@@ -23,6 +23,7 @@ from tests.helpers import (
     create_pg_database,
     drop_pg_database,
     query,
+    scale_out,
     wait_until,
 )
 
@@ -79,6 +80,8 @@ def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeUpstream]
 def gateway(
     request: pytest.FixtureRequest, upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[GuaritaServer]:
+    if request.param == "sqlite" and scale_out():
+        pytest.skip("scale-out mode runs on PostgreSQL")
     workdir: Path = tmp_path_factory.mktemp(f"gw-{request.param}")
     pg_name = None
     if request.param == "postgres":

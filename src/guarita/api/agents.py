@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -14,6 +15,7 @@ from guarita.errors import TaskNotFound
 from guarita.store.tasks import TaskInfo
 
 router = APIRouter(prefix="/api", tags=["agents"])
+_TASK_ID = re.compile(r"[A-Za-z0-9_\-]{1,64}")
 _JSON = "application/json"
 
 
@@ -58,7 +60,7 @@ async def create_task(
 
 @router.get("/tasks/{task_id}")
 async def get_task(task_id: str, runtime: RuntimeDep, caller: CallerDep) -> Response:
-    task = await runtime.task_store.get(task_id)
+    task = await runtime.task_store.get(task_id) if _TASK_ID.fullmatch(task_id) else None
     if task is None or task.key_id != caller.key_id:
         raise TaskNotFound(f"task {task_id!r} does not exist", param="task_id")
     return Response(orjson.dumps(task_json(task)), media_type=_JSON)

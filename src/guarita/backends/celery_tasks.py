@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import threading
 from typing import Any
 
@@ -141,7 +142,7 @@ def run_worker(
     try:
         app.worker_main([
             "worker", "--pool=threads", f"--concurrency={concurrency or settings.tasks.workers}",
-            f"--loglevel={loglevel}", "-Q", settings.tasks.queue,
+            f"--loglevel={loglevel}", "-Q", settings.tasks.queue, "-n", f"guarita-{os.getpid()}@%h",
             "--without-gossip", "--without-mingle", "--without-heartbeat",
         ])  # fmt: skip
     finally:

@@ -85,7 +85,9 @@ class NatsSink:
         return None
 
     async def _connect(self) -> Any:
-        if self._js is None:
+        # After an outage longer than its reconnect attempts the client closes for good:
+        # connect afresh, or the sink would stay down after NATS is back.
+        if self._js is None or self._conn.is_closed:
             self._conn = await self._nats.connect(
                 self._url, connect_timeout=2, max_reconnect_attempts=1
             )
@@ -119,6 +121,9 @@ class EventPublisher:
         self._max = max_queue
         self._batch = batch
         self._wakeup = asyncio.Event()
+        # flush() may run beside the background sender: one batch in flight at a time, or
+        # both would send the same events and then each pop them (losing later ones).
+        self._sending = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._source = f"guarita/{socket.gethostname()}"
         self.dropped = 0
@@ -169,19 +174,24 @@ class EventPublisher:
 
     async def _send_batch(self) -> bool:
         assert self._sink is not None
-        batch = [self._queue[i] for i in range(min(self._batch, len(self._queue)))]
-        try:
-            await asyncio.wait_for(self._sink.send(batch), timeout=5)
-        except Exception as exc:  # noqa: BLE001 - a sink failure must never reach a request
-            log.warning(
-                "event_sink_failed", error=f"{type(exc).__name__}: {exc}", queued=len(self._queue)
-            )
-            self._wakeup.set()
-            return False
-        for _ in batch:
-            self._queue.popleft()
-        self.sent += len(batch)
-        return True
+        async with self._sending:
+            batch = [self._queue[i] for i in range(min(self._batch, len(self._queue)))]
+            if not batch:  # sent by the other sender while this one waited
+                return True
+            try:
+                await asyncio.wait_for(self._sink.send(batch), timeout=5)
+            except Exception as exc:  # noqa: BLE001 - a sink failure must never reach a request
+                log.warning(
+                    "event_sink_failed",
+                    error=f"{type(exc).__name__}: {exc}",
+                    queued=len(self._queue),
+                )
+                self._wakeup.set()
+                return False
+            for _ in batch:
+                self._queue.popleft()
+            self.sent += len(batch)
+            return True
 
     async def flush(self, timeout_s: float = 5.0) -> None:
         """Send what is queued, within ``timeout_s``."""

@@ -1,0 +1,182 @@
+"""Scale-out mode with real processes: two API processes and two Celery workers around
+PostgreSQL, Redis and RabbitMQ. A worker is killed (SIGKILL) in the middle of tasks; every
+accepted task must still end exactly once with its result, and every answered request
+must be in PostgreSQL. Also: several API processes on one port report metrics summed
+over all of them.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import signal
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import redis
+
+from tests.helpers import (
+    REDIS_URL,
+    GuaritaServer,
+    Leftovers,
+    create_pg_database,
+    drop_pg_database,
+    query,
+    scale_out_settings,
+    wait_until,
+)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def pg_store() -> Iterator[str]:
+    name, url = create_pg_database()
+    yield url
+    drop_pg_database(name)
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}"}
+
+
+def events_by_type(stream: str) -> dict[str, list[dict[str, Any]]]:
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        entries = client.xrange(stream)
+    finally:
+        client.close()
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    for _, fields in entries:
+        event = orjson.loads(fields[b"event"])
+        grouped.setdefault(event["type"], []).append(event)
+    return grouped
+
+
+def test_killed_worker_loses_no_task(pg_store: str, tmp_path: Path) -> None:
+    tag = secrets.token_hex(4)
+    stream = f"guarita-test-events-{tag}"
+    config = {
+        "models": {"m": {"provider": "scripted", "options": {"delay_s": 2, "reply": "done"}}},
+        "agents": {"a": {"model": "m"}},
+        "default_agent": "a",
+        **scale_out_settings(tag),
+        "events": {"sink": "redis", "stream": stream},
+    }
+    config["tasks"].update({"lease_s": 3, "workers": 2, "max_attempts": 3})
+    Leftovers.redis_prefixes.append(stream)  # the stream key is removed at the end too
+    api_a = GuaritaServer(tmp_path / "a", config, store_url=pg_store)
+    api_b = GuaritaServer(tmp_path / "b", config, store_url=pg_store)
+    key = api_a.create_key("scale")
+    api_a.start()
+    api_b.start()  # each brings one worker
+    try:
+        assert api_a.worker is not None and api_b.worker is not None
+        task_ids = []
+        for i in range(8):
+            api = api_a if i % 2 == 0 else api_b
+            r = httpx.post(
+                api.base_url + "/api/tasks", headers=auth(key), json={"message": f"job {i}"}
+            )
+            assert r.status_code == 202
+            task_ids.append(r.json()["task_id"])
+
+        def running() -> list[dict[str, Any]]:
+            r = httpx.get(f"{api_a.base_url}/api/tasks/{task_ids[0]}", headers=auth(key))
+            assert r.status_code == 200
+            import asyncio
+
+            rows = asyncio.run(query(pg_store, "SELECT id FROM tasks WHERE status = 'running'"))
+            return rows if len(rows) >= 3 else []
+
+        wait_until(running, timeout=60, what="tasks running on both workers")
+        api_a.worker.stop(signal.SIGKILL)  # mid-task, no chance to clean up
+
+        # meanwhile both API processes serve the same conversation and direct calls
+        answered = []
+        first = httpx.post(
+            api_a.base_url + "/api/chat", headers=auth(key), json={"message": "hello"}
+        )
+        session = first.json()["session_id"]
+        second = httpx.post(
+            api_b.base_url + "/api/chat",
+            headers=auth(key),
+            json={"message": "again", "session_id": session},
+        )
+        assert first.status_code == second.status_code == 200
+        answered += [first.headers["x-request-id"], second.headers["x-request-id"]]
+        turns = redis.Redis.from_url(REDIS_URL).llen(
+            f"{config['redis_prefix']}session:{session}:turns"
+        )
+        assert turns == 4  # both processes wrote to the one shared session
+
+        def all_done() -> list[dict[str, Any]] | None:
+            results = [
+                httpx.get(f"{api_b.base_url}/api/tasks/{t}", headers=auth(key)).json()
+                for t in task_ids
+            ]
+            return results if all(r["status"] in ("succeeded", "failed") for r in results) else None
+
+        results = wait_until(all_done, timeout=120, interval=0.5, what="every task to finish")
+        assert [r["status"] for r in results] == ["succeeded"] * len(task_ids), results
+        assert all(r["result"]["response"] == "done" for r in results)
+        assert max(r["attempts"] for r in results) >= 2, "the kill interrupted no task"
+    finally:
+        api_a.stop()
+        api_b.stop()
+
+    grouped = wait_until(
+        lambda: (
+            (g := events_by_type(stream)) and len(g.get("guarita.task.finished", [])) >= 8 and g
+        ),
+        timeout=30,
+        what="task.finished events",
+    )
+    finished = Counter(e["data"]["task_id"] for e in grouped["guarita.task.finished"])
+    assert finished == Counter(dict.fromkeys(task_ids, 1)), "a task finished more than once"
+    import asyncio
+
+    stored = {
+        r["request_id"] for r in asyncio.run(query(pg_store, "SELECT request_id FROM requests"))
+    }
+    assert set(answered) <= stored
+    for r in results:  # the model call of each task's successful attempt is recorded too
+        assert f"{r['task_id']}-{r['attempts']}" in stored
+
+
+def test_several_api_processes_report_summed_metrics(tmp_path: Path) -> None:
+    config = {
+        "models": {"m": {"provider": "scripted"}},
+        "agents": {"a": {"model": "m"}},
+        "default_agent": "a",
+    }
+    server = GuaritaServer(tmp_path, config, workers=2)
+    key = server.create_key("multi")
+    server.start()
+    try:
+        pids = set()
+        with httpx.Client(base_url=server.base_url, headers=auth(key)) as client:
+            for _ in range(30):
+                r = client.post(
+                    "/v1/chat/completions",
+                    json={"model": "m", "messages": [{"role": "user", "content": "x"}]},
+                    headers={"connection": "close"},
+                )
+                assert r.status_code == 200
+            for _ in range(10):
+                text = httpx.get(server.base_url + "/metrics", headers={"connection": "close"}).text
+                match = re.search(
+                    r'agent_requests_total\{agent_name="direct",status="success"\} (\S+)', text
+                )
+                assert match is not None
+                assert float(match.group(1)) == 30.0  # whichever process answers the scrape
+                pids.update(re.findall(r'pid="(\d+)"', text))
+        log = server.logs()
+        assert log.count('"event":"runtime_started"') == 2  # two API processes served
+    finally:
+        server.stop()
