@@ -16,8 +16,10 @@ Each load is a warm-up (not measured) and then the measured window. CPU time is 
 and just after the measured window, so start-up and warm-up cost nothing; "CPU ms/req" is
 that difference divided by the requests wrk completed in the window.
 
-Run: ``.venv/bin/python bench/run_gateway.py`` (``--duration 5`` for a quick look).
-Needs ``wrk`` (``apt-get install -y wrk``). Results go to ``bench/results/latest.md``.
+Run: ``.venv/bin/python bench/run_gateway.py`` (``--duration 5`` for a quick look;
+``--profile 10`` adds a py-spy profile of the gateway under load; ``--quiet-wait 120`` first
+waits for a shared machine to calm down). Needs ``wrk`` (``apt-get install -y wrk``).
+Results go to ``bench/results/latest.md``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -63,6 +66,7 @@ models:
     api_key_env: BENCH_UPSTREAM_KEY
     price_input_per_1m: 3
     price_output_per_1m: 15
+# The built-in default agent names the local llama.cpp model, which this config leaves out.
 agents:
   bench-agent:
     model: {model}
@@ -96,7 +100,7 @@ def wait_for(url: str, proc: subprocess.Popen[bytes], *, timeout: float, log: Pa
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args} exited with {proc.returncode}:\n{tail(log)}")
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}:\n{tail(log)}")
         if http_status(url) == 200:
             return
         time.sleep(0.1)
@@ -170,6 +174,19 @@ def cpu_seconds(pid: int) -> float:
     return ticks / CLK_TCK
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores spent busy since boot (``/proc/stat``, idle and iowait left out)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+
+
+def children_cpu_seconds() -> float:
+    """CPU time of our reaped children (wrk, once ``subprocess.run`` has waited for it)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def peak_rss_mb(pid: int) -> float:
     """Sum of the peak resident set sizes (VmHWM) over the process tree, in MB."""
     kib = 0
@@ -182,6 +199,20 @@ def peak_rss_mb(pid: int) -> float:
             if line.startswith("VmHWM:"):
                 kib += int(line.split()[1])
     return kib / 1024
+
+
+def wait_until_quiet(limit_s: float, *, threshold: float = 0.3, sample_s: float = 2.0) -> float:
+    """Wait (at most ``limit_s``) until the machine's busy cores stay under ``threshold`` for
+    one sample; return the last sample. On a shared machine, someone else's test run
+    can take a whole core and halve the numbers."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        before = machine_busy_seconds()
+        time.sleep(sample_s)
+        busy = (machine_busy_seconds() - before) / sample_s
+        if busy < threshold or time.monotonic() >= deadline:
+            return busy
+        print(f"machine busy ({busy:.2f} cores used by others); waiting", flush=True)
 
 
 # --- load ------------------------------------------------------------------------------
@@ -237,25 +268,42 @@ class Row:
     load: Load
     cpu_ms_per_req: float
     rss_mb: float
+    other_cores: float  # CPU used by processes other than ours and wrk, in cores
     warmup_requests: int = 0
     floor: Load | None = None  # the upstream alone at the same connection count
 
 
 def measure(
-    target: str, url: str, pid: int, connections: int, args: argparse.Namespace, **kw: str | None
+    target: str,
+    url: str,
+    connections: int,
+    args: argparse.Namespace,
+    *,
+    pid: int,
+    bystanders: tuple[int, ...] = (),
+    api_key: str | None = None,
 ) -> Row:
-    """Warm up, then load ``url`` for the measured window, charging ``pid``'s CPU time."""
+    """Warm up, then load ``url`` for the measured window, charging ``pid``'s CPU time.
+
+    Also works out how busy the rest of the machine was during the window (everything
+    but ``pid``, the ``bystanders`` we started and wrk): on a shared machine that is
+    the first thing to check when a number looks off.
+    """
     warmup = 0
     if args.warmup > 0:
-        warmup = run_wrk(url, connections, args.warmup, api_key=kw.get("api_key")).requests
-    before = cpu_seconds(pid)
-    load = run_wrk(url, connections, args.duration, api_key=kw.get("api_key"))
-    cpu = cpu_seconds(pid) - before
-    per_request = cpu * 1000 / load.requests if load.requests else float("nan")
-    row = Row(target, connections, load, per_request, peak_rss_mb(pid), warmup)
+        warmup = run_wrk(url, connections, args.warmup, api_key=api_key).requests
+    ours = [cpu_seconds(p) for p in (pid, *bystanders)]
+    machine, children = machine_busy_seconds(), children_cpu_seconds()
+    load = run_wrk(url, connections, args.duration, api_key=api_key)
+    ours = [cpu_seconds(p) - before for p, before in zip((pid, *bystanders), ours, strict=True)]
+    wrk_cpu = children_cpu_seconds() - children
+    others = (machine_busy_seconds() - machine - wrk_cpu - sum(ours)) / load.seconds
+    per_request = ours[0] * 1000 / load.requests if load.requests else float("nan")
+    row = Row(target, connections, load, per_request, peak_rss_mb(pid), max(0.0, others), warmup)
     print(
         f"  {target} @ {connections} conns: {load.rps:.0f} RPS, p50 {load.p50_ms:.2f} ms, "
-        f"p99 {load.p99_ms:.2f} ms, {per_request:.3f} CPU ms/req, {load.errors} errors",
+        f"p99 {load.p99_ms:.2f} ms, {per_request:.3f} CPU ms/req, {load.errors} errors, "
+        f"other processes {row.other_cores:.2f} cores",
         flush=True,
     )
     return row
@@ -292,6 +340,27 @@ def create_key(env: dict[str, str]) -> str:
     return lines[-1].strip()
 
 
+def source_of(env: dict[str, str]) -> str:
+    """Which guarita code the gateway runs: its path, and the commit when it is this repo."""
+    found = subprocess.run(
+        [str(VENV_BIN / "python"), "-c", "import guarita; print(guarita.__file__)"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    where = Path(found.stdout.strip()).parent.parent
+    if where != ROOT / "src":
+        return f"guarita from {where}"
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True)
+        return done.stdout.strip()
+
+    dirty = " with uncommitted changes in src/" if git("status", "--porcelain", "--", "src") else ""
+    return f"guarita at commit {git('rev-parse', '--short', 'HEAD') or '?'}{dirty}"
+
+
 def recorded(db: Path) -> dict[str, int]:
     """Rows of the gateway's ``requests`` table, by status."""
     with contextlib.closing(sqlite3.connect(db)) as conn:
@@ -313,7 +382,7 @@ def profile(
     spy = shutil.which("py-spy", path=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
     if spy is None:
         return "py-spy is not installed: .venv/bin/pip install py-spy", 0
-    raw = RESULTS / "profile.txt"
+    raw = RESULTS / "profile-raw.txt"
     RESULTS.mkdir(parents=True, exist_ok=True)
     args = [spy, "record", "--format", "raw", "--output", str(raw), "--pid", str(pid)]
     args += ["--duration", f"{seconds:g}", "--rate", "200", "--gil"]
@@ -354,7 +423,7 @@ def summarise_profile(raw: Path, top: int = 25) -> str:
 
     return "\n".join(
         [
-            f"{total} samples (raw stacks: {raw})",
+            f"{total} samples with the GIL held (raw stacks: {_relative(raw)})",
             "",
             "self time by module:",
             *ranked(modules),
@@ -366,6 +435,10 @@ def summarise_profile(raw: Path, top: int = 25) -> str:
             *ranked(inclusive),
         ]
     )
+
+
+def _relative(path: Path) -> str:
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def _frame_name(frame: str) -> str:
@@ -398,8 +471,8 @@ def table(rows: list[Row]) -> str:
     """Markdown in the shape of BENCHMARKS.md, plus the gateway's added latency."""
     out = [
         "| target | connections | RPS | p50 ms | p99 ms | added p50 ms | added p99 ms "
-        "| CPU ms/req | RSS MB | errors |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| CPU ms/req | RSS MB | errors | other load (cores) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in sorted(rows, key=lambda r: (-r.connections, r.floor is not None)):
         load = row.load
@@ -412,12 +485,14 @@ def table(rows: list[Row]) -> str:
         out.append(
             f"| {row.target} | {row.connections} | {load.rps:.0f} | {load.p50_ms:.2f} "
             f"| {load.p99_ms:.2f} | {added[0]} | {added[1]} | {row.cpu_ms_per_req:.3f} "
-            f"| {row.rss_mb:.0f} | {load.errors} |"
+            f"| {row.rss_mb:.0f} | {load.errors} | {row.other_cores:.2f} |"
         )
     return "\n".join(out)
 
 
-def report(rows: list[Row], args: argparse.Namespace, records: dict[str, int], sent: int) -> str:
+def report(
+    rows: list[Row], args: argparse.Namespace, records: dict[str, int], sent: int, source: str
+) -> str:
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     recorded_total = sum(records.values())
     by_status = ", ".join(f"{k}: {v}" for k, v in sorted(records.items())) or "none"
@@ -428,9 +503,14 @@ def report(rows: list[Row], args: argparse.Namespace, records: dict[str, int], s
             f"Machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}. Fake upstream "
             f"delay {args.delay_ms:g} ms; wrk, POST /v1/chat/completions (non-streamed), "
             f"{args.warmup:g} s warm-up then {args.duration:g} s measured per row. Gateway: "
-            "`guarita serve`, auth, metrics, JSON access log and SQLite store recording on.",
+            f"`guarita serve` ({source}), auth, metrics, JSON access log and SQLite store "
+            "recording on.",
             "",
             table(rows),
+            "",
+            "CPU ms/req: CPU time of the target's process tree during the measured window over "
+            "the requests completed in it. Other load: CPU the rest of the machine used meanwhile "
+            "(not ours, not wrk), in cores; well above 0 means the numbers are disturbed.",
             "",
             f"Store check: {recorded_total} rows in `requests` ({by_status}) for {sent} "
             "requests wrk completed against the gateway (warm-ups included).",
@@ -453,6 +533,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--output", type=Path, default=RESULTS / "latest.md")
     parser.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (logs, db)")
     parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="first wait up to this long for the machine to be idle (shared machines)",
+    )
+    parser.add_argument(
         "--profile",
         type=float,
         default=0.0,
@@ -473,13 +560,14 @@ def run(args: argparse.Namespace, tmp: Path) -> str:
         wait_for(f"{base}/health", upstream, timeout=15, log=upstream_log)
         print(f"upstream alone ({base}):", flush=True)
         floors = {
-            n: measure("upstream alone", f"{base}/v1/chat/completions", upstream.pid, n, args)
+            n: measure("upstream alone", f"{base}/v1/chat/completions", n, args, pid=upstream.pid)
             for n in connections
         }
         config = tmp / "guarita.yaml"
         config.write_text(CONFIG_TEMPLATE.format(model=MODEL, upstream_port=upstream_port))
         env = gateway_env(tmp, config)
         key = create_key(env)
+        source = source_of(env)
         serve = [str(VENV_BIN / "guarita"), "serve", "--port", str(gateway_port)]
         gateway_log = tmp / "gateway.log"
         rows = list(floors.values())
@@ -490,7 +578,13 @@ def run(args: argparse.Namespace, tmp: Path) -> str:
             print(f"gateway ({gw}, pid {gateway.pid}, log {gateway_log}):", flush=True)
             for n in connections:
                 row = measure(
-                    "guarita", f"{gw}/v1/chat/completions", gateway.pid, n, args, api_key=key
+                    "guarita",
+                    f"{gw}/v1/chat/completions",
+                    n,
+                    args,
+                    pid=gateway.pid,
+                    bystanders=(upstream.pid,),
+                    api_key=key,
                 )
                 rows.append(dataclasses.replace(row, floor=floors[n].load))
                 sent += row.load.requests + row.warmup_requests
@@ -505,7 +599,7 @@ def run(args: argparse.Namespace, tmp: Path) -> str:
                 print(f"warning: gateway exited with {code}:\n{tail(gateway_log)}", flush=True)
     records = recorded(tmp / "guarita.db")
     print(f"store: {sum(records.values())} rows in requests {records}", flush=True)
-    return report(rows, args, records, sent)
+    return report(rows, args, records, sent, source)
 
 
 def main() -> int:
@@ -516,6 +610,9 @@ def main() -> int:
     if not (VENV_BIN / "guarita").exists():
         print(f"{VENV_BIN / 'guarita'} not found: pip install -e '.[dev]'", file=sys.stderr)
         return 2
+    if args.quiet_wait > 0:
+        busy = wait_until_quiet(args.quiet_wait)
+        print(f"starting with {busy:.2f} cores busy elsewhere", flush=True)
     tmp = Path(tempfile.mkdtemp(prefix="guarita-bench-"))
     try:
         text = run(args, tmp)

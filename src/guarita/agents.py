@@ -7,6 +7,7 @@ and as much recent history as fits the model's context window next to the new me
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +50,8 @@ class ChatResult:
     usage: Usage
     cost_usd: float
     request_id: str
+    fallback_level: str = "primary"
+    quality: float = 1.0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -59,13 +62,22 @@ class ChatResult:
             "usage": self.usage.to_openai(),
             "cost_usd": self.cost_usd,
             "request_id": self.request_id,
+            "fallback_level": self.fallback_level,
+            "quality_score": self.quality,
         }
 
 
 class AgentService:
     def __init__(
-        self, settings: Settings, sessions: SessionStore, pipeline: Next, *, tracer: trace.Tracer
+        self,
+        settings: Settings,
+        sessions: SessionStore,
+        pipeline: Next,
+        *,
+        tracer: trace.Tracer,
+        deadline: Callable[[str, str | None, float | None], float],
     ) -> None:
+        self._deadline = deadline
         self._settings = settings
         self._sessions = sessions
         self._pipeline = pipeline
@@ -89,6 +101,7 @@ class AgentService:
         session_id: str | None = None,
         endpoint: str = "api.chat",
         info: dict[str, Any] | None = None,
+        deadline_ms: float | None = None,
     ) -> ChatResult:
         name, agent = self.resolve(agent_name)
         history: list[Turn] = []
@@ -137,6 +150,7 @@ class AgentService:
             endpoint=endpoint,
             session_id=session_id,
             info=info if info is not None else {},
+            deadline=self._deadline(agent.model, name, deadline_ms),
         )
         reply = await self._pipeline(call)
         with self._tracer.start_as_current_span("guarita.session.append"):

@@ -18,8 +18,11 @@ in one place (``api/errors.py``).
     ├── UpstreamError                 502 upstream_error
     │   ├── UpstreamAuthFailed        502 upstream_error (code upstream_auth)
     │   └── UpstreamUnavailable       502 upstream_error (code upstream_unavailable)
+    │   └── QualityRejected           502 upstream_error (code quality_rejected)
     ├── ServiceUnavailable            503 service_unavailable (Retry-After)
+    │   └── CircuitOpen               503 service_unavailable (code circuit_open)
     └── UpstreamTimeout               504 timeout_error
+        └── DeadlineExceeded          504 timeout_error (code deadline_exceeded)
 
 ``ConfigError`` is separate: it stops the process at start and is never sent to a caller.
 """
@@ -129,13 +132,27 @@ class UpstreamUnavailable(UpstreamError):
     code = "upstream_unavailable"
 
 
+class QualityRejected(UpstreamError):
+    """The upstream answered, but the answer failed a quality check (empty, bad JSON...)."""
+
+    code = "quality_rejected"
+
+
 class ServiceUnavailable(GuaritaError):
     status_code = 503
     error_type = "service_unavailable"
     code = "overloaded"
 
 
+class CircuitOpen(ServiceUnavailable):
+    code = "circuit_open"
+
+
 class UpstreamTimeout(GuaritaError):
     status_code = 504
     error_type = "timeout_error"
     code = "upstream_timeout"
+
+
+class DeadlineExceeded(UpstreamTimeout):
+    code = "deadline_exceeded"

@@ -9,6 +9,7 @@ from settings alone: SQLite or PostgreSQL by ``store.url``, in-process or Redis 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any, Literal
 
 import structlog
@@ -24,7 +25,11 @@ from guarita.pipeline import Next, compose
 from guarita.pipeline.account import Accounting
 from guarita.pipeline.provider_call import ProviderCall
 from guarita.pipeline.record import Recording
-from guarita.providers.base import Embeddings, Provider, ProviderRegistry
+from guarita.providers.base import Embeddings, ProviderRegistry
+from guarita.resilience.breaker import BreakerStore, MemoryBreakerStore, RedisBreakerStore
+from guarita.resilience.build import build_groups
+from guarita.resilience.fallback import FallbackChain
+from guarita.resilience.group import ModelGroup
 from guarita.settings import Settings
 from guarita.store.database import Database
 from guarita.store.keys import KeyStore
@@ -74,23 +79,37 @@ class Runtime:
         )
         self.sessions = self._session_store()
         self.task_store = TaskStore(self.db)
-        registry = registry or ProviderRegistry()
         # Building providers reads their keys: a missing one stops the start here.
-        self.providers: dict[str, Provider] = {
-            name: registry.create(name, model) for name, model in settings.models.items()
-        }
+        self.breakers: BreakerStore = (
+            RedisBreakerStore(self.kv.client, prefix=settings.redis_prefix)
+            if isinstance(self.kv, RedisKV)
+            else MemoryBreakerStore()
+        )
+        self.models: dict[str, ModelGroup] = build_groups(
+            settings, registry or ProviderRegistry(), self.breakers, self.metrics
+        )
         self.prices: dict[str, Price] = {
             name: price_for(name, m) for name, m in settings.models.items()
         }
         self.recording = Recording(self.metrics, self.records, self.events)
         tracer = self.tracing.tracer if self.tracing.enabled else None
+        fallback = FallbackChain(
+            settings.models,
+            {name: agent.fallbacks for name, agent in settings.agents.items()},
+            rules=settings.resilience.rules,
+            static_reply=settings.resilience.static_reply,
+        )
         self.pipeline: Next = compose(
-            [self.recording, Accounting(self.prices)],
-            ProviderCall(self.providers, tracer=tracer),
+            [self.recording, Accounting(self.prices), fallback],
+            ProviderCall(self.models, tracer=tracer),
             tracer=tracer,
         )
         self.agents = AgentService(
-            settings, self.sessions, self.pipeline, tracer=self.tracing.tracer
+            settings,
+            self.sessions,
+            self.pipeline,
+            tracer=self.tracing.tracer,
+            deadline=self.deadline,
         )
         self.executor = TaskExecutor(
             self.task_store,
@@ -127,6 +146,21 @@ class Runtime:
             "guarita." + event, {"task_id": task.id, "agent": task.agent, **details}
         )
 
+    def deadline(self, model: str, agent: str | None, requested_ms: float | None = None) -> float:
+        """When a call must be over: the request's own wish within limits, else the agent's,
+        the model's or the default deadline."""
+        limits = self.settings.resilience
+        if requested_ms is not None:
+            seconds = min(max(requested_ms / 1000, limits.min_deadline_s), limits.max_deadline_s)
+        else:
+            agent_settings = self.settings.agents.get(agent or "")
+            seconds = (
+                (agent_settings.deadline_s if agent_settings else None)
+                or self.settings.models[model].deadline_s
+                or limits.deadline_s
+            )
+        return time.monotonic() + seconds
+
     @property
     def default_model(self) -> str:
         agent = self.settings.agents.get(self.settings.default_agent)
@@ -137,11 +171,12 @@ class Runtime:
             await self.db.migrate()
         await self.records.start()
         await self.events.start()
-        for provider in self.providers.values():
-            await provider.start()
+        for group in self.models.values():
+            for deployment in group.deployments:
+                await deployment.provider.start()
         if self.role == "api":
             await self.tasks.start()
-        log.info("runtime_started", role=self.role, models=sorted(self.providers),
+        log.info("runtime_started", role=self.role, models=sorted(self.models),
                  store=self.db.engine.url.render_as_string(hide_password=True),
                  shared_state="redis" if isinstance(self.kv, RedisKV) else "in-process",
                  task_queue=self.settings.task_queue)  # fmt: skip
@@ -176,9 +211,10 @@ class Runtime:
 
     async def embed(self, call: Call, inputs: list[str]) -> Embeddings:
         """Embeddings do not go through the chat pipeline, but are costed and recorded alike."""
-        provider = self.providers.get(call.model)
-        if provider is None:
+        group = self.models.get(call.model)
+        if group is None:
             raise ModelNotFound(f"model {call.model!r} does not exist", param="model")
+        provider = group.order()[0].provider
         self.recording.begin()
         try:
             result = await provider.embed(inputs)
@@ -195,8 +231,9 @@ class Runtime:
         if isinstance(self.kv, RedisKV):
             checks["redis"] = await self.kv.ping()
         model = self.default_model
-        provider = self.providers.get(model)
-        checks[f"model:{model}"] = await provider.ready() if provider is not None else False
+        group = self.models.get(model)
+        ready = [await d.provider.ready() for d in group.deployments] if group else [False]
+        checks[f"model:{model}"] = any(ready)
         return {"ready": all(checks.values()), "checks": checks}
 
     async def aclose(self) -> None:
@@ -204,7 +241,9 @@ class Runtime:
             await self.tasks.aclose()
         await self.records.aclose()
         await self.events.aclose()
-        await asyncio.gather(*(p.aclose() for p in self.providers.values()))
+        await asyncio.gather(
+            *(d.provider.aclose() for g in self.models.values() for d in g.deployments)
+        )
         await self.kv.aclose()
         await self.db.aclose()
         self.tracing.shutdown()

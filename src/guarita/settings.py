@@ -29,8 +29,74 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class RetrySettings(_Strict):
+    max_attempts: int = Field(
+        default=3, ge=1, le=10, description="Calls per deployment, first included."
+    )
+    base_delay_s: float = Field(default=0.2, ge=0)
+    max_delay_s: float = Field(default=5.0, ge=0)
+    budget_ratio: float = Field(
+        default=0.2, ge=0, le=1, description="Retries may add this share of calls."
+    )
+    budget_min_retries: int = Field(default=3, ge=0)
+    budget_window_s: float = Field(default=10.0, gt=0)
+
+
+class BreakerSettings(_Strict):
+    enabled: bool = True
+    failure_threshold: int = Field(
+        default=5, ge=1, description="Consecutive failures that open it."
+    )
+    failure_ratio: float = Field(default=0.5, gt=0, le=1)
+    min_calls: int = Field(
+        default=20, ge=1, description="Calls in the window before the ratio counts."
+    )
+    window_s: float = Field(default=60.0, gt=0)
+    open_s: float = Field(default=60.0, gt=0, description="Time open before half-open probes.")
+    half_open_probes: int = Field(default=3, ge=1)
+
+
+class QualitySettings(_Strict):
+    max_latency_ms: float | None = Field(
+        default=None, gt=0, description="Slower answers count as failures."
+    )
+    reject_empty: bool = True
+    reject_truncated: bool = False
+    reject_invalid_json: bool = True
+    reject_refusals: bool = False
+    min_score: float | None = Field(default=None, ge=0, le=1)
+
+
+class ChaosSettings(_Strict):
+    """Fault injection around a deployment, for drills and tests."""
+
+    error_rate: float = Field(default=0.0, ge=0, le=1)
+    timeout_rate: float = Field(default=0.0, ge=0, le=1)
+    truncate_rate: float = Field(default=0.0, ge=0, le=1, description="Streams cut off mid-way.")
+    garbage_rate: float = Field(default=0.0, ge=0, le=1, description="Empty or nonsense answers.")
+    latency_ms: tuple[float, float] = Field(
+        default=(0.0, 0.0), description="Added latency, uniform [min, max]."
+    )
+    seed: int | None = None
+
+
+class DeploymentSettings(_Strict):
+    """One place a model is served from; several make a load-balanced group."""
+
+    name: str | None = None
+    provider: str
+    upstream: str | None = None
+    base_url: str | None = None
+    api_key_env: str | None = None
+    weight: float = Field(default=1.0, gt=0)
+    connect_timeout_s: float | None = Field(default=None, gt=0)
+    timeout_s: float | None = Field(default=None, gt=0)
+    options: dict[str, Any] = Field(default_factory=dict)
+    chaos: ChaosSettings | None = None
+
+
 class ModelSettings(_Strict):
-    """One model callers can name, and the deployment that serves it."""
+    """One model callers can name, and the deployment(s) that serve it."""
 
     provider: str = Field(
         description="Registered provider name: llamacpp, openai, anthropic, scripted."
@@ -46,6 +112,22 @@ class ModelSettings(_Strict):
     connect_timeout_s: float = Field(default=5.0, gt=0)
     timeout_s: float = Field(default=120.0, gt=0)
     options: dict[str, Any] = Field(default_factory=dict, description="Provider-specific options.")
+    chaos: ChaosSettings | None = None
+    deployments: list[DeploymentSettings] = Field(
+        default_factory=list,
+        description="Several deployments of this model; default: the fields above.",
+    )
+    balancing: Literal["least_outstanding", "weighted"] = "least_outstanding"
+    retry: RetrySettings = RetrySettings()
+    breaker: BreakerSettings = BreakerSettings()
+    quality: QualitySettings = QualitySettings()
+    fallbacks: list[str] = Field(
+        default_factory=list, description="Models to try, in order, when this fails."
+    )
+    deadline_s: float | None = Field(default=None, gt=0)
+    ttft_timeout_s: float | None = Field(
+        default=None, gt=0, description="Streams: time to the first token."
+    )
 
     @field_validator("api_key_env")
     @classmethod
@@ -63,6 +145,35 @@ class AgentSettings(_Strict):
     temperature: float = Field(default=0.7, ge=0, le=2)
     max_tokens: int = Field(default=256, gt=0)
     description: str = ""
+    fallbacks: list[str] | None = Field(
+        default=None, description="Overrides the model's fallbacks."
+    )
+    deadline_s: float | None = Field(default=None, gt=0)
+
+
+class RuleSettings(_Strict):
+    pattern: str = Field(
+        min_length=1, description="A regular expression searched in the last user message."
+    )
+    reply: str
+
+
+class ResilienceSettings(_Strict):
+    deadline_s: float = Field(
+        default=60.0, gt=0, description="Whole-call deadline, retries and fallbacks included."
+    )
+    min_deadline_s: float = Field(default=0.1, gt=0)
+    max_deadline_s: float = Field(
+        default=600.0, gt=0, description="Upper bound for x-guarita-deadline-ms."
+    )
+    rules: list[RuleSettings] = Field(
+        default_factory=list, description="Rule-based answers, a fallback level."
+    )
+    static_reply: str | None = Field(
+        default=None,
+        description="The last fallback level, e.g. 'The service is busy, please try again.'; "
+        "unset: callers get the error itself.",
+    )
 
 
 class ServerSettings(_Strict):
@@ -181,6 +292,7 @@ class Settings(BaseSettings):
     sessions: SessionSettings = SessionSettings()
     events: EventSettings = EventSettings()
     tracing: TracingSettings = TracingSettings()
+    resilience: ResilienceSettings = ResilienceSettings()
     redis_url: str | None = Field(
         default=None,
         description="Shared state (sessions, limits, breakers) in Redis; absent: in-process.",
@@ -197,6 +309,13 @@ class Settings(BaseSettings):
         for name, agent in self.agents.items():
             if agent.model not in self.models:
                 raise ValueError(f"agents.{name}.model: unknown model {agent.model!r}")
+            for fallback in agent.fallbacks or ():
+                if fallback not in self.models:
+                    raise ValueError(f"agents.{name}.fallbacks: unknown model {fallback!r}")
+        for name, model in self.models.items():
+            for fallback in model.fallbacks:
+                if fallback not in self.models or fallback == name:
+                    raise ValueError(f"models.{name}.fallbacks: unknown model {fallback!r}")
         if self.agents and self.default_agent not in self.agents:
             raise ValueError(f"default_agent: unknown agent {self.default_agent!r}")
         if self.task_queue == "celery" and not (self.celery_broker_url or self.redis_url):

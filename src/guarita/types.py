@@ -64,6 +64,8 @@ class Call:
     agent: str | None = None
     endpoint: str = "chat.completions"
     session_id: str | None = None
+    deadline: float | None = None
+    """When the whole call must be over, in ``time.monotonic()`` seconds."""
     started: float = field(default_factory=time.perf_counter)
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -114,6 +116,11 @@ class Reply:
     finish_reason: str | None = None
     hooks: list[FinishHook] = field(default_factory=list)
     finished: bool = False
+    served_by: str | None = None
+    """The configured model that answered (differs from the call's after a fallback)."""
+    deployment: str | None = None
+    fallback_level: str = "primary"
+    quality: float = 1.0
 
     @property
     def is_stream(self) -> bool:

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from guarita.api.deps import CallerDep, RuntimeDep, request_id, request_info
+from guarita.api.openai import requested_deadline_ms
 from guarita.api.schemas import AgentChatRequest, TaskRequest
 from guarita.errors import TaskNotFound
 from guarita.store.tasks import TaskInfo
@@ -30,6 +31,7 @@ async def chat(
         agent_name=payload.agent,
         session_id=payload.session_id,
         info=request_info(request),
+        deadline_ms=requested_deadline_ms(request),
     )
     return Response(orjson.dumps(result.to_json()), media_type=_JSON)
 

@@ -19,7 +19,7 @@ from starlette.responses import Response, StreamingResponse
 
 from guarita.api.deps import CallerDep, RuntimeDep, request_id, request_info
 from guarita.api.schemas import ChatCompletionRequest, EmbeddingRequest
-from guarita.errors import GuaritaError, ModelNotFound
+from guarita.errors import GuaritaError, InvalidRequest, ModelNotFound
 from guarita.runtime import Runtime
 from guarita.types import Call, Chunk, Reply
 
@@ -37,6 +37,21 @@ def resolve_model(runtime: Runtime, name: str) -> tuple[str, str | None]:
     if agent is not None:
         return agent.model, name
     raise ModelNotFound(f"The model {name!r} does not exist", param="model")
+
+
+def requested_deadline_ms(request: Request) -> float | None:
+    """``x-guarita-deadline-ms``: the caller's own deadline, clamped to the configured limits."""
+    value = request.headers.get("x-guarita-deadline-ms")
+    if value is None:
+        return None
+    try:
+        ms = float(value)
+    except ValueError:
+        ms = -1.0
+    if not ms > 0 or ms == float("inf"):
+        raise InvalidRequest("x-guarita-deadline-ms: must be a positive number of milliseconds",
+                             param="x-guarita-deadline-ms")  # fmt: skip
+    return ms
 
 
 def _apply_agent(runtime: Runtime, agent_name: str, body: dict[str, Any]) -> None:
@@ -67,19 +82,22 @@ async def chat_completions(
         include_usage=include_usage,
         agent=agent,
         info=request_info(request),
+        deadline=runtime.deadline(model, agent, requested_deadline_ms(request)),
     )
     reply = await runtime.pipeline(call)
+    headers = {
+        "x-guarita-fallback-level": reply.fallback_level,
+        "x-guarita-quality": f"{reply.quality:.2f}",
+    }
     if not reply.is_stream:
         assert reply.completion is not None
         content = reply.completion.raw or orjson.dumps(reply.completion.body)
-        return Response(content, media_type=_JSON)
+        return Response(content, media_type=_JSON, headers=headers)
     chunks = reply.chunks()
     first = await anext(chunks)  # fail with a proper status while none has been sent
-    return StreamingResponse(
-        _sse(first, chunks, reply, include_usage),
-        media_type="text/event-stream",
-        headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
-    )
+    headers.update({"cache-control": "no-cache", "x-accel-buffering": "no"})
+    events = _sse(first, chunks, reply, include_usage)
+    return StreamingResponse(events, media_type="text/event-stream", headers=headers)
 
 
 async def _sse(

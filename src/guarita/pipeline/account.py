@@ -15,10 +15,10 @@ class Accounting:
 
     async def __call__(self, call: Call, next: Next) -> Reply:
         reply = await next(call)
-        price = self._prices.get(call.model, FREE)
 
         def settle(done: Reply, _error: BaseException | None) -> None:
-            done.cost_usd = price.cost(done.usage)
+            # priced as the model that answered, which a fallback may have changed
+            done.cost_usd = self._prices.get(done.served_by or call.model, FREE).cost(done.usage)
 
         reply.on_finish(settle)
         return reply

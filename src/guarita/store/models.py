@@ -61,6 +61,9 @@ class RequestRecord(Base):
     cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
     latency_ms: Mapped[float] = mapped_column(Float)
     session_id: Mapped[str | None] = mapped_column(String(64))
+    served_by: Mapped[str | None] = mapped_column(String(200), default=None)
+    deployment: Mapped[str | None] = mapped_column(String(200), default=None)
+    fallback_level: Mapped[str | None] = mapped_column(String(20), default=None)
 
 
 class ChatSession(Base):

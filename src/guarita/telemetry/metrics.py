@@ -80,6 +80,40 @@ class Metrics:
             "guarita_tasks_total", "Tasks by outcome.", ["agent_name", "status"], registry=r
         )
 
+        self.circuit_state = Gauge(
+            "guarita_circuit_state",
+            "Breaker state per deployment: 0 closed, 1 half-open, 2 open.",
+            ["deployment"],
+            registry=r,
+            multiprocess_mode="max",
+        )
+        self.circuit_transitions = Counter(
+            "guarita_circuit_transitions_total",
+            "Breaker state changes.",
+            ["deployment", "from_state", "to_state"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "guarita_retries_total", "Retried upstream calls.", ["deployment"], registry=r
+        )
+        self.retry_budget_exhausted = Counter(
+            "guarita_retry_budget_exhausted_total",
+            "Retries refused by the retry budget.",
+            ["deployment"],
+            registry=r,
+        )
+        self.quality_failures = Counter(
+            "guarita_quality_failures_total",
+            "Answers failing a quality check.",
+            ["deployment", "reason"],
+            registry=r,
+        )
+        self.fallbacks = Counter(
+            "guarita_fallback_answers_total",
+            "Answers by fallback level.",
+            ["agent_name", "level"],
+            registry=r,
+        )
         self._multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
 
     def render(self) -> bytes:
@@ -88,6 +122,9 @@ class Metrics:
             multiprocess.MultiProcessCollector(registry, path=self._multiprocess_dir)  # type: ignore[no-untyped-call]
             return generate_latest(registry)
         return generate_latest(self.registry)
+
+    def set_circuit_state(self, deployment: str, state: str) -> None:
+        self.circuit_state.labels(deployment).set({"closed": 0, "half_open": 1, "open": 2}[state])
 
     def process_exited(self) -> None:
         """Drop this process's live gauges from the multiprocess sum."""

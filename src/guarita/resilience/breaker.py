@@ -1,0 +1,217 @@
+"""Circuit breakers per deployment: CLOSED → OPEN → HALF_OPEN → CLOSED.
+
+A breaker opens on ``failure_threshold`` consecutive failures, or when at least
+``min_calls`` calls in the current ``window_s`` failed at ``failure_ratio`` or more. A
+failure is an error *or* a quality failure (slow, empty, truncated, invalid JSON,
+refusal, low score: see ``quality.py``). After ``open_s`` it lets at most
+``half_open_probes`` probe calls through; all succeeding closes it, any failing reopens it.
+
+The state machine is one pure function, :func:`step`. Where the state lives is a backend:
+a dict in the embedded default, a Redis hash updated with optimistic transactions in
+scale-out mode, so every API process sees and moves the same breaker.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal, Protocol
+
+import orjson
+import structlog
+
+log = structlog.get_logger("guarita.breaker")
+
+CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+STATE_VALUE = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}
+Event = Literal["acquire", "success", "failure"]
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerPolicy:
+    failure_threshold: int = 5
+    failure_ratio: float = 0.5
+    min_calls: int = 20
+    window_s: float = 60.0
+    open_s: float = 60.0
+    half_open_probes: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerState:
+    state: str = CLOSED
+    consecutive_failures: int = 0
+    window_start: float = 0.0
+    window_calls: int = 0
+    window_failures: int = 0
+    opened_at: float = 0.0
+    probes: int = 0
+    probe_successes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    state: BreakerState
+    allowed: bool = True
+    transition: tuple[str, str] | None = None
+
+
+def _open(s: BreakerState, now: float) -> BreakerState:
+    return BreakerState(state=OPEN, opened_at=now, window_start=now)
+
+
+def _advance_clock(s: BreakerState, now: float, p: BreakerPolicy) -> BreakerState:
+    """Time-driven moves: a new window, OPEN → HALF_OPEN, lost probes released."""
+    if s.state == CLOSED and now - s.window_start >= p.window_s:
+        return replace(s, window_start=now, window_calls=0, window_failures=0)
+    if s.state == OPEN and now - s.opened_at >= p.open_s:
+        return replace(s, state=HALF_OPEN, probes=0, probe_successes=0, opened_at=now)
+    if s.state == HALF_OPEN and now - s.opened_at >= p.open_s and s.probes >= p.half_open_probes:
+        return replace(s, probes=s.probe_successes, opened_at=now)  # probes lost: let others try
+    return s
+
+
+def _on_success(s: BreakerState, now: float, p: BreakerPolicy) -> BreakerState:
+    if s.state == HALF_OPEN:
+        s = replace(s, probe_successes=s.probe_successes + 1)
+        return BreakerState(window_start=now) if s.probe_successes >= p.half_open_probes else s
+    if s.state == CLOSED:
+        return replace(s, consecutive_failures=0, window_calls=s.window_calls + 1)
+    return s
+
+
+def _on_failure(s: BreakerState, now: float, p: BreakerPolicy) -> BreakerState:
+    if s.state == HALF_OPEN:  # a failing probe
+        return _open(s, now)
+    if s.state != CLOSED:
+        return s
+    s = replace(
+        s,
+        consecutive_failures=s.consecutive_failures + 1,
+        window_calls=s.window_calls + 1,
+        window_failures=s.window_failures + 1,
+    )
+    ratio_tripped = (
+        s.window_calls >= p.min_calls and s.window_failures / s.window_calls >= p.failure_ratio
+    )
+    return _open(s, now) if s.consecutive_failures >= p.failure_threshold or ratio_tripped else s
+
+
+def step(s: BreakerState, event: Event, now: float, p: BreakerPolicy) -> Step:
+    """The whole state machine: the state after ``event`` at time ``now``."""
+    before = s.state
+    s = _advance_clock(s, now, p)
+    allowed = True
+    if event == "acquire":
+        if s.state == OPEN:
+            allowed = False
+        elif s.state == HALF_OPEN:
+            allowed = s.probes < p.half_open_probes
+            if allowed:
+                s = replace(s, probes=s.probes + 1)
+    elif event == "success":
+        s = _on_success(s, now, p)
+    else:
+        s = _on_failure(s, now, p)
+    transition = (before, s.state) if s.state != before else None
+    return Step(s, allowed, transition)
+
+
+class BreakerStore(Protocol):
+    async def apply(self, name: str, event: Event, policy: BreakerPolicy) -> Step: ...
+
+    async def snapshot(self) -> dict[str, BreakerState]: ...
+
+
+class MemoryBreakerStore:
+    """Breaker states of one process. Each ``apply`` runs without awaiting, so it is atomic."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._states: dict[str, BreakerState] = {}
+        self._clock = clock
+
+    async def apply(self, name: str, event: Event, policy: BreakerPolicy) -> Step:
+        result = step(self._states.get(name, BreakerState()), event, self._clock(), policy)
+        self._states[name] = result.state
+        return result
+
+    async def snapshot(self) -> dict[str, BreakerState]:
+        return dict(self._states)
+
+
+class RedisBreakerStore:
+    """Breaker states shared by all processes: one key per breaker, moved by
+    WATCH/MULTI/EXEC so that concurrent updates from several processes never interleave."""
+
+    def __init__(self, client: Any, *, prefix: str, clock: Callable[[], float] = time.time) -> None:
+        self._redis = client
+        self._prefix = prefix + "breaker:"
+        self._clock = clock
+
+    async def apply(self, name: str, event: Event, policy: BreakerPolicy) -> Step:
+        from redis.exceptions import WatchError
+
+        key = self._prefix + name
+        if event == "acquire":  # the common case changes nothing: one read, no transaction
+            raw = await self._redis.get(key)
+            current = BreakerState(**orjson.loads(raw)) if raw else BreakerState()
+            result = step(current, event, self._clock(), policy)
+            if result.state == current:
+                return result
+        async with self._redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(key)
+                    raw = await pipe.get(key)
+                    current = BreakerState(**orjson.loads(raw)) if raw else BreakerState()
+                    result = step(current, event, self._clock(), policy)
+                    if result.state == current:
+                        await pipe.unwatch()
+                        return result
+                    pipe.multi()
+                    pipe.set(key, orjson.dumps(asdict(result.state)), ex=86400)
+                    await pipe.execute()
+                    return result
+                except WatchError:
+                    continue
+
+    async def snapshot(self) -> dict[str, BreakerState]:
+        states = {}
+        async for key in self._redis.scan_iter(match=self._prefix + "*"):
+            raw = await self._redis.get(key)
+            if raw:
+                states[key.decode().removeprefix(self._prefix)] = BreakerState(**orjson.loads(raw))
+        return states
+
+
+@dataclass
+class CircuitBreaker:
+    """One deployment's breaker, over a shared store; tells ``on_transition`` of changes."""
+
+    name: str
+    store: BreakerStore
+    policy: BreakerPolicy = field(default_factory=BreakerPolicy)
+    on_transition: Callable[[str, str, str], None] | None = None
+
+    async def allow_request(self) -> bool:
+        return self._seen(await self.store.apply(self.name, "acquire", self.policy)).allowed
+
+    async def record_success(self) -> None:
+        self._seen(await self.store.apply(self.name, "success", self.policy))
+
+    async def record_failure(self) -> None:
+        self._seen(await self.store.apply(self.name, "failure", self.policy))
+
+    async def state(self) -> str:
+        return (await self.store.snapshot()).get(self.name, BreakerState()).state
+
+    def _seen(self, result: Step) -> Step:
+        if result.transition is not None:
+            before, after = result.transition
+            log.warning(
+                "circuit_breaker_transition", deployment=self.name, before=before, after=after
+            )
+            if self.on_transition is not None:
+                self.on_transition(self.name, before, after)
+        return result
