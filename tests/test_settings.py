@@ -86,3 +86,14 @@ def test_missing_config_file_is_an_error(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("GUARITA_CONFIG", "/nonexistent/guarita.yaml")
     with pytest.raises(ConfigError, match="GUARITA_CONFIG"):
         load_settings()
+
+
+def test_own_models_without_agents_get_a_default_agent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "only-models.yaml"
+    path.write_text(yaml.safe_dump({"models": {"gpt": {"provider": "scripted"}}}))
+    monkeypatch.setenv("GUARITA_CONFIG", str(path))
+    settings = load_settings()
+    assert settings.agents["assistant"].model == "gpt"
+    assert settings.default_agent == "assistant"

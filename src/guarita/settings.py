@@ -304,6 +304,18 @@ class Settings(BaseSettings):
     agents: dict[str, AgentSettings] = Field(default_factory=_default_agents)
     default_agent: str = "assistant"
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_agent_follows_models(cls, data: Any) -> Any:
+        """A config that declares its own models but no agents gets one agent, ``assistant``,
+        on its first model (rather than one pointing at a local model it left out)."""
+        if isinstance(data, dict) and data.get("models") and "agents" not in data:
+            models = data["models"]
+            if isinstance(models, dict) and LOCAL_MODEL not in models:
+                data = {**data, "agents": {"assistant": {"model": next(iter(models))}}}
+                data.setdefault("default_agent", "assistant")
+        return data
+
     @model_validator(mode="after")
     def _references_resolve(self) -> Settings:
         for name, agent in self.agents.items():

@@ -10,7 +10,8 @@ from guarita.runtime import Runtime
 from guarita.types import Caller
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
+    # async: FastAPI runs a plain def dependency in a thread pool, on every request
     return cast(Runtime, request.app.state.runtime)
 
 

@@ -73,8 +73,12 @@ class RecordWriter:
                 )
 
     async def flush(self) -> None:
-        while self._pending:
-            batch = self._pending[: self._batch_size]
+        """Write what is queued now (in batches); records added meanwhile wait for the next
+        flush, so a steady load makes fewer, larger inserts."""
+        remaining = len(self._pending)
+        while remaining > 0 and self._pending:
+            batch = self._pending[: min(self._batch_size, remaining)]
+            remaining -= len(batch)
             async with self._db.engine.begin() as conn:
                 await conn.execute(insert(RequestRecord), batch)
             del self._pending[: len(batch)]
