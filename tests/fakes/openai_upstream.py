@@ -4,6 +4,8 @@ Hosted OpenAI cannot be reached from the test machine, so provider and gateway t
 to this instead. The requested ``model`` picks the behaviour:
 
     fail-401 / fail-429 / fail-500 / fail-400   answer with that status (429 has Retry-After: 7)
+    fail-context                                400 "maximum context length" (code
+                                                context_length_exceeded), as OpenAI does
     slow                                        sleep 3 s before answering
     garbage                                     200 with a body that is not JSON
     stream-break                                (stream) two chunks, then the connection drops
@@ -11,6 +13,18 @@ to this instead. The requested ``model`` picks the behaviour:
 
 ``GET /_last`` returns the last request body and headers received, for assertions.
 With ``FAKE_REQUIRE_KEY`` set, requests without ``Authorization: Bearer <that key>`` get 401.
+
+Fault injection for drills, whatever the model (``POST /_control`` with a JSON object; the
+fields given replace the current ones):
+
+    fail_rate: 0..1   answer 500 to that share of API calls, decided by a seeded RNG
+    seed: int         reseed that RNG (default 0), so a run's failure sequence repeats
+    down: bool        answer 503 to every API call (and to ``/_health``)
+    delay_ms: float   wait this long before answering an API call
+    reset: bool       zero the counters of ``GET /_stats``
+
+``GET /_stats`` counts the API calls received: ``calls``, ``failed`` (injected 500s),
+``down`` (503s while down) and ``answered``.
 """
 
 from __future__ import annotations
@@ -18,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import random
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -30,6 +45,9 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 LAST: dict[str, Any] = {}
+CONTROL: dict[str, Any] = {"fail_rate": 0.0, "down": False, "delay_ms": 0.0}
+STATS: dict[str, int] = {"calls": 0, "failed": 0, "down": 0, "answered": 0}
+RNG = random.Random(0)
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -43,6 +61,21 @@ def _text_of(messages: list[dict[str, Any]]) -> str:
     return content if isinstance(content, str) else ""
 
 
+async def _injected_fault() -> Response | None:
+    """What ``/_control`` asks for: a delay, then maybe a 503 (down) or a 500 (fail_rate)."""
+    STATS["calls"] += 1
+    if CONTROL["delay_ms"] > 0:
+        await asyncio.sleep(CONTROL["delay_ms"] / 1000)
+    if CONTROL["down"]:
+        STATS["down"] += 1
+        return _error(503, "fake upstream is down")
+    if CONTROL["fail_rate"] > 0 and RNG.random() < CONTROL["fail_rate"]:
+        STATS["failed"] += 1
+        return _error(500, "fake injected failure")
+    STATS["answered"] += 1
+    return None
+
+
 async def chat(request: Request) -> Response:
     body = await request.json()
     LAST.clear()
@@ -50,7 +83,26 @@ async def chat(request: Request) -> Response:
     required = os.environ.get("FAKE_REQUIRE_KEY")
     if required and request.headers.get("authorization") != f"Bearer {required}":
         return _error(401, "Incorrect API key provided")
+    fault = await _injected_fault()
+    if fault is not None:
+        return fault
     model = body.get("model", "")
+    if model == "fail-context":
+        message = (
+            "This model's maximum context length is 8192 tokens. However, your messages "
+            "resulted in 9000 tokens. Please reduce the length of the messages."
+        )
+        return JSONResponse(
+            {
+                "error": {
+                    "message": message,
+                    "type": "invalid_request_error",
+                    "param": "messages",
+                    "code": "context_length_exceeded",
+                }
+            },
+            status_code=400,
+        )
     if model.startswith("fail-"):
         status = int(model.split("-")[1])
         headers = {"retry-after": "7"} if status == 429 else None
@@ -128,6 +180,9 @@ async def embeddings(request: Request) -> Response:
     body = await request.json()
     LAST.clear()
     LAST.update(body=body, headers=dict(request.headers))
+    fault = await _injected_fault()
+    if fault is not None:
+        return fault
     inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
     data = [
         {"object": "embedding", "index": i, "embedding": [float(len(t)), 1.0, 0.5]}
@@ -149,7 +204,31 @@ async def last(_request: Request) -> Response:
 
 
 async def health(_request: Request) -> Response:
+    if CONTROL["down"]:
+        return _error(503, "fake upstream is down")
     return JSONResponse({"ok": True})
+
+
+async def control(request: Request) -> Response:
+    body = await request.json()
+    if not isinstance(body, dict):
+        return _error(400, "send a JSON object")
+    if "fail_rate" in body:
+        CONTROL["fail_rate"] = min(1.0, max(0.0, float(body["fail_rate"])))
+    if "down" in body:
+        CONTROL["down"] = bool(body["down"])
+    if "delay_ms" in body:
+        CONTROL["delay_ms"] = max(0.0, float(body["delay_ms"]))
+    if "seed" in body or "fail_rate" in body:
+        RNG.seed(int(body.get("seed", 0)))
+    if body.get("reset"):
+        for name in STATS:
+            STATS[name] = 0
+    return JSONResponse(CONTROL)
+
+
+async def stats(_request: Request) -> Response:
+    return JSONResponse(STATS)
 
 
 app = Starlette(
@@ -158,6 +237,8 @@ app = Starlette(
         Route("/v1/embeddings", embeddings, methods=["POST"]),
         Route("/_last", last),
         Route("/_health", health),
+        Route("/_control", control, methods=["POST"]),
+        Route("/_stats", stats),
     ]
 )
 

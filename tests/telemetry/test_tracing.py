@@ -347,30 +347,27 @@ async def test_a_task_continues_the_submitting_requests_trace(
 
 @LOCAL_QUEUE_DROPS_CONTEXT
 async def test_a_task_on_the_local_queue_runs_in_the_trace_that_submitted_it(
-    traced: tuple[Runtime, Any], exporter: InMemorySpanExporter
+    tmp_path: Path, exporter: InMemorySpanExporter
 ) -> None:
-    runtime, client = traced
-    response = await client.post("/api/tasks", json={"message": "work"})
-    assert response.status_code == 202
-    task_id = response.json()["task_id"]
+    runtime = Runtime(make_settings(tmp_path), span_exporter=exporter)
+    async with serve(runtime) as client:
+        response = await client.post("/api/tasks", json={"message": "work"})
+        assert response.status_code == 202
+        task_id = response.json()["task_id"]
 
-    async def done() -> bool:
-        task = await runtime.task_store.get(task_id)
-        return task is not None and task.status == "succeeded"
+        async def succeeded() -> bool:
+            task = await runtime.task_store.get(task_id)
+            return task is not None and task.status == "succeeded"
 
-    await poll(done, what=f"task {task_id} to succeed")
+        await poll(succeeded, what=f"task {task_id} to succeed")
+    # closed: the local workers have returned, so every span of the task has ended
+
     enqueue = one(exporter, "guarita.task.enqueue")
-    run = await poll(
-        lambda: _finished(exporter, "guarita.task.run"), what="the guarita.task.run span"
-    )
+    run = one(exporter, "guarita.task.run")
     assert dict(run.attributes or {})["guarita.task.id"] == task_id
     assert trace_id(run) == trace_id(enqueue)
     assert parent_id(run) == span_id(enqueue)
-
-
-async def _finished(exporter: InMemorySpanExporter, name: str) -> ReadableSpan | None:
-    spans = named(exporter, name)
-    return spans[0] if spans else None
+    assert is_descendant(one(exporter, "chat m"), run, exporter)
 
 
 # -- Off --------------------------------------------------------------------------------

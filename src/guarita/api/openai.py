@@ -17,7 +17,7 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
-from guarita.api.deps import CallerDep, RuntimeDep, request_id, request_info
+from guarita.api.deps import CallerDep, RuntimeDep, get_caller, request_id, request_info
 from guarita.api.schemas import ChatCompletionRequest, EmbeddingRequest
 from guarita.errors import GuaritaError, InvalidRequest, ModelNotFound
 from guarita.runtime import Runtime
@@ -65,9 +65,11 @@ def _apply_agent(runtime: Runtime, agent_name: str, body: dict[str, Any]) -> Non
 
 
 @router.post("/chat/completions", response_model=None)
-async def chat_completions(
-    payload: ChatCompletionRequest, request: Request, runtime: RuntimeDep, caller: CallerDep
-) -> Response:
+async def chat_completions(payload: ChatCompletionRequest, request: Request) -> Response:
+    # the hot path: runtime and caller fetched directly rather than through Depends,
+    # whose resolution costs more than the rest of this function (bench/README.md)
+    runtime: Runtime = request.app.state.runtime
+    caller = await get_caller(request)
     model, agent = resolve_model(runtime, payload.model)
     body = payload.provider_body()
     if agent is not None:

@@ -114,34 +114,40 @@ class ModelGroup:
 
     async def _with_retries(self, deployment: Deployment, call: Call) -> Reply:
         deployment.budget.record_call()
-
-        def worth_retrying(exc: BaseException) -> bool:
-            if not is_retryable(exc):
-                return False
-            if isinstance(exc, GuaritaError) and (exc.retry_after or 0) > self._retry.max_delay_s:
-                return False  # the upstream asks for a longer pause: pass its Retry-After on
-            if deployment.budget.try_spend():
-                self._observer.retry(deployment.name)
-                return True
-            self._observer.budget_exhausted(deployment.name)
-            return False
-
+        try:  # the first attempt goes direct: the retry machinery costs only when it is used
+            return await self._once(deployment, call)
+        except GuaritaError as exc:
+            if self._retry.max_attempts < 2 or not self._worth_retrying(deployment, exc):
+                raise
+            first_error = exc
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(self._retry.max_attempts),
+            stop=stop_after_attempt(self._retry.max_attempts - 1),
             wait=lambda state: backoff_delay(
-                state.attempt_number,
+                state.attempt_number + 1,
                 self._retry,
                 state.outcome.exception() if state.outcome else None,
             ),
-            retry=retry_if_exception(worth_retrying),
+            retry=retry_if_exception(lambda exc: self._worth_retrying(deployment, exc)),
             reraise=True,
         )
+        await asyncio.sleep(backoff_delay(1, self._retry, first_error))
         reply: Reply | None = None
         async for attempt in retrying:
             with attempt:
                 reply = await self._once(deployment, call)
         assert reply is not None
         return reply
+
+    def _worth_retrying(self, deployment: Deployment, exc: BaseException) -> bool:
+        if not is_retryable(exc):
+            return False
+        if isinstance(exc, GuaritaError) and (exc.retry_after or 0) > self._retry.max_delay_s:
+            return False  # the upstream asks for a longer pause: pass its Retry-After on
+        if deployment.budget.try_spend():
+            self._observer.retry(deployment.name)
+            return True
+        self._observer.budget_exhausted(deployment.name)
+        return False
 
     async def _once(self, deployment: Deployment, call: Call) -> Reply:
         started = time.monotonic()

@@ -1,0 +1,349 @@
+"""Circuit breakers: the pure state machine (``step``), then ``CircuitBreaker`` over both
+stores (in-process and Redis) with a fake clock, and two Redis stores (two clients, as two
+API processes would have) failing the same breaker at the same time."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import pytest
+
+from guarita.resilience.breaker import (
+    CLOSED,
+    HALF_OPEN,
+    OPEN,
+    BreakerPolicy,
+    BreakerState,
+    BreakerStore,
+    CircuitBreaker,
+    Event,
+    MemoryBreakerStore,
+    RedisBreakerStore,
+    Step,
+    step,
+)
+from tests.helpers import REDIS_URL
+from tests.resilience.conftest import FakeClock
+
+POLICY = BreakerPolicy()  # the defaults: 5 consecutive, 50% of >= 20 calls, 60 s open, 3 probes
+
+
+def run(
+    state: BreakerState, events: list[Event], now: float, policy: BreakerPolicy = POLICY
+) -> tuple[Step, list[tuple[str, str]]]:
+    """Apply events in turn at time ``now``; the last step and every transition seen."""
+    transitions = []
+    result = None
+    for event in events:
+        result = step(state, event, now, policy)
+        state = result.state
+        if result.transition:
+            transitions.append(result.transition)
+    assert result is not None
+    return result, transitions
+
+
+# -- The state machine ------------------------------------------------------------------
+
+
+def test_defaults_match_the_documented_policy() -> None:
+    assert (POLICY.failure_threshold, POLICY.open_s, POLICY.half_open_probes) == (5, 60.0, 3)
+
+
+def test_five_consecutive_failures_open_it() -> None:
+    result, transitions = run(BreakerState(window_start=0), ["failure"] * 4, now=1)
+    assert result.state.state == CLOSED and result.state.consecutive_failures == 4
+    assert transitions == []
+    result, transitions = run(result.state, ["failure"], now=1)
+    assert result.state.state == OPEN and result.state.opened_at == 1
+    assert transitions == [(CLOSED, OPEN)]
+
+
+def test_a_success_resets_the_consecutive_count() -> None:
+    result, _ = run(BreakerState(window_start=0), ["failure"] * 4 + ["success"], now=1)
+    result, _ = run(result.state, ["failure"] * 4, now=1)
+    assert result.state.state == CLOSED and result.state.consecutive_failures == 4
+
+
+def test_the_failure_ratio_opens_it_once_min_calls_are_reached() -> None:
+    policy = BreakerPolicy(failure_threshold=5, failure_ratio=0.5, min_calls=10)
+    # success, failure, success, failure...: never two failures in a row
+    result, transitions = run(BreakerState(window_start=0), ["success", "failure"] * 4, 1, policy)
+    assert result.state.state == CLOSED  # 4 of 8 failed, but 8 < min_calls
+    result, transitions = run(result.state, ["success", "failure"], 1, policy)
+    assert result.state.state == OPEN  # 5 of 10
+    assert transitions == [(CLOSED, OPEN)]
+
+
+def test_a_ratio_under_the_threshold_keeps_it_closed() -> None:
+    policy = BreakerPolicy(failure_threshold=5, failure_ratio=0.5, min_calls=10)
+    events = ["success", "success", "failure"] * 10  # a third fail
+    result, transitions = run(BreakerState(window_start=0), events, 1, policy)
+    assert result.state.state == CLOSED and transitions == []
+    assert result.state.window_calls == 30 and result.state.window_failures == 10
+
+
+def test_failures_of_an_old_window_do_not_count() -> None:
+    policy = BreakerPolicy(failure_threshold=100, failure_ratio=0.5, min_calls=10, window_s=60)
+    result, _ = run(BreakerState(window_start=0), ["failure"] * 9, now=1, policy=policy)
+    assert result.state.window_failures == 9
+    result, _ = run(result.state, ["failure"], now=61, policy=policy)  # a new window
+    assert result.state.state == CLOSED
+    assert (result.state.window_calls, result.state.window_failures) == (1, 1)
+
+
+def test_open_refuses_until_open_s_then_lets_three_probes_through() -> None:
+    opened, _ = run(BreakerState(window_start=0), ["failure"] * 5, now=10)
+    assert not step(opened.state, "acquire", 10 + 59.9, POLICY).allowed
+    first = step(opened.state, "acquire", 10 + 60, POLICY)
+    assert first.allowed and first.transition == (OPEN, HALF_OPEN)
+    state = first.state
+    allowed = [first.allowed]
+    for _ in range(3):
+        result = step(state, "acquire", 71, POLICY)
+        state = result.state
+        allowed.append(result.allowed)
+    assert allowed == [True, True, True, False]
+
+
+# -- CircuitBreaker over each store -----------------------------------------------------
+
+
+@dataclass
+class Harness:
+    breaker: CircuitBreaker
+    clock: FakeClock
+    transitions: list[tuple[str, str, str]] = field(default_factory=list)
+
+    async def fail(self, times: int = 1) -> None:
+        for _ in range(times):
+            await self.breaker.record_failure()
+
+    async def succeed(self, times: int = 1) -> None:
+        for _ in range(times):
+            await self.breaker.record_success()
+
+    async def acquire(self, times: int) -> list[bool]:
+        return [await self.breaker.allow_request() for _ in range(times)]
+
+    def moves(self) -> list[tuple[str, str]]:
+        return [(before, after) for _, before, after in self.transitions]
+
+
+@pytest.fixture(params=["memory", "redis"])
+def make_store(
+    request: pytest.FixtureRequest, redis_prefix: str, redis_clients: Callable[[], Any]
+) -> Callable[[FakeClock], BreakerStore]:
+    def make(clock: FakeClock) -> BreakerStore:
+        if request.param == "memory":
+            return MemoryBreakerStore(clock=clock)
+        return RedisBreakerStore(redis_clients(), prefix=redis_prefix, clock=clock)
+
+    return make
+
+
+@pytest.fixture
+def harness(make_store: Callable[[FakeClock], BreakerStore], clock: FakeClock) -> Harness:
+    transitions: list[tuple[str, str, str]] = []
+    breaker = CircuitBreaker(
+        "dep-a",
+        make_store(clock),
+        BreakerPolicy(),
+        on_transition=lambda *t: transitions.append(t),
+    )
+    return Harness(breaker, clock, transitions)
+
+
+async def test_opens_at_five_consecutive_failures(harness: Harness) -> None:
+    await harness.fail(4)
+    assert await harness.breaker.state() == CLOSED
+    assert await harness.breaker.allow_request()
+    await harness.fail()
+    assert await harness.breaker.state() == OPEN
+    assert harness.transitions == [("dep-a", CLOSED, OPEN)]
+
+
+async def test_opens_on_the_failure_ratio(make_store: Callable[[FakeClock], BreakerStore],
+                                          clock: FakeClock) -> None:  # fmt: skip
+    breaker = CircuitBreaker("dep-r", make_store(clock), BreakerPolicy(min_calls=20))
+    for _ in range(9):
+        await breaker.record_success()
+        await breaker.record_failure()
+    await breaker.record_success()
+    assert await breaker.state() == CLOSED  # 9 of 19: too few calls, and under 50%
+    await breaker.record_failure()
+    assert await breaker.state() == OPEN  # 10 of 20
+
+
+async def test_stays_open_until_open_s(harness: Harness) -> None:
+    await harness.fail(5)
+    for _ in range(3):
+        assert await harness.acquire(2) == [False, False]
+        harness.clock.advance(19.9)  # 59.7 s in all
+    assert await harness.breaker.state() == OPEN
+    harness.clock.advance(0.3)
+    assert await harness.breaker.allow_request()
+    assert await harness.breaker.state() == HALF_OPEN
+    assert harness.moves() == [(CLOSED, OPEN), (OPEN, HALF_OPEN)]
+
+
+async def test_half_open_allows_at_most_three_probes(harness: Harness) -> None:
+    await harness.fail(5)
+    harness.clock.advance(60)
+    assert await harness.acquire(5) == [True, True, True, False, False]
+
+
+async def test_all_probes_succeeding_closes_it(harness: Harness) -> None:
+    await harness.fail(5)
+    harness.clock.advance(60)
+    assert await harness.acquire(3) == [True, True, True]
+    await harness.succeed(2)
+    assert await harness.breaker.state() == HALF_OPEN  # two of three is not enough
+    await harness.succeed()
+    assert await harness.breaker.state() == CLOSED
+    assert harness.moves() == [(CLOSED, OPEN), (OPEN, HALF_OPEN), (HALF_OPEN, CLOSED)]
+    assert await harness.acquire(10) == [True] * 10
+    await harness.fail(4)  # closed afresh: the count starts again
+    assert await harness.breaker.state() == CLOSED
+
+
+async def test_one_failing_probe_reopens_it(harness: Harness) -> None:
+    await harness.fail(5)
+    harness.clock.advance(60)
+    assert await harness.acquire(3) == [True, True, True]
+    await harness.succeed(2)
+    await harness.fail()
+    assert await harness.breaker.state() == OPEN
+    assert await harness.acquire(1) == [False]
+    assert harness.moves()[-1] == (HALF_OPEN, OPEN)
+    harness.clock.advance(59)
+    assert await harness.acquire(1) == [False]  # a full open_s again, from the reopening
+    harness.clock.advance(1)
+    assert await harness.acquire(4) == [True, True, True, False]
+
+
+async def test_lost_probes_are_released_after_open_s(harness: Harness) -> None:
+    await harness.fail(5)
+    harness.clock.advance(60)
+    assert await harness.acquire(3) == [True, True, True]  # and none of them ever reports
+    harness.clock.advance(30)
+    assert await harness.acquire(1) == [False]
+    harness.clock.advance(30)
+    assert await harness.acquire(4) == [True, True, True, False]
+    assert await harness.breaker.state() == HALF_OPEN
+    await harness.succeed(3)
+    assert await harness.breaker.state() == CLOSED
+
+
+async def test_successes_while_open_change_nothing(harness: Harness) -> None:
+    await harness.fail(5)
+    await harness.succeed(10)  # answers of calls that started before it opened
+    assert await harness.breaker.state() == OPEN
+    assert await harness.acquire(1) == [False]
+
+
+# -- Redis: one breaker, several processes ----------------------------------------------
+
+
+async def test_redis_state_is_shared_between_stores(
+    redis_prefix: str, redis_clients: Callable[[], Any], clock: FakeClock
+) -> None:
+    a = CircuitBreaker("shared", RedisBreakerStore(redis_clients(), prefix=redis_prefix,
+                                                   clock=clock))  # fmt: skip
+    b = CircuitBreaker("shared", RedisBreakerStore(redis_clients(), prefix=redis_prefix,
+                                                   clock=clock))  # fmt: skip
+    await a.record_failure()
+    await b.record_failure()
+    await a.record_failure()
+    await b.record_failure()
+    assert await a.allow_request() and await b.allow_request()
+    await b.record_failure()
+    assert not await a.allow_request()  # opened by b, seen by a
+    assert await a.state() == OPEN
+    clock.advance(60)
+    # the three probes are shared too: however they are spread over the processes
+    assert [await a.allow_request(), await b.allow_request(), await a.allow_request()] == [
+        True,
+        True,
+        True,
+    ]
+    assert not await b.allow_request()
+
+
+def hammer_from_two_processes(
+    prefix: str, name: str, policy: BreakerPolicy, clock: FakeClock, failures: int
+) -> list[tuple[str, str, str]]:
+    """Two threads, each with its own event loop and Redis client (as two API processes
+    would have), record ``failures`` failures each of the same breaker at the same time;
+    the transitions they report."""
+    import redis.asyncio as redis
+
+    transitions: list[tuple[str, str, str]] = []
+    lock = threading.Lock()
+    start = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def seen(deployment: str, before: str, after: str) -> None:
+        with lock:
+            transitions.append((deployment, before, after))
+
+    async def hammer() -> None:
+        client = redis.from_url(REDIS_URL)
+        try:
+            store = RedisBreakerStore(client, prefix=prefix, clock=clock)
+            breaker = CircuitBreaker(name, store, policy, on_transition=seen)
+            await client.ping()
+            start.wait(timeout=10)
+            await asyncio.gather(*(breaker.record_failure() for _ in range(failures)))
+        finally:
+            await client.aclose()
+
+    def worker() -> None:
+        try:
+            asyncio.run(hammer())
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors, errors
+    assert not any(thread.is_alive() for thread in threads)
+    return transitions
+
+
+def stored_state(prefix: str, name: str) -> BreakerState:
+    import redis as sync_redis
+
+    client = sync_redis.Redis.from_url(REDIS_URL)
+    try:
+        raw = client.get(prefix + "breaker:" + name)
+    finally:
+        client.close()
+    assert raw is not None
+    return BreakerState(**orjson.loads(raw))
+
+
+def test_two_processes_failing_concurrently_open_it_once(redis_prefix: str) -> None:
+    clock = FakeClock()
+    transitions = hammer_from_two_processes(redis_prefix, "contended", BreakerPolicy(), clock, 40)
+    assert transitions == [("contended", CLOSED, OPEN)]
+    state = stored_state(redis_prefix, "contended")
+    assert state.state == OPEN and state.opened_at == clock.now
+    assert (state.consecutive_failures, state.window_failures, state.probes) == (0, 0, 0)
+
+
+def test_concurrent_updates_from_two_processes_lose_none(redis_prefix: str) -> None:
+    never_opens = BreakerPolicy(failure_threshold=1000, min_calls=1000)
+    transitions = hammer_from_two_processes(redis_prefix, "counted", never_opens, FakeClock(), 40)
+    assert transitions == []
+    state = stored_state(redis_prefix, "counted")
+    assert state.state == CLOSED
+    assert (state.consecutive_failures, state.window_calls, state.window_failures) == (80, 80, 80)
