@@ -503,8 +503,9 @@ def report(
             f"Machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}. Fake upstream "
             f"delay {args.delay_ms:g} ms; wrk, POST /v1/chat/completions (non-streamed), "
             f"{args.warmup:g} s warm-up then {args.duration:g} s measured per row. Gateway: "
-            f"`guarita serve` ({source}), auth, metrics, JSON access log and SQLite store "
-            "recording on.",
+            f"`guarita serve{' --workers 2' if args.scale_out else ''}` ({source}), auth, metrics, "
+            "JSON access log and store recording on "
+            f"({'PostgreSQL + Redis' if args.scale_out else 'embedded: SQLite, in-process state'}).",
             "",
             table(rows),
             "",
@@ -540,6 +541,21 @@ def parse_args() -> argparse.Namespace:
         help="first wait up to this long for the machine to be idle (shared machines)",
     )
     parser.add_argument(
+        "--scale-out",
+        action="store_true",
+        help="run the gateway as 2 API processes on PostgreSQL + Redis (+ Celery queue settings)",
+    )
+    parser.add_argument(
+        "--postgres",
+        default=os.environ.get(
+            "GUARITA_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+        ),
+        help="--scale-out: an admin URL where the bench may create (and drop) a database",
+    )
+    parser.add_argument(
+        "--redis", default="redis://127.0.0.1:6379/0", help="--scale-out: Redis URL"
+    )
+    parser.add_argument(
         "--profile",
         type=float,
         default=0.0,
@@ -566,9 +582,13 @@ def run(args: argparse.Namespace, tmp: Path) -> str:
         config = tmp / "guarita.yaml"
         config.write_text(CONFIG_TEMPLATE.format(model=MODEL, upstream_port=upstream_port))
         env = gateway_env(tmp, config)
+        if args.scale_out:
+            env.update(scale_out_env(args, tmp))
         key = create_key(env)
         source = source_of(env)
         serve = [str(VENV_BIN / "guarita"), "serve", "--port", str(gateway_port)]
+        if args.scale_out:
+            serve += ["--workers", "2"]
         gateway_log = tmp / "gateway.log"
         rows = list(floors.values())
         sent = 0
@@ -597,9 +617,44 @@ def run(args: argparse.Namespace, tmp: Path) -> str:
             code = stop(gateway)
             if code not in (0, -signal.SIGINT):
                 print(f"warning: gateway exited with {code}:\n{tail(gateway_log)}", flush=True)
-    records = recorded(tmp / "guarita.db")
+    records = (
+        recorded_pg(env["GUARITA_STORE__URL"]) if args.scale_out else recorded(tmp / "guarita.db")
+    )
     print(f"store: {sum(records.values())} rows in requests {records}", flush=True)
+    if args.scale_out:
+        drop_pg(args.postgres, env["GUARITA_STORE__URL"].rsplit("/", 1)[1])
     return report(rows, args, records, sent, source)
+
+
+def _pg(admin_url: str, sql: str, database: str | None = None) -> str:
+    url = admin_url if database is None else admin_url.rsplit("/", 1)[0] + "/" + database
+    done = subprocess.run(["psql", url, "-Atc", sql], capture_output=True, text=True, timeout=60)
+    if done.returncode != 0:
+        raise RuntimeError(f"psql failed: {done.stderr}")
+    return done.stdout
+
+
+def scale_out_env(args: argparse.Namespace, tmp: Path) -> dict[str, str]:
+    """Settings for 2 API processes on PostgreSQL + Redis: a database and key prefix of its own."""
+    name = "guarita_bench_" + tmp.name.replace("-", "_").lower()[-12:]
+    _pg(args.postgres, f'CREATE DATABASE "{name}"')
+    base = args.postgres.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
+    return {
+        "GUARITA_STORE__URL": f"{base}/{name}",
+        "GUARITA_REDIS_URL": args.redis,
+        "GUARITA_REDIS_PREFIX": f"guarita-bench-{tmp.name}:",
+        "GUARITA_TASK_QUEUE": "celery",
+    }
+
+
+def recorded_pg(store_url: str) -> dict[str, int]:
+    admin = store_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+    out = _pg(admin, "SELECT status, count(*) FROM requests GROUP BY status")
+    return {line.split("|")[0]: int(line.split("|")[1]) for line in out.splitlines() if "|" in line}
+
+
+def drop_pg(admin_url: str, name: str) -> None:
+    _pg(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def main() -> int:

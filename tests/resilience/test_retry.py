@@ -149,6 +149,22 @@ async def test_group_retries_5xx_up_to_max_attempts(fresh: FakeUpstream, tmp_pat
     assert sample(metrics, "guarita_retries_total", deployment="m") == 3
 
 
+@pytest.mark.parametrize("max_attempts", [2, 3])
+async def test_the_last_attempt_spends_no_retry(
+    fresh: FakeUpstream, tmp_path: Path, max_attempts: int
+) -> None:
+    """Only retries that happen are counted and taken from the budget: a last attempt that
+    fails has nothing left to spend one on."""
+    retry = {**FAST_RETRY, "max_attempts": max_attempts, "budget_min_retries": 2}
+    model = openai_model(fresh, "fail-500", retry=retry, breaker={"enabled": False})
+    async with groups(settings(tmp_path, {"m": model})) as (built, metrics):
+        with pytest.raises(UpstreamError):
+            await built["m"](call())
+        assert sample(metrics, "guarita_retries_total", deployment="m") == max_attempts - 1
+        assert sample(metrics, "guarita_retry_budget_exhausted_total", deployment="m") == 0
+        assert await upstream_calls(fresh) == max_attempts
+
+
 @pytest.mark.parametrize(
     ("behaviour", "error"),
     [("fail-400", InvalidRequest), ("fail-401", UpstreamAuthFailed)],

@@ -110,6 +110,16 @@ def test_the_schema_in_the_doc_is_the_schema_file() -> None:
         assert f"`{event_type}`" in text
 
 
+def test_the_example_events_in_the_doc_match_the_schema(
+    event_validator: Draft202012Validator,
+) -> None:
+    blocks = re.findall(r"```json\n(.*?)```", EVENTS_DOC.read_text(), flags=re.DOTALL)
+    examples = [json.loads(b) for b in blocks if '"specversion"' in b and '"$schema"' not in b]
+    assert examples
+    for example in examples:
+        assert_valid_event(event_validator, example)
+
+
 def test_the_schema_rejects_what_it_should(event_validator: Draft202012Validator) -> None:
     event_type, data = sample_events()[0]
     good = {
@@ -434,8 +444,8 @@ async def test_nats_sink_recovers_after_an_outage_longer_than_its_reconnects(
         await poll(client_gave_up, what="the NATS client to close after its reconnects")
 
         server = start_server(2)
-        assert await poll(lambda: _reached(messages, 2), what="the event held during the outage")
-        assert publisher.sent == 2
+        await poll(lambda: _reached(messages, 2), what="the event held during the outage")
+        await poll(lambda: _sent(publisher, 2), what="the publisher to count it as sent")
     finally:
         await publisher.aclose()
         server.stop()
@@ -448,6 +458,10 @@ async def nats_up(url: str) -> bool:
         return False
     await conn.close()
     return True
+
+
+async def _sent(publisher: EventPublisher, n: int) -> bool:
+    return publisher.sent == n
 
 
 async def _reached(count: Any, n: int) -> bool:
@@ -530,13 +544,13 @@ async def test_a_failed_call_publishes_request_completed_with_the_error(
             json={**CHAT, "model": "broken"},
             headers={"x-request-id": request_id},
         )
-        assert response.status_code == 502
+        assert response.status_code >= 500
         (event,) = await events_where(
             redis_client, redis_stream, lambda e: e["data"].get("request_id") == request_id
         )
     assert event["type"] == events.REQUEST_COMPLETED
     data = event["data"]
-    assert data["status"] == "error" and data["status_code"] == 502
+    assert data["status"] == "error" and data["status_code"] == response.status_code
     assert data["error_type"] == response.json()["error"]["type"]
     assert data["input_tokens"] == data["output_tokens"] == 0 and data["cost_usd"] == 0
     assert_valid_event(event_validator, event)

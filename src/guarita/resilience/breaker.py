@@ -139,39 +139,84 @@ class MemoryBreakerStore:
     async def snapshot(self) -> dict[str, BreakerState]:
         return dict(self._states)
 
+    def reset(self, name: str, state: BreakerState) -> None:
+        self._states[name] = state
+
+    def state(self, name: str) -> BreakerState:
+        return self._states.get(name, BreakerState())
+
 
 class RedisBreakerStore:
-    """Breaker states shared by all processes: one key per breaker, moved by
-    WATCH/MULTI/EXEC so that concurrent updates from several processes never interleave."""
+    """Breakers shared by all processes of a deployment.
 
-    def __init__(self, client: Any, *, prefix: str, clock: Callable[[], float] = time.time) -> None:
+    Calls and failures are counted in each process (no cross-process write per call: an
+    optimistic transaction per call collapsed under load, see ``bench/README.md``), but the
+    breaker's *state* lives in Redis: when any process trips a breaker, every process stops
+    calling that deployment, and the half-open probes are counted across all of them with
+    WATCH/MULTI/EXEC. The shared state is read at most every ``refresh_s`` on the hot path.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        prefix: str,
+        clock: Callable[[], float] = time.time,
+        refresh_s: float = 0.25,
+    ) -> None:
         self._redis = client
         self._prefix = prefix + "breaker:"
         self._clock = clock
+        self._refresh_s = refresh_s
+        self._local = MemoryBreakerStore(clock)
+        self._cache: dict[str, tuple[float, BreakerState]] = {}
+
+    async def _shared(self, name: str) -> BreakerState:
+        cached = self._cache.get(name)
+        now = time.monotonic()
+        if cached is not None and now - cached[0] < self._refresh_s:
+            return cached[1]
+        raw = await self._redis.get(self._prefix + name)
+        state = BreakerState(**orjson.loads(raw)) if raw else BreakerState()
+        self._cache[name] = (now, state)
+        return state
 
     async def apply(self, name: str, event: Event, policy: BreakerPolicy) -> Step:
+        shared = await self._shared(name)
+        if shared.state == CLOSED:
+            if self._local.state(name).state != CLOSED:  # closed elsewhere: Redis has the last word
+                self._local.reset(name, shared)
+            result = await self._local.apply(name, event, policy)
+            if result.transition and result.state.state == OPEN:  # this process tripped it
+                return await self._transact(name, policy, lambda current: _trip(current, result))
+            return result
+        result = await self._transact(
+            name, policy, lambda current: step(current, event, self._clock(), policy)
+        )
+        if result.state.state == CLOSED:
+            self._local.reset(name, result.state)
+        return result
+
+    async def _transact(
+        self, name: str, policy: BreakerPolicy, move: Callable[[BreakerState], Step]
+    ) -> Step:
         from redis.exceptions import WatchError
 
         key = self._prefix + name
-        if event == "acquire":  # the common case changes nothing: one read, no transaction
-            raw = await self._redis.get(key)
-            current = BreakerState(**orjson.loads(raw)) if raw else BreakerState()
-            result = step(current, event, self._clock(), policy)
-            if result.state == current:
-                return result
         async with self._redis.pipeline(transaction=True) as pipe:
             while True:
                 try:
                     await pipe.watch(key)
                     raw = await pipe.get(key)
                     current = BreakerState(**orjson.loads(raw)) if raw else BreakerState()
-                    result = step(current, event, self._clock(), policy)
-                    if result.state == current:
+                    result = move(current)
+                    if result.state != current:
+                        pipe.multi()
+                        pipe.set(key, orjson.dumps(asdict(result.state)), ex=86400)
+                        await pipe.execute()
+                    else:
                         await pipe.unwatch()
-                        return result
-                    pipe.multi()
-                    pipe.set(key, orjson.dumps(asdict(result.state)), ex=86400)
-                    await pipe.execute()
+                    self._cache[name] = (time.monotonic(), result.state)
                     return result
                 except WatchError:
                     continue
@@ -183,6 +228,13 @@ class RedisBreakerStore:
             if raw:
                 states[key.decode().removeprefix(self._prefix)] = BreakerState(**orjson.loads(raw))
         return states
+
+
+def _trip(current: BreakerState, local: Step) -> Step:
+    """Publish a trip seen in one process; if another process opened it first, no transition."""
+    if current.state != CLOSED:
+        return Step(current, local.allowed, None)
+    return Step(local.state, local.allowed, local.transition)
 
 
 @dataclass

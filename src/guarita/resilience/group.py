@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
+from tenacity import AsyncRetrying, RetryCallState, stop_after_attempt
 
 from guarita.errors import CircuitOpen, GuaritaError, InvalidRequest, QualityRejected
 from guarita.providers.base import Provider
@@ -127,7 +127,7 @@ class ModelGroup:
                 self._retry,
                 state.outcome.exception() if state.outcome else None,
             ),
-            retry=retry_if_exception(lambda exc: self._worth_retrying(deployment, exc)),
+            retry=lambda state: self._retry_after_attempt(deployment, state),
             reraise=True,
         )
         await asyncio.sleep(backoff_delay(1, self._retry, first_error))
@@ -137,6 +137,14 @@ class ModelGroup:
                 reply = await self._once(deployment, call)
         assert reply is not None
         return reply
+
+    def _retry_after_attempt(self, deployment: Deployment, state: RetryCallState) -> bool:
+        """Tenacity asks this before its stop check: after the last attempt there is no
+        retry to count or to take from the budget."""
+        error = state.outcome.exception() if state.outcome is not None else None
+        if error is None or state.attempt_number + 1 >= self._retry.max_attempts:
+            return False  # success, or the last attempt (+1: the direct first try) failed
+        return self._worth_retrying(deployment, error)
 
     def _worth_retrying(self, deployment: Deployment, exc: BaseException) -> bool:
         if not is_retryable(exc):
