@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from guarita import __version__
-from guarita.api import agents, health, openai
+from guarita.api import admin, agents, health, openai
 from guarita.api.errors import install_error_handlers
 from guarita.api.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from guarita.runtime import Runtime
@@ -39,6 +39,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.include_router(openai.router)
     app.include_router(agents.router)
     app.include_router(health.router)
+    app.include_router(admin.router)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.server.max_body_bytes)
     tracer = runtime.tracing.tracer if runtime.tracing.enabled else None
     app.add_middleware(RequestContextMiddleware, metrics=runtime.metrics, tracer=tracer)

@@ -95,6 +95,10 @@ def worker(
     concurrency: Annotated[
         int | None, typer.Option(min=1, help="Tasks at once [default: tasks.workers].")
     ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(help="Serve Prometheus metrics on this port (a liveness probe too)."),
+    ] = None,
 ) -> None:
     """Run a Celery worker for agent tasks (scale-out mode: task_queue = celery)."""
     from guarita.backends.celery_tasks import run_worker
@@ -107,7 +111,7 @@ def worker(
         raise typer.Exit(2)
     configure_logging(settings.server.log_level)
     try:
-        run_worker(settings, concurrency=concurrency)
+        run_worker(settings, concurrency=concurrency, metrics_port=metrics_port)
     except ConfigError as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from None

@@ -8,6 +8,7 @@ in one place (``api/errors.py``).
     ├── InvalidRequest                400 invalid_request_error
     │   └── UnsupportedOperation      400 invalid_request_error
     ├── AuthenticationFailed          401 authentication_error
+    ├── PermissionDenied              403 permission_error
     ├── NotFound                      404 not_found_error
     │   ├── ModelNotFound             404 (code model_not_found)
     │   ├── AgentNotFound             404 (code agent_not_found)
@@ -83,6 +84,12 @@ class AuthenticationFailed(GuaritaError):
     status_code = 401
     error_type = "authentication_error"
     code = "invalid_api_key"
+
+
+class PermissionDenied(GuaritaError):
+    status_code = 403
+    error_type = "permission_error"
+    code = "permission_denied"
 
 
 class NotFound(GuaritaError):

@@ -134,11 +134,20 @@ class WorkerContext:
 
 
 def run_worker(
-    settings: Settings, *, concurrency: int | None = None, loglevel: str = "INFO"
+    settings: Settings,
+    *,
+    concurrency: int | None = None,
+    loglevel: str = "INFO",
+    metrics_port: int | None = None,
 ) -> None:
-    """``guarita worker``: a Celery worker (thread pool) running agent tasks."""
+    """``guarita worker``: a Celery worker (thread pool) running agent tasks; with
+    ``metrics_port``, its Prometheus metrics on that port (also a liveness probe)."""
     app = make_celery(settings)
     app.guarita_worker = WorkerContext(settings)
+    if metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port, registry=app.guarita_worker.runtime.metrics.registry)
     try:
         app.worker_main([
             "worker", "--pool=threads", f"--concurrency={concurrency or settings.tasks.workers}",
