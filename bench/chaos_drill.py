@@ -13,7 +13,8 @@ Processes (all local, all stopped in ``finally``):
 Then N chat completions go out with bounded concurrency, and the report gives: the share
 answered (2xx), answers by fallback level (``x-guarita-fallback-level``), p50/p99 latency,
 errors by status, breaker transitions (``guarita_circuit_transitions_total`` from
-``/metrics``) and the calls each upstream received.
+``/metrics``), the breakers' states at the end (``/admin/breakers``) and the calls each
+upstream received.
 
 Scenarios:
 
@@ -56,7 +57,7 @@ SCENARIOS: dict[str, dict[str, dict[str, Any]]] = {
     "down": {"primary": {"down": True}, "backup": {"down": True}},
 }
 _TRANSITION = re.compile(
-    r'^guarita_circuit_transitions_total\{(?P<labels>[^}]*)\}\s+(?P<value>[0-9.eE+-]+)$'
+    r"^guarita_circuit_transitions_total\{(?P<labels>[^}]*)\}\s+(?P<value>[0-9.eE+-]+)$"
 )
 _LABEL = re.compile(r'(\w+)="([^"]*)"')
 
@@ -168,16 +169,19 @@ def _summarise(
             continue
         static += text == static_reply
     latencies = [r["latency_ms"] for r in results]
+    statuses = [r["status"] for r in errors]
     return {
         "answered": len(answered),
         "answered_share": len(answered) / len(results) if results else 0.0,
         "static_answers": static,
         "by_level": dict(Counter(r["level"] or "none" for r in answered).most_common()),
-        "errors_by_status": {str(k): v for k, v in sorted(Counter(r["status"] for r in errors).items())},
+        "errors_by_status": {
+            str(status): count for status, count in sorted(Counter(statuses).items())
+        },
         "errors_in_openai_format": sum(is_openai_error(r["body"]) for r in errors),
-        "error_codes": dict(Counter(
-            r["body"]["error"].get("code") for r in errors if is_openai_error(r["body"])
-        )),
+        "error_codes": dict(
+            Counter(r["body"]["error"].get("code") for r in errors if is_openai_error(r["body"]))
+        ),
         "lost": len(lost),
         "latency_ms": {
             "p50": round(percentile(latencies, 50), 1),
@@ -185,7 +189,7 @@ def _summarise(
             "max": round(max(latencies, default=0.0), 1),
         },
         "over_deadline": sum(lat > deadline_s * 1000 for lat in latencies),
-    }  # fmt: skip
+    }
 
 
 def run_drill(
@@ -194,7 +198,7 @@ def run_drill(
     requests: int = 500,
     concurrency: int = 20,
     deadline_s: float = 2.0,
-    open_s: float = 2.0,
+    open_s: float = 1.0,
     seed: int = 0,
     workdir: Path | None = None,
 ) -> dict[str, Any]:
@@ -203,12 +207,27 @@ def run_drill(
         raise ValueError(f"unknown scenario {scenario!r}; known: {', '.join(SCENARIOS)}")
     with tempfile.TemporaryDirectory(prefix="guarita-drill-") as tmp:
         base = workdir or Path(tmp)
-        return _run(scenario, base, requests=requests, concurrency=concurrency,
-                    deadline_s=deadline_s, open_s=open_s, seed=seed)  # fmt: skip
+        return _run(
+            scenario,
+            base,
+            requests=requests,
+            concurrency=concurrency,
+            deadline_s=deadline_s,
+            open_s=open_s,
+            seed=seed,
+        )
 
 
-def _run(scenario: str, base: Path, *, requests: int, concurrency: int, deadline_s: float,
-         open_s: float, seed: int) -> dict[str, Any]:  # fmt: skip
+def _run(
+    scenario: str,
+    base: Path,
+    *,
+    requests: int,
+    concurrency: int,
+    deadline_s: float,
+    open_s: float,
+    seed: int,
+) -> dict[str, Any]:
     upstreams = {
         "primary": FakeUpstream("openai_upstream", base / "upstream-primary"),
         "backup": FakeUpstream("openai_upstream", base / "upstream-backup"),
@@ -217,18 +236,29 @@ def _run(scenario: str, base: Path, *, requests: int, concurrency: int, deadline
     try:
         for upstream in upstreams.values():
             upstream.start()
-        config = gateway_config(upstreams["primary"].base_url, upstreams["backup"].base_url,
-                                deadline_s=deadline_s, open_s=open_s)  # fmt: skip
+        config = gateway_config(
+            upstreams["primary"].base_url,
+            upstreams["backup"].base_url,
+            deadline_s=deadline_s,
+            open_s=open_s,
+        )
         server = GuaritaServer(base / "gateway", config)
         server.start(ready=False)
         for name, upstream in upstreams.items():
-            faults = {"fail_rate": 0.0, "down": False, "delay_ms": 0.0, "seed": seed,
-                      **SCENARIOS[scenario][name], "reset": True}  # fmt: skip
+            faults = {
+                "fail_rate": 0.0,
+                "down": False,
+                "delay_ms": 0.0,
+                "seed": seed,
+                **SCENARIOS[scenario][name],
+                "reset": True,
+            }
             httpx.post(upstream.base_url + "/_control", json=faults, timeout=10).raise_for_status()
         started = time.perf_counter()
         results = asyncio.run(_fire(server.base_url, requests, concurrency, deadline_s + 30))
         wall_s = time.perf_counter() - started
         metrics = httpx.get(server.base_url + "/metrics", timeout=10).text
+        admin = httpx.get(server.base_url + "/admin/breakers", timeout=10).json()
         stats = {
             name: httpx.get(upstream.base_url + "/_stats", timeout=10).json()
             for name, upstream in upstreams.items()
@@ -249,6 +279,12 @@ def _run(scenario: str, base: Path, *, requests: int, concurrency: int, deadline
         "throughput_rps": round(requests / wall_s, 1) if wall_s else 0.0,
         **_summarise(results, static_reply=STATIC_REPLY, deadline_s=deadline_s),
         "breaker_transitions": breaker_transitions(metrics),
+        "breakers_at_end": {
+            d["name"]: d["breaker"]["state"]
+            for group in admin["models"].values()
+            for d in group["deployments"]
+            if d["breaker"] is not None
+        },
         "upstream_calls": {name: s["calls"] for name, s in stats.items()},
         "upstream_stats": stats,
     }
@@ -296,18 +332,21 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"{report['latency_ms']['p99']} / {report['latency_ms']['max']} ms |",
         f"| over the deadline | {report['over_deadline']} |",
         f"| breaker transitions | {_pairs(report['breaker_transitions']) or 'none'} |",
+        f"| breakers at the end | {_pairs(report['breakers_at_end'])} |",
         f"| calls reaching upstreams | {_pairs(report['upstream_calls'])} |",
         "",
-        "Targets: " + "; ".join(
+        "Targets: "
+        + "; ".join(
             f"{name}: {'met' if ok else 'MISSED'}" for name, ok in report["targets"].items()
         ),
-    ]  # fmt: skip
+    ]
     return "\n".join(lines) + "\n"
 
 
 def _pairs(mapping: dict[str, Any]) -> str:
-    return ", ".join(f"{k}: {v:g}" if isinstance(v, float) else f"{k}: {v}"
-                     for k, v in mapping.items())  # fmt: skip
+    return ", ".join(
+        f"{k}: {v:g}" if isinstance(v, float) else f"{k}: {v}" for k, v in mapping.items()
+    )
 
 
 def main() -> int:
@@ -316,10 +355,14 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=20)
     parser.add_argument("--deadline-s", type=float, default=2.0)
-    parser.add_argument("--open-s", type=float, default=2.0)
+    parser.add_argument("--open-s", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--mode", choices=["embedded", "scaleout"], default=None,
-                        help="default: $GUARITA_TEST_MODE or embedded")  # fmt: skip
+    parser.add_argument(
+        "--mode",
+        choices=["embedded", "scaleout"],
+        default=None,
+        help="default: $GUARITA_TEST_MODE or embedded",
+    )
     parser.add_argument("--json", action="store_true", help="print the raw reports too")
     args = parser.parse_args()
     if args.mode:
@@ -328,9 +371,14 @@ def main() -> int:
     missed = False
     try:
         for scenario in scenarios:
-            report = run_drill(scenario, requests=args.requests, concurrency=args.concurrency,
-                               deadline_s=args.deadline_s, open_s=args.open_s,
-                               seed=args.seed)  # fmt: skip
+            report = run_drill(
+                scenario,
+                requests=args.requests,
+                concurrency=args.concurrency,
+                deadline_s=args.deadline_s,
+                open_s=args.open_s,
+                seed=args.seed,
+            )
             print(render_markdown(report))
             if args.json:
                 print("```json\n" + json.dumps(report, indent=2) + "\n```\n")

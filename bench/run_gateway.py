@@ -490,6 +490,9 @@ def table(rows: list[Row]) -> str:
     return "\n".join(out)
 
 
+STORES = {True: "PostgreSQL + Redis", False: "embedded: SQLite, in-process state"}
+
+
 def report(
     rows: list[Row], args: argparse.Namespace, records: dict[str, int], sent: int, source: str
 ) -> str:
@@ -505,7 +508,7 @@ def report(
             f"{args.warmup:g} s warm-up then {args.duration:g} s measured per row. Gateway: "
             f"`guarita serve{' --workers 2' if args.scale_out else ''}` ({source}), auth, metrics, "
             "JSON access log and store recording on "
-            f"({'PostgreSQL + Redis' if args.scale_out else 'embedded: SQLite, in-process state'}).",
+            f"({STORES[args.scale_out]}).",
             "",
             table(rows),
             "",

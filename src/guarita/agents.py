@@ -161,7 +161,15 @@ class AgentService:
                 turns=[Turn("user", message), Turn("assistant", reply.text)],
             )
         return ChatResult(
-            reply.text, session_id, name, agent.model, reply.usage, reply.cost_usd, request_id
+            response=reply.text,
+            session_id=session_id,
+            agent=name,
+            model=reply.served_by or agent.model,
+            usage=reply.usage,
+            cost_usd=reply.cost_usd,
+            request_id=request_id,
+            fallback_level=reply.fallback_level,
+            quality=reply.quality,
         )
 
     async def run_task(self, task: TaskInfo) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from guarita.providers.base import ProviderRegistry
 from guarita.resilience.breaker import BreakerStore, MemoryBreakerStore
 from guarita.resilience.build import build_groups
 from guarita.resilience.group import ModelGroup
+from guarita.resilience.quality import Scorer
 from guarita.runtime import Runtime
 from guarita.settings import Settings
 from guarita.telemetry.metrics import Metrics
@@ -49,23 +50,25 @@ def settings(
     return Settings(**values)
 
 
-def call(model: str = "m", text: str = "hello", **body: Any) -> Call:
+def call(model: str = "m", text: str = "hello", *, stream: bool = False, **body: Any) -> Call:
     return Call(
         request_id="test",
         model=model,
         body={"messages": [{"role": "user", "content": text}], **body},
         caller=Caller.anonymous(),
+        stream=stream,
     )
 
 
 @contextlib.asynccontextmanager
 async def groups(
-    config: Settings, breakers: BreakerStore | None = None
+    config: Settings, breakers: BreakerStore | None = None, *, scorer: Scorer | None = None
 ) -> AsyncIterator[tuple[dict[str, ModelGroup], Metrics]]:
     """The model groups of ``config``, built as the runtime builds them; providers closed
     at the end."""
     metrics = Metrics()
-    built = build_groups(config, ProviderRegistry(), breakers or MemoryBreakerStore(), metrics)
+    store = breakers or MemoryBreakerStore()
+    built = build_groups(config, ProviderRegistry(), store, metrics, scorer=scorer)
     try:
         for group in built.values():
             for deployment in group.deployments:
@@ -112,5 +115,4 @@ async def upstream_calls(upstream: FakeUpstream) -> int:
 
 def openai_model(upstream: FakeUpstream, name: str, **extra: Any) -> dict[str, Any]:
     """A model served by the fake OpenAI upstream, which behaves as ``name`` says."""
-    return {"provider": "openai", "upstream": name, "base_url": upstream.base_url + "/v1",
-            **extra}  # fmt: skip
+    return {"provider": "openai", "upstream": name, "base_url": upstream.base_url + "/v1", **extra}

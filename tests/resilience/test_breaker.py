@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -168,8 +169,9 @@ async def test_opens_at_five_consecutive_failures(harness: Harness) -> None:
     assert harness.transitions == [("dep-a", CLOSED, OPEN)]
 
 
-async def test_opens_on_the_failure_ratio(make_store: Callable[[FakeClock], BreakerStore],
-                                          clock: FakeClock) -> None:  # fmt: skip
+async def test_opens_on_the_failure_ratio(
+    make_store: Callable[[FakeClock], BreakerStore], clock: FakeClock
+) -> None:
     breaker = CircuitBreaker("dep-r", make_store(clock), BreakerPolicy(min_calls=20))
     for _ in range(9):
         await breaker.record_success()
@@ -250,29 +252,91 @@ async def test_successes_while_open_change_nothing(harness: Harness) -> None:
 # -- Redis: one breaker, several processes ----------------------------------------------
 
 
-async def test_redis_state_is_shared_between_stores(
+def two_processes(
+    prefix: str, make_client: Callable[[], Any], clock: FakeClock, **options: Any
+) -> tuple[CircuitBreaker, CircuitBreaker, list[tuple[str, str, str]]]:
+    """One breaker as two API processes see it: two stores, two Redis clients; the
+    transitions each reports, as (process, from, to)."""
+    transitions: list[tuple[str, str, str]] = []
+
+    def breaker(process: str) -> CircuitBreaker:
+        def seen(_name: str, before: str, after: str) -> None:
+            transitions.append((process, before, after))
+
+        store = RedisBreakerStore(make_client(), prefix=prefix, clock=clock, **options)
+        return CircuitBreaker("shared", store, BreakerPolicy(), on_transition=seen)
+
+    return breaker("a"), breaker("b"), transitions
+
+
+async def test_a_trip_in_one_process_stops_the_others(
     redis_prefix: str, redis_clients: Callable[[], Any], clock: FakeClock
 ) -> None:
-    a = CircuitBreaker("shared", RedisBreakerStore(redis_clients(), prefix=redis_prefix,
-                                                   clock=clock))  # fmt: skip
-    b = CircuitBreaker("shared", RedisBreakerStore(redis_clients(), prefix=redis_prefix,
-                                                   clock=clock))  # fmt: skip
-    await a.record_failure()
-    await b.record_failure()
-    await a.record_failure()
-    await b.record_failure()
-    assert await a.allow_request() and await b.allow_request()
-    await b.record_failure()
-    assert not await a.allow_request()  # opened by b, seen by a
-    assert await a.state() == OPEN
+    a, b, transitions = two_processes(redis_prefix, redis_clients, clock, refresh_s=0)
+    assert await b.allow_request()
+    for _ in range(5):
+        await a.record_failure()
+    assert not await b.allow_request()  # opened by a, seen by b
+    assert await b.state() == OPEN
+    assert transitions == [("a", CLOSED, OPEN)]
     clock.advance(60)
-    # the three probes are shared too: however they are spread over the processes
-    assert [await a.allow_request(), await b.allow_request(), await a.allow_request()] == [
+    # the three half-open probes are shared, however they are spread over the processes
+    assert [await b.allow_request(), await a.allow_request(), await b.allow_request()] == [
         True,
         True,
         True,
     ]
-    assert not await b.allow_request()
+    assert not await a.allow_request()
+    for breaker in (a, b, a):
+        await breaker.record_success()
+    assert await a.state() == CLOSED
+    assert await a.allow_request() and await b.allow_request()
+    assert [t[1:] for t in transitions] == [(CLOSED, OPEN), (OPEN, HALF_OPEN), (HALF_OPEN, CLOSED)]
+
+
+async def test_a_failing_probe_in_any_process_reopens_it(
+    redis_prefix: str, redis_clients: Callable[[], Any], clock: FakeClock
+) -> None:
+    a, b, transitions = two_processes(redis_prefix, redis_clients, clock, refresh_s=0)
+    for _ in range(5):
+        await b.record_failure()
+    clock.advance(60)
+    assert await a.allow_request() and await b.allow_request()
+    await a.record_success()
+    await b.record_failure()
+    assert not await a.allow_request()
+    assert transitions[-1] == ("b", HALF_OPEN, OPEN)
+
+
+async def test_other_processes_see_a_trip_within_refresh_s(
+    redis_prefix: str, redis_clients: Callable[[], Any], clock: FakeClock
+) -> None:
+    a, b, _ = two_processes(redis_prefix, redis_clients, clock, refresh_s=0.2)
+    assert await b.allow_request()  # b has read (and cached) the closed state
+    for _ in range(5):
+        await a.record_failure()
+    started = time.monotonic()  # b's cached view expires after refresh_s
+
+    async def refused() -> bool:
+        return not await b.allow_request()
+
+    while not await refused():
+        assert time.monotonic() - started < 10, "b never saw the breaker open"
+        await asyncio.sleep(0.02)
+
+
+async def test_failures_are_counted_in_each_process(
+    redis_prefix: str, redis_clients: Callable[[], Any], clock: FakeClock
+) -> None:
+    """By design (no Redis write per call), each process counts its own failures: the
+    threshold applies per process, the open state to all."""
+    a, b, _ = two_processes(redis_prefix, redis_clients, clock, refresh_s=0)
+    for _ in range(4):
+        await a.record_failure()
+        await b.record_failure()
+    assert await a.allow_request() and await b.allow_request()
+    await b.record_failure()
+    assert not await a.allow_request()
 
 
 def hammer_from_two_processes(
@@ -338,12 +402,3 @@ def test_two_processes_failing_concurrently_open_it_once(redis_prefix: str) -> N
     state = stored_state(redis_prefix, "contended")
     assert state.state == OPEN and state.opened_at == clock.now
     assert (state.consecutive_failures, state.window_failures, state.probes) == (0, 0, 0)
-
-
-def test_concurrent_updates_from_two_processes_lose_none(redis_prefix: str) -> None:
-    never_opens = BreakerPolicy(failure_threshold=1000, min_calls=1000)
-    transitions = hammer_from_two_processes(redis_prefix, "counted", never_opens, FakeClock(), 40)
-    assert transitions == []
-    state = stored_state(redis_prefix, "counted")
-    assert state.state == CLOSED
-    assert (state.consecutive_failures, state.window_calls, state.window_failures) == (80, 80, 80)

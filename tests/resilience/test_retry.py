@@ -4,6 +4,7 @@ HTTP, which counts the calls it receives)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ from guarita.errors import (
     UpstreamUnavailable,
 )
 from guarita.resilience.retry import RetryBudget, RetryPolicy, backoff_delay, is_retryable
+from guarita.runtime import Runtime
 from tests.helpers import FakeUpstream, wait_until
 from tests.resilience.support import (
     FAST_RETRY,
@@ -30,6 +32,7 @@ from tests.resilience.support import (
     groups,
     openai_model,
     sample,
+    serve,
     settings,
     upstream_calls,
 )
@@ -118,8 +121,16 @@ def test_budget_window_slides() -> None:
 
 
 async def test_group_retries_scripted_failures_then_answers(tmp_path: Path) -> None:
-    config = settings(tmp_path, {"m": {"provider": "scripted", "options": {"fail_first": 2,
-                      "reply": "finally"}, "retry": {"max_attempts": 3}}})  # fmt: skip
+    config = settings(
+        tmp_path,
+        {
+            "m": {
+                "provider": "scripted",
+                "options": {"fail_first": 2, "reply": "finally"},
+                "retry": {"max_attempts": 3},
+            }
+        },
+    )
     async with groups(config) as (built, metrics):
         reply = await built["m"](call())
         assert reply.text == "finally" and reply.fallback_level == "primary"
@@ -207,8 +218,6 @@ async def test_a_retry_after_longer_than_max_delay_is_passed_on(
 async def test_budget_caps_retries_of_a_burst_of_failing_calls(
     fresh: FakeUpstream, tmp_path: Path
 ) -> None:
-    import asyncio
-
     model = openai_model(
         fresh,
         "fail-500",
@@ -216,8 +225,9 @@ async def test_budget_caps_retries_of_a_burst_of_failing_calls(
         breaker={"enabled": False},
     )
     async with groups(settings(tmp_path, {"m": model})) as (built, metrics):
-        results = await asyncio.gather(*(built["m"](call()) for _ in range(100)),
-                                       return_exceptions=True)  # fmt: skip
+        results = await asyncio.gather(
+            *(built["m"](call()) for _ in range(100)), return_exceptions=True
+        )
     assert all(isinstance(r, UpstreamError) for r in results)
     received = await upstream_calls(fresh)
     assert 100 + 3 <= received <= 100 + 20  # without a budget: up to 300
@@ -226,8 +236,9 @@ async def test_budget_caps_retries_of_a_burst_of_failing_calls(
 
 
 async def test_an_open_circuit_is_not_retried(fresh: FakeUpstream, tmp_path: Path) -> None:
-    model = openai_model(fresh, "fail-500", retry={**FAST_RETRY, "max_attempts": 1},
-                         breaker={"failure_threshold": 2})  # fmt: skip
+    model = openai_model(
+        fresh, "fail-500", retry={**FAST_RETRY, "max_attempts": 1}, breaker={"failure_threshold": 2}
+    )
     async with groups(settings(tmp_path, {"m": model})) as (built, _):
         for _ in range(2):
             with pytest.raises(UpstreamError):
@@ -241,3 +252,16 @@ async def test_an_open_circuit_is_not_retried(fresh: FakeUpstream, tmp_path: Pat
 def test_quality_rejections_are_upstream_errors() -> None:
     # an empty or invalid answer may be worth one more try on the same deployment
     assert is_retryable(QualityRejected("empty"))
+
+
+async def test_a_429_reaches_the_caller_with_its_retry_after(
+    fresh: FakeUpstream, tmp_path: Path
+) -> None:
+    model = openai_model(fresh, "fail-429", retry=FAST_RETRY)
+    async with serve(Runtime(settings(tmp_path, {"m": model}))) as client:
+        body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+        response = await client.post("/v1/chat/completions", json=body)
+    assert response.status_code == 429
+    assert response.headers["retry-after"] == "7"
+    assert response.json()["error"]["type"] == "rate_limit_error"
+    assert await upstream_calls(fresh) == 1

@@ -7,6 +7,7 @@ from guarita.providers.base import Provider, ProviderRegistry
 from guarita.providers.chaos import ChaosProvider
 from guarita.resilience.breaker import BreakerPolicy, BreakerStore, CircuitBreaker
 from guarita.resilience.group import Deployment, GroupObserver, ModelGroup
+from guarita.resilience.quality import Scorer
 from guarita.resilience.retry import RetryBudget, RetryPolicy
 from guarita.settings import ModelSettings, Settings
 from guarita.telemetry.metrics import Metrics
@@ -34,8 +35,14 @@ def deployment_settings(model: ModelSettings) -> list[tuple[str | None, float, M
 
 
 def build_groups(
-    settings: Settings, registry: ProviderRegistry, breakers: BreakerStore, metrics: Metrics
+    settings: Settings,
+    registry: ProviderRegistry,
+    breakers: BreakerStore,
+    metrics: Metrics,
+    *,
+    scorer: Scorer | None = None,
 ) -> dict[str, ModelGroup]:
+    """``scorer`` rates answers for ``quality.min_score`` (without one, that check is off)."""
     observer = GroupObserver(
         retry=lambda d: metrics.retries.labels(d).inc(),
         budget_exhausted=lambda d: metrics.retry_budget_exhausted.labels(d).inc(),
@@ -63,5 +70,5 @@ def build_groups(
                 metrics.set_circuit_state(label, "closed")
             budget = RetryBudget(RetryPolicy(**model.retry.model_dump()))
             deployments.append(Deployment(label, provider, weight, breaker, budget))
-        groups[name] = ModelGroup(name, model, deployments, observer=observer)
+        groups[name] = ModelGroup(name, model, deployments, observer=observer, scorer=scorer)
     return groups

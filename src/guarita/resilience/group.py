@@ -218,10 +218,10 @@ class ModelGroup:
     def _stream_finished(self, deployment: Deployment, call: Call, reply: Reply,
                          error: BaseException | None, started: float) -> None:  # fmt: skip
         deployment.outstanding -= 1
+        if isinstance(error, asyncio.CancelledError | GeneratorExit):
+            return  # the caller went away: that says nothing about the deployment's health
         if error is not None:
-            ok = not counts_against_breaker(error) and not isinstance(
-                error, asyncio.CancelledError | GeneratorExit
-            )
+            ok = not counts_against_breaker(error)
         else:
             latency_ms = (time.monotonic() - started) * 1000
             verdict = judge(
