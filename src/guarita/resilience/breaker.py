@@ -190,6 +190,12 @@ class RedisBreakerStore:
             if result.transition and result.state.state == OPEN:  # this process tripped it
                 return await self._transact(name, policy, lambda current: _trip(current, result))
             return result
+        if (
+            event == "acquire"
+            and shared.state == OPEN
+            and self._clock() - shared.opened_at < policy.open_s
+        ):
+            return Step(shared, allowed=False)  # still open: no need to ask Redis
         result = await self._transact(
             name, policy, lambda current: step(current, event, self._clock(), policy)
         )
