@@ -256,6 +256,8 @@ def _default_models() -> dict[str, ModelSettings]:
             price_output_per_1m=0.0,
             context_window=4096,
             options={"instances": 1, "max_queue": 64},
+            # a small base model often answers nothing: that is its quality, not an outage
+            quality=QualitySettings(reject_empty=False),
         )
     }
 

@@ -42,7 +42,12 @@ def gateway_config(upstream_url: str) -> dict[str, Any]:
 
     return {
         "models": {
-            "local": {"provider": "llamacpp", "context_window": 2048, "options": {"instances": 1}},
+            "local": {
+                "provider": "llamacpp",
+                "context_window": 2048,
+                "options": {"instances": 1},
+                "quality": {"reject_empty": False},
+            },
             "echo": {"provider": "scripted"},
             "up": up("gpt-fake"),
             "up-401": up("fail-401"),
