@@ -135,7 +135,9 @@ class Runtime:
             from guarita.backends.celery_tasks import CeleryTaskQueue
 
             return CeleryTaskQueue(self.settings, self.task_store)
-        return LocalTaskQueue(self.task_store, self.executor, workers=self.settings.tasks.workers)
+        return LocalTaskQueue(
+            self.task_store, self.execute_task, workers=self.settings.tasks.workers
+        )
 
     def _on_task_event(self, event: str, task: TaskInfo, details: dict[str, Any]) -> None:
         status = event.removeprefix("task.")
@@ -206,7 +208,8 @@ class Runtime:
         ) as span:
             span.set_attribute("guarita.task.id", task_id)
             outcome = await self.executor.execute(task_id)
-        await self.records.flush()  # a worker may be killed any time after this
+        if self.role == "worker":
+            await self.records.flush()  # a worker may be killed any time after this
         return outcome
 
     async def embed(self, call: Call, inputs: list[str]) -> Embeddings:

@@ -189,6 +189,46 @@ async def test_flush_beside_the_background_sender_sends_each_event_once(
         await publisher.aclose()  # would re-raise a crash of the background sender
 
 
+async def _close_within(publisher: EventPublisher, deadline_s: float = 30.0) -> None:
+    """aclose() must return by itself. (Not asyncio.wait_for: a cancelled aclose() still
+    returns normally, hiding a hang.)"""
+    closing = asyncio.create_task(publisher.aclose())
+    done, _ = await asyncio.wait({closing}, timeout=deadline_s)
+    if closing not in done:
+        closing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await closing
+        raise AssertionError("aclose() hung: the background sender never ended")
+    closing.result()
+
+
+class GatedRedisSink(RedisStreamSink):
+    """The real Redis sink, whose send() returns only when the test opens a gate."""
+
+    def __init__(self, url: str, stream: str) -> None:
+        super().__init__(url, stream)
+        self.written = asyncio.Event()
+        self.gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def send(self, events: list[dict[str, Any]]) -> None:
+        await super().send(events)
+        self.written.set()
+        await self.gate
+
+
+async def test_closing_as_a_send_completes_returns(redis_client: Any, redis_stream: str) -> None:
+    """aclose() cancels the sender just as its send completes (the reply is in): Python
+    3.11's wait_for then swallows the cancellation, and aclose() must still return."""
+    sink = GatedRedisSink(REDIS_URL, redis_stream)
+    publisher = EventPublisher(sink)
+    await publisher.start()
+    publisher.publish(events.TASK_QUEUED, {"task_id": TASK_ID, "agent": "a"})
+    await asyncio.wait_for(sink.written.wait(), timeout=30)
+    sink.gate.set_result(None)  # the send finishes on the loop's next turn...
+    await _close_within(publisher)  # ...in which aclose() has cancelled the sender
+    assert await redis_client.xlen(redis_stream) == 1
+
+
 async def test_publishing_without_a_sink_is_a_no_op() -> None:
     publisher = EventPublisher(None, max_queue=1)
     await publisher.start()

@@ -25,21 +25,6 @@ from guarita.runtime import Runtime
 from guarita.types import Call, Caller
 from tests.telemetry.support import CHAT, REDIS_URL, make_settings, poll, serve, unique
 
-# Bugs these tests found in code outside telemetry/, each turned into a strict xfail so
-# that the test starts to count (XPASS fails the run) the moment the bug is fixed.
-NO_SERVER_SPAN = pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="api/middleware.py: RequestContextMiddleware is given the tracer but never starts "
-    "a SERVER span or extracts traceparent, so each request's spans are separate root traces",
-)
-LOCAL_QUEUE_DROPS_CONTEXT = pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="backends/tasks.py: LocalTaskQueue.submit ignores trace_context and its workers call "
-    "TaskExecutor.execute, not Runtime.execute_task: no guarita.task.run span, new trace",
-)
-
 
 @pytest.fixture
 def exporter() -> Iterator[InMemorySpanExporter]:
@@ -155,7 +140,6 @@ async def test_a_failed_model_call_marks_its_span_as_an_error(
     assert any(event.name == "exception" for event in chat.events)
 
 
-@NO_SERVER_SPAN
 async def test_a_chat_completion_is_one_trace_under_a_server_span(
     traced: tuple[Runtime, Any], exporter: InMemorySpanExporter
 ) -> None:
@@ -182,7 +166,6 @@ async def test_a_chat_completion_is_one_trace_under_a_server_span(
     assert {trace_id(s) for s in exporter.get_finished_spans()} == {trace_id(server)}
 
 
-@NO_SERVER_SPAN
 async def test_an_incoming_traceparent_is_honoured(
     traced: tuple[Runtime, Any], exporter: InMemorySpanExporter
 ) -> None:
@@ -332,7 +315,6 @@ async def test_a_task_runs_in_the_trace_that_submitted_it(
     assert trace_id(chat) == trace_id(run) and is_descendant(chat, run, spans)
 
 
-@NO_SERVER_SPAN
 async def test_a_task_continues_the_submitting_requests_trace(
     tmp_path: Path, celery_queue: str
 ) -> None:
@@ -347,7 +329,6 @@ async def test_a_task_continues_the_submitting_requests_trace(
     assert trace_id(run) == caller_trace
 
 
-@LOCAL_QUEUE_DROPS_CONTEXT
 async def test_a_task_on_the_local_queue_runs_in_the_trace_that_submitted_it(
     tmp_path: Path, exporter: InMemorySpanExporter
 ) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 import structlog
-from opentelemetry import trace
+from opentelemetry import propagate, trace
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from guarita.errors import GuaritaError, PayloadTooLarge
@@ -41,6 +41,28 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if self.tracer is None:
+            await self._serve(scope, receive, send)
+            return
+        carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        with self.tracer.start_as_current_span(
+            f"{scope['method']} {scope['path']}",
+            context=propagate.extract(carrier),
+            kind=trace.SpanKind.SERVER,
+        ) as span:
+            status = await self._serve(scope, receive, send)
+            route = getattr(scope.get("route"), "path", None)
+            if route:
+                span.update_name(f"{scope['method']} {route}")
+                span.set_attribute("http.route", route)
+            span.set_attribute("http.request.method", scope["method"])
+            span.set_attribute("http.response.status_code", status)
+            span.set_attribute("guarita.request_id", scope["state"]["info"]["request_id"])
+            if status >= 500:
+                span.set_status(trace.StatusCode.ERROR)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> int:
+        """Handle one request; returns the status sent."""
         started = time.perf_counter()
         request_id = b""
         for name, value in scope["headers"]:
@@ -83,6 +105,7 @@ class RequestContextMiddleware:
             await _send_error(send_with_headers, exc)
         finally:
             self._finish(scope, info, status, started)
+        return status
 
     def _finish(self, scope: Scope, info: dict[str, Any], status: int, started: float) -> None:
         elapsed = time.perf_counter() - started

@@ -118,16 +118,20 @@ class TaskExecutor:
                 return
 
 
+TaskRun = Callable[[str, dict[str, str] | None], Awaitable[Outcome]]
+"""Runs one delivery of a task, given its id and the submitter's trace context."""
+
+
 class LocalTaskQueue:
     """The embedded default: a pool of asyncio workers in the API process."""
 
-    def __init__(self, store: TaskStore, executor: TaskExecutor, *, workers: int = 2,
+    def __init__(self, store: TaskStore, run: TaskRun, *, workers: int = 2,
                  shutdown_grace_s: float = 5.0) -> None:  # fmt: skip
         self._store = store
-        self._executor = executor
+        self._run = run
         self._workers = workers
         self._grace = shutdown_grace_s
-        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[str, dict[str, str] | None]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._busy = 0
         self._idle = asyncio.Event()
@@ -136,7 +140,7 @@ class LocalTaskQueue:
     async def start(self) -> None:
         requeued = await self._store.requeue_interrupted()
         for task_id in await self._store.queued_ids():
-            self._queue.put_nowait(task_id)
+            self._queue.put_nowait((task_id, None))
         if requeued or not self._queue.empty():
             log.info("tasks_resumed", interrupted=requeued, queued=self._queue.qsize())
         self._tasks = [
@@ -144,22 +148,22 @@ class LocalTaskQueue:
         ]
 
     async def submit(self, task: TaskInfo, *, trace_context: dict[str, str] | None = None) -> None:
-        self._queue.put_nowait(task.id)
+        self._queue.put_nowait((task.id, trace_context))
 
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            task_id = await self._queue.get()
+            item = await self._queue.get()
             self._busy += 1
             self._idle.clear()
             try:
-                outcome = await self._executor.execute(task_id)
+                outcome = await self._run(*item)
             finally:
                 self._busy -= 1
                 if not self._busy:
                     self._idle.set()
             if outcome.kind in ("retry", "busy"):
-                loop.call_later(outcome.delay_s, self._queue.put_nowait, task_id)
+                loop.call_later(outcome.delay_s, self._queue.put_nowait, item)
 
     async def aclose(self) -> None:
         """Let running tasks finish for a grace period; any cut short resume at next start."""

@@ -125,6 +125,7 @@ class EventPublisher:
         # both would send the same events and then each pop them (losing later ones).
         self._sending = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
         self._source = f"guarita/{socket.gethostname()}"
         self.dropped = 0
         self.sent = 0
@@ -162,10 +163,13 @@ class EventPublisher:
 
     async def _run(self) -> None:
         backoff = 0.1
-        while True:
+        # The loop also ends on _closing: a cancellation can be lost (on Python 3.11
+        # wait_for, here or inside a client library, swallows it when the awaited send
+        # completes at that moment), and aclose() would then wait for this task forever.
+        while not self._closing:
             await self._wakeup.wait()
             self._wakeup.clear()
-            while self._queue:
+            while self._queue and not self._closing:
                 if not await self._send_batch():
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 5.0)
@@ -202,6 +206,8 @@ class EventPublisher:
 
     async def aclose(self) -> None:
         if self._task is not None:
+            self._closing = True
+            self._wakeup.set()
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
