@@ -346,4 +346,7 @@ def test_health_and_ready(gateway: GuaritaServer) -> None:
     assert httpx.get(gateway.base_url + "/health").json() == {"status": "ok"}
     ready = httpx.get(gateway.base_url + "/ready")
     assert ready.status_code == 200
-    assert ready.json()["checks"] == {"store": True, "model:up": True}
+    expected = {"store": True, "model:up": True}
+    if scale_out():
+        expected["redis"] = True
+    assert ready.json()["checks"] == expected
