@@ -183,18 +183,19 @@ class Runtime:
                  shared_state="redis" if isinstance(self.kv, RedisKV) else "in-process",
                  task_queue=self.settings.task_queue)  # fmt: skip
 
-    async def submit_task(self, *, agent: str, payload: dict[str, Any], key_id: str | None,
-                          request_id: str | None) -> TaskInfo:  # fmt: skip
-        """Write the task (durable first), then hand it to the queue."""
+    async def submit_task(
+        self, *, agent: str, payload: dict[str, Any], key_id: str | None, request_id: str | None
+    ) -> TaskInfo:
+        """Write the task (durable first), then hand it to the queue. ``task.queued`` is
+        published before the hand-over, so that it precedes the worker's ``task.started``."""
         with self.tracing.tracer.start_as_current_span("guarita.task.enqueue"):
             task = await self.task_store.create(
                 agent=agent, payload=payload, key_id=key_id, request_id=request_id
             )
+            self.metrics.tasks.labels(agent, "queued").inc()
+            queued = {"task_id": task.id, "agent": agent, "request_id": request_id}
+            self.events.publish(events.TASK_QUEUED, queued)
             await self.tasks.submit(task, trace_context=self.tracing.inject())
-        self.metrics.tasks.labels(agent, "queued").inc()
-        self.events.publish(
-            events.TASK_QUEUED, {"task_id": task.id, "agent": agent, "request_id": request_id}
-        )
         return task
 
     async def execute_task(
