@@ -17,7 +17,7 @@ from rich.table import Table
 
 from guarita.errors import ConfigError
 from guarita.settings import Settings, load_settings
-from guarita.store.keys import KeyInfo
+from guarita.store.keys import KeyStore
 from guarita.telemetry import prices
 
 app = typer.Typer(help="Guarita: a production runtime for LLM agents.", no_args_is_help=True)
@@ -133,28 +133,33 @@ def migrate() -> None:
     out.print("store schema is up to date")
 
 
-@keys_app.command("create")
-def keys_create(
-    name: Annotated[str, typer.Option(help="Who or what the key is for.")],
-    tier: Annotated[str, typer.Option(help="Tier for limits: free, pro, enterprise.")] = "free",
-) -> None:
-    """Create a key. Its secret is printed once; only a hash is stored."""
+def _with_keys(action: Callable[[KeyStore], Coroutine[Any, Any, T]]) -> T:
+    """Run ``action`` on the key store of the configured database (migrated first)."""
 
-    async def go(settings: Settings) -> tuple[str, str]:
+    async def go(settings: Settings) -> T:
         from guarita.store.database import Database
-        from guarita.store.keys import KeyStore
 
         db = Database(settings.store_url)
         try:
             await db.migrate()
-            secret, info = await KeyStore(db).create(name, tier)
-            return secret, info.id
+            return await action(KeyStore(db))
         finally:
             await db.aclose()
 
-    secret, key_id = _run(go, _settings())
+    return _run(go, _settings())
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="Who or what the key is for.")],
+    tier: Annotated[
+        str, typer.Option(help="Tier: free, pro, enterprise; admin for /admin endpoints.")
+    ] = "free",
+) -> None:
+    """Create a key. Its secret is printed once; only a hash is stored."""
+    secret, info = _with_keys(lambda keys: keys.create(name, tier))
     err.print(
-        f"created key {key_id} (name {name!r}, tier {tier}); "
+        f"created key {info.id} (name {name!r}, tier {tier}); "
         "store the secret now, it is not shown again:",
         highlight=False,
     )
@@ -166,19 +171,7 @@ def keys_list(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per key.")] = False,
 ) -> None:
     """List keys (never their secrets)."""
-
-    async def go(settings: Settings) -> list[KeyInfo]:
-        from guarita.store.database import Database
-        from guarita.store.keys import KeyStore
-
-        db = Database(settings.store_url)
-        try:
-            await db.migrate()
-            return list(await KeyStore(db).list())
-        finally:
-            await db.aclose()
-
-    keys = _run(go, _settings())
+    keys = _with_keys(lambda store: store.list())
     if as_json:
         for info in keys:
             print(orjson.dumps(dataclasses.asdict(info)).decode())
@@ -186,33 +179,15 @@ def keys_list(
     table = Table("id", "name", "tier", "prefix", "created", "revoked")
     for info in keys:
         revoked = f"{info.revoked_at:%Y-%m-%d %H:%M}" if info.revoked_at else ""
-        table.add_row(
-            info.id,
-            info.name,
-            info.tier,
-            info.prefix + "…",
-            f"{info.created_at:%Y-%m-%d %H:%M}",
-            revoked,
-        )
+        created = f"{info.created_at:%Y-%m-%d %H:%M}"
+        table.add_row(info.id, info.name, info.tier, info.prefix + "…", created, revoked)
     Console(width=max(out.width, 120)).print(table)
 
 
 @keys_app.command("revoke")
 def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (key_…).")]) -> None:
     """Revoke a key: it stops working within the key cache TTL (30 s by default)."""
-
-    async def go(settings: Settings) -> bool:
-        from guarita.store.database import Database
-        from guarita.store.keys import KeyStore
-
-        db = Database(settings.store_url)
-        try:
-            await db.migrate()
-            return await KeyStore(db).revoke(key_id)
-        finally:
-            await db.aclose()
-
-    if not _run(go, _settings()):
+    if not _with_keys(lambda keys: keys.revoke(key_id)):
         err.print(f"[red]error:[/red] no active key {key_id}", highlight=False)
         raise typer.Exit(1)
     out.print(f"revoked {key_id}")

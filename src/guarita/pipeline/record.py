@@ -6,6 +6,7 @@ For a stream it records when the stream ends, from what was actually sent.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -104,6 +105,4 @@ class Recording:
 
 
 def _is_cancel(error: BaseException) -> bool:
-    import asyncio
-
     return isinstance(error, asyncio.CancelledError | GeneratorExit)
