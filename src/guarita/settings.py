@@ -110,7 +110,9 @@ class ModelSettings(_Strict):
     price_output_per_1m: float | None = Field(default=None, ge=0)
     context_window: int = Field(default=8192, gt=0)
     connect_timeout_s: float = Field(default=5.0, gt=0)
-    timeout_s: float = Field(default=120.0, gt=0)
+    timeout_s: float = Field(
+        default=120.0, gt=0, description="Read timeout: longest wait for data."
+    )
     options: dict[str, Any] = Field(default_factory=dict, description="Provider-specific options.")
     chaos: ChaosSettings | None = None
     deployments: list[DeploymentSettings] = Field(

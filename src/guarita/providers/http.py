@@ -57,8 +57,10 @@ class UpstreamClient:
         self.base_url = base_url.rstrip("/")
         self.key_env = settings.api_key_env
         self._headers = {**headers, "content-type": "application/json"}
+        # connect and read timeouts, not a total one: a long stream may run past timeout_s
+        # as long as chunks keep coming (the request's deadline bounds the whole call)
         self._timeout = aiohttp.ClientTimeout(
-            total=settings.timeout_s, sock_connect=settings.connect_timeout_s
+            total=None, sock_connect=settings.connect_timeout_s, sock_read=settings.timeout_s
         )
         self._session: aiohttp.ClientSession | None = None
 
