@@ -37,8 +37,7 @@ def pytest_report_header(config: pytest.Config) -> str:
 @pytest.fixture(autouse=True, scope="session")
 def _scale_out_cleanup() -> Iterator[None]:
     yield
-    if scale_out():
-        clean_leftovers()
+    clean_leftovers()  # scale-out servers, and the scale-out tests of any mode
 
 
 _real_connect = socket.socket.connect

@@ -312,6 +312,8 @@ def clean_leftovers() -> None:
         for prefix in Leftovers.redis_prefixes:
             for key in client.scan_iter(match=prefix + "*", count=1000):
                 client.delete(key)
+        for queue in Leftovers.queues:  # what a Redis broker leaves (kombu's own names)
+            client.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
         client.close()
     if Leftovers.queues:
         from kombu import Connection

@@ -180,3 +180,37 @@ def test_several_api_processes_report_summed_metrics(tmp_path: Path) -> None:
         assert log.count('"event":"runtime_started"') == 2  # two API processes served
     finally:
         server.stop()
+
+
+def test_tasks_over_a_redis_broker(pg_store: str, tmp_path: Path) -> None:
+    """The same tasks with Redis as the Celery broker instead of RabbitMQ."""
+    tag = secrets.token_hex(4)
+    config = {
+        "models": {"m": {"provider": "scripted", "options": {"reply": "via redis"}}},
+        "agents": {"a": {"model": "m"}},
+        "default_agent": "a",
+        **scale_out_settings(tag),
+    }
+    config["celery_broker_url"] = REDIS_URL
+    server = GuaritaServer(tmp_path, config, store_url=pg_store)
+    key = server.create_key("redis-broker")
+    server.start()
+    try:
+        ids = [
+            httpx.post(
+                server.base_url + "/api/tasks", headers=auth(key), json={"message": f"job {i}"}
+            ).json()["task_id"]
+            for i in range(3)
+        ]
+
+        def done() -> list[dict[str, Any]] | None:
+            results = [
+                httpx.get(f"{server.base_url}/api/tasks/{t}", headers=auth(key)).json() for t in ids
+            ]
+            return results if all(r["status"] == "succeeded" for r in results) else None
+
+        results = wait_until(done, timeout=60, interval=0.2, what="tasks over the Redis broker")
+        assert [r["result"]["response"] for r in results] == ["via redis"] * 3
+        assert server.worker is not None and "redis://" in server.worker.output()
+    finally:
+        server.stop()
