@@ -23,9 +23,9 @@ from guarita.errors import (
     UpstreamRateLimited,
 )
 from guarita.providers.anthropic import API_VERSION, DEFAULT_MAX_TOKENS, AnthropicProvider
-from guarita.settings import ModelSettings
 from guarita.types import Call, Caller, Chunk
 from tests.helpers import UPSTREAM_KEY, FakeUpstream
+from tests.providers.support import provider_factory, running_fake
 
 KEY_ENV = "GUARITA_TEST_ANTHROPIC_KEY"
 
@@ -34,13 +34,8 @@ MakeProvider = Callable[..., AnthropicProvider]
 
 @pytest.fixture(scope="module")
 def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeUpstream]:
-    fake = FakeUpstream(
-        "anthropic_upstream",
-        tmp_path_factory.mktemp("anthropic-fake"),
-        env={"FAKE_REQUIRE_KEY": UPSTREAM_KEY},
-    ).start()
-    yield fake
-    fake.stop()
+    with running_fake("anthropic_upstream", tmp_path_factory.mktemp("anthropic-fake")) as fake:
+        yield fake
 
 
 @pytest.fixture
@@ -48,24 +43,16 @@ async def make_provider(
     upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[MakeProvider]:
     """Build providers for the fake upstream with the right key in ``KEY_ENV``; close them all."""
-    monkeypatch.setenv(KEY_ENV, UPSTREAM_KEY)
-    made: list[AnthropicProvider] = []
-
-    def make(upstream_model: str = "claude-test", **overrides: Any) -> AnthropicProvider:
-        fields: dict[str, Any] = {
-            "provider": "anthropic",
-            "upstream": upstream_model,
-            "base_url": upstream.base_url + "/v1",
-            "api_key_env": KEY_ENV,
-        }
-        fields.update(overrides)
-        provider = AnthropicProvider("test-claude", ModelSettings(**fields))
-        made.append(provider)
-        return provider
-
-    yield make
-    for provider in made:
-        await provider.aclose()
+    async with provider_factory(
+        AnthropicProvider,
+        provider="anthropic",
+        model_name="test-claude",
+        default_upstream="claude-test",
+        upstream=upstream,
+        key_env=KEY_ENV,
+        monkeypatch=monkeypatch,
+    ) as make:
+        yield make
 
 
 def make_call(messages: list[dict[str, Any]] | str = "hello there", **extra: Any) -> Call:

@@ -27,9 +27,9 @@ from guarita.errors import (
     UpstreamUnavailable,
 )
 from guarita.providers.openai_compat import OpenAICompatProvider
-from guarita.settings import ModelSettings
 from guarita.types import Call, Caller, Chunk
 from tests.helpers import UPSTREAM_KEY, FakeUpstream, free_port
+from tests.providers.support import provider_factory, running_fake
 
 KEY_ENV = "GUARITA_TEST_OPENAI_KEY"
 
@@ -38,13 +38,8 @@ MakeProvider = Callable[..., OpenAICompatProvider]
 
 @pytest.fixture(scope="module")
 def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeUpstream]:
-    fake = FakeUpstream(
-        "openai_upstream",
-        tmp_path_factory.mktemp("openai-fake"),
-        env={"FAKE_REQUIRE_KEY": UPSTREAM_KEY},
-    ).start()
-    yield fake
-    fake.stop()
+    with running_fake("openai_upstream", tmp_path_factory.mktemp("openai-fake")) as fake:
+        yield fake
 
 
 @pytest.fixture
@@ -52,24 +47,16 @@ async def make_provider(
     upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[MakeProvider]:
     """Build providers for the fake upstream with the right key in ``KEY_ENV``; close them all."""
-    monkeypatch.setenv(KEY_ENV, UPSTREAM_KEY)
-    made: list[OpenAICompatProvider] = []
-
-    def make(upstream_model: str = "gpt-test", **overrides: Any) -> OpenAICompatProvider:
-        fields: dict[str, Any] = {
-            "provider": "openai",
-            "upstream": upstream_model,
-            "base_url": upstream.base_url + "/v1",
-            "api_key_env": KEY_ENV,
-        }
-        fields.update(overrides)
-        provider = OpenAICompatProvider("test-model", ModelSettings(**fields))
-        made.append(provider)
-        return provider
-
-    yield make
-    for provider in made:
-        await provider.aclose()
+    async with provider_factory(
+        OpenAICompatProvider,
+        provider="openai",
+        model_name="test-model",
+        default_upstream="gpt-test",
+        upstream=upstream,
+        key_env=KEY_ENV,
+        monkeypatch=monkeypatch,
+    ) as make:
+        yield make
 
 
 def make_call(text: str = "hello there", **extra: Any) -> Call:
