@@ -18,7 +18,7 @@ from opentelemetry.sdk.trace.export import SpanExporter
 
 from guarita.agents import AgentService
 from guarita.auth import Authenticator
-from guarita.backends.kv import KeyValue, MemoryKV, RedisKV
+from guarita.backends import redis as redis_backend
 from guarita.backends.tasks import LocalTaskQueue, Outcome, TaskExecutor, TaskQueue
 from guarita.errors import ModelNotFound
 from guarita.pipeline import Next, compose
@@ -61,11 +61,7 @@ class Runtime:
         self.db = Database(settings.store_url)
         self.metrics = Metrics()
         self.tracing = Tracing(settings.tracing, exporter=span_exporter)
-        self.kv: KeyValue = (
-            RedisKV(settings.redis_url, prefix=settings.redis_prefix)
-            if settings.redis_url
-            else MemoryKV()
-        )
+        self.redis: Any = redis_backend.connect(settings.redis_url) if settings.redis_url else None
         self.events = events.make_publisher(
             settings.events, settings.redis_url, on_drop=self.metrics.events_dropped.inc
         )
@@ -81,8 +77,8 @@ class Runtime:
         self.task_store = TaskStore(self.db)
         # Building providers reads their keys: a missing one stops the start here.
         self.breakers: BreakerStore = (
-            RedisBreakerStore(self.kv.client, prefix=settings.redis_prefix)
-            if isinstance(self.kv, RedisKV)
+            RedisBreakerStore(self.redis, prefix=settings.redis_prefix)
+            if self.redis is not None
             else MemoryBreakerStore()
         )
         self.models: dict[str, ModelGroup] = build_groups(
@@ -122,11 +118,11 @@ class Runtime:
         self.tasks: TaskQueue = self._task_queue()
 
     def _session_store(self) -> SessionStore:
-        if isinstance(self.kv, RedisKV):
+        if self.redis is not None:
             from guarita.backends.sessions import RedisSessionStore
 
             s = self.settings
-            return RedisSessionStore(self.kv.client, prefix=s.redis_prefix, ttl_s=s.sessions.ttl_s,
+            return RedisSessionStore(self.redis, prefix=s.redis_prefix, ttl_s=s.sessions.ttl_s,
                                      max_turns=s.sessions.max_turns)  # fmt: skip
         return SqlSessionStore(self.db, max_loaded=self.settings.sessions.max_turns)
 
@@ -180,7 +176,7 @@ class Runtime:
             await self.tasks.start()
         log.info("runtime_started", role=self.role, models=sorted(self.models),
                  store=self.db.engine.url.render_as_string(hide_password=True),
-                 shared_state="redis" if isinstance(self.kv, RedisKV) else "in-process",
+                 shared_state="redis" if self.redis is not None else "in-process",
                  task_queue=self.settings.task_queue)  # fmt: skip
 
     async def submit_task(
@@ -232,8 +228,8 @@ class Runtime:
 
     async def readiness(self) -> dict[str, Any]:
         checks: dict[str, bool] = {"store": await self.db.ping()}
-        if isinstance(self.kv, RedisKV):
-            checks["redis"] = await self.kv.ping()
+        if self.redis is not None:
+            checks["redis"] = await redis_backend.ping(self.redis)
         model = self.default_model
         group = self.models.get(model)
         ready = [await d.provider.ready() for d in group.deployments] if group else [False]
@@ -248,7 +244,8 @@ class Runtime:
         await asyncio.gather(
             *(d.provider.aclose() for g in self.models.values() for d in g.deployments)
         )
-        await self.kv.aclose()
+        if self.redis is not None:
+            await self.redis.aclose()
         await self.db.aclose()
         self.tracing.shutdown()
         self.metrics.process_exited()
