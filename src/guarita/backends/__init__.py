@@ -1,1 +1,1 @@
-"""Backends chosen by settings: task queues (and, with scale-out, key-value stores)."""
+"""Backends chosen by settings: task queues, Redis-held sessions and connection."""
