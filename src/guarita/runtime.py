@@ -131,8 +131,13 @@ class Runtime:
             from guarita.backends.celery_tasks import CeleryTaskQueue
 
             return CeleryTaskQueue(self.settings, self.task_store)
+        tasks = self.settings.tasks
         return LocalTaskQueue(
-            self.task_store, self.execute_task, workers=self.settings.tasks.workers
+            self.task_store,
+            self.execute_task,
+            workers=tasks.workers,
+            sweep_interval_s=tasks.sweep_interval_s,
+            stranded_after_s=tasks.stranded_after_s,
         )
 
     def _on_task_event(self, event: str, task: TaskInfo, details: dict[str, Any]) -> None:

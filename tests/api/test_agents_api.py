@@ -43,7 +43,13 @@ def config(upstream_url: str) -> dict[str, Any]:
             "patient": {"model": "slow"},
         },
         "default_agent": "bot",
-        "tasks": {"workers": 2, "max_attempts": 2, "retry_backoff_s": 0.01},
+        "tasks": {
+            "workers": 2,
+            "max_attempts": 2,
+            "retry_backoff_s": 0.01,
+            "lease_s": 2,
+            "sweep_interval_s": 0.5,
+        },
     }
 
 

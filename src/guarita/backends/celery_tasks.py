@@ -11,13 +11,13 @@ a thread, shared by the pool's threads, and one :class:`~guarita.runtime.Runtime
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import threading
 from typing import Any
 
 import structlog
 
+from guarita.backends.tasks import TaskSweeper
 from guarita.providers.base import missing_extra
 from guarita.settings import Settings
 from guarita.store.tasks import TaskInfo, TaskStore
@@ -61,16 +61,21 @@ def _run_task(self: Any, task_id: str, trace_context: dict[str, str] | None = No
 
 
 class CeleryTaskQueue:
-    """The API side: send task ids to the broker; re-send tasks that lost their message."""
+    """The API side: send task ids to the broker; the sweeper re-sends lost ones."""
 
     def __init__(self, settings: Settings, store: TaskStore) -> None:
         self._app = make_celery(settings)
         self._store = store
         self._settings = settings.tasks
-        self._sweeper: asyncio.Task[None] | None = None
+        self._sweeper = TaskSweeper(
+            store,
+            self._deliver,
+            interval_s=settings.tasks.sweep_interval_s,
+            stranded_after_s=settings.tasks.stranded_after_s,
+        )
 
     async def start(self) -> None:
-        self._sweeper = asyncio.create_task(self._sweep(), name="task-sweeper")
+        self._sweeper.start()
 
     async def submit(self, task: TaskInfo, *, trace_context: dict[str, str] | None = None) -> None:
         try:
@@ -86,25 +91,11 @@ class CeleryTaskQueue:
             queue=self._settings.queue,
         )
 
-    async def _sweep(self) -> None:
-        while True:
-            await asyncio.sleep(self._settings.sweep_interval_s)
-            try:
-                stranded = await self._store.stranded_ids(
-                    queued_for_s=self._settings.stranded_after_s
-                )
-                for task_id in stranded:
-                    await asyncio.to_thread(self._send, task_id, None)
-                if stranded:
-                    log.info("tasks_resent", count=len(stranded))
-            except Exception as exc:  # noqa: BLE001 - the sweeper must outlive store hiccups
-                log.warning("task_sweep_failed", error=str(exc))
+    async def _deliver(self, task_id: str) -> None:
+        await asyncio.to_thread(self._send, task_id, None)
 
     async def aclose(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+        await self._sweeper.aclose()
 
 
 class WorkerContext:

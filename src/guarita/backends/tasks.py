@@ -122,11 +122,66 @@ TaskRun = Callable[[str, dict[str, str] | None], Awaitable[Outcome]]
 """Runs one delivery of a task, given its id and the submitter's trace context."""
 
 
-class LocalTaskQueue:
-    """The embedded default: a pool of asyncio workers in the API process."""
+class TaskSweeper:
+    """Re-delivers tasks whose delivery was lost: running under an expired lease (their
+    worker or process died) or queued for longer than ``stranded_after_s``. Delivering
+    one twice is harmless, because claims are conditional; so every process may sweep."""
 
-    def __init__(self, store: TaskStore, run: TaskRun, *, workers: int = 2,
-                 shutdown_grace_s: float = 5.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        store: TaskStore,
+        deliver: Callable[[str], Awaitable[None]],
+        *,
+        interval_s: float,
+        stranded_after_s: float,
+    ) -> None:
+        self._store = store
+        self._deliver = deliver
+        self._interval = interval_s
+        self._stranded_after = stranded_after_s
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="task-sweeper")
+
+    async def sweep(self) -> int:
+        stranded = await self._store.stranded_ids(queued_for_s=self._stranded_after)
+        for task_id in stranded:
+            await self._deliver(task_id)
+        if stranded:
+            log.info("tasks_redelivered", count=len(stranded))
+        return len(stranded)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                await self.sweep()
+            except Exception as exc:  # noqa: BLE001 - the sweeper must outlive store hiccups
+                log.warning("task_sweep_failed", error=f"{type(exc).__name__}: {exc}")
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+class LocalTaskQueue:
+    """The embedded default: a pool of asyncio workers in the API process (in each of them
+    with ``serve --workers N``). Tasks left running by a stopped process are taken over when
+    their lease expires, by the sweeper of whichever process is running then."""
+
+    def __init__(
+        self,
+        store: TaskStore,
+        run: TaskRun,
+        *,
+        workers: int = 2,
+        sweep_interval_s: float = 30.0,
+        stranded_after_s: float = 300.0,
+        shutdown_grace_s: float = 5.0,
+    ) -> None:
         self._store = store
         self._run = run
         self._workers = workers
@@ -136,16 +191,22 @@ class LocalTaskQueue:
         self._busy = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._sweeper = TaskSweeper(
+            store, self._deliver, interval_s=sweep_interval_s, stranded_after_s=stranded_after_s
+        )
+
+    async def _deliver(self, task_id: str) -> None:
+        self._queue.put_nowait((task_id, None))
 
     async def start(self) -> None:
-        requeued = await self._store.requeue_interrupted()
         for task_id in await self._store.queued_ids():
-            self._queue.put_nowait((task_id, None))
-        if requeued or not self._queue.empty():
-            log.info("tasks_resumed", interrupted=requeued, queued=self._queue.qsize())
+            await self._deliver(task_id)
+        if not self._queue.empty():
+            log.info("tasks_resumed", queued=self._queue.qsize())
         self._tasks = [
             asyncio.create_task(self._work(), name=f"task-worker-{i}") for i in range(self._workers)
         ]
+        self._sweeper.start()
 
     async def submit(self, task: TaskInfo, *, trace_context: dict[str, str] | None = None) -> None:
         self._queue.put_nowait((task.id, trace_context))
@@ -166,7 +227,8 @@ class LocalTaskQueue:
                 loop.call_later(outcome.delay_s, self._queue.put_nowait, item)
 
     async def aclose(self) -> None:
-        """Let running tasks finish for a grace period; any cut short resume at next start."""
+        """Let running tasks finish for a grace period; any cut short are taken over later."""
+        await self._sweeper.aclose()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), timeout=self._grace)
         for task in self._tasks:

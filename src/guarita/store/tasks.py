@@ -112,15 +112,6 @@ class TaskStore:
             task.id, *owned, status=FAILED, error=error, finished_at=_now(), lease_until=None
         )
 
-    async def requeue_interrupted(self) -> int:
-        """Embedded mode, at start: this process owns every running task, so all of them
-        were interrupted by the previous stop."""
-        async with self._db.sessions.begin() as session:
-            result = await session.execute(
-                update(Task).where(Task.status == RUNNING).values(status=QUEUED, updated_at=_now())
-            )
-        return int(getattr(result, "rowcount", 0) or 0)
-
     async def queued_ids(self) -> list[str]:
         async with self._db.sessions() as session:
             rows = await session.scalars(
