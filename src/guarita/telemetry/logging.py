@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from collections.abc import MutableMapping
+from typing import Any
 
 import orjson
 import structlog
@@ -16,6 +19,14 @@ _LEVELS = {
 }
 
 
+def _add_pid(
+    _logger: object, _method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Which process wrote the line: ``serve --workers N`` and task workers interleave."""
+    event["pid"] = os.getpid()
+    return event
+
+
 def configure_logging(level: str = "info") -> None:
     """Configure structlog for JSON lines; standard-library loggers go the same way."""
     numeric = _LEVELS.get(level, logging.INFO)
@@ -23,6 +34,7 @@ def configure_logging(level: str = "info") -> None:
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
+            _add_pid,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             structlog.processors.JSONRenderer(serializer=orjson.dumps),
