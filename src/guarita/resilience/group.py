@@ -16,7 +16,14 @@ from dataclasses import dataclass, field
 
 from tenacity import AsyncRetrying, RetryCallState, stop_after_attempt
 
-from guarita.errors import CircuitOpen, GuaritaError, InvalidRequest, QualityRejected
+from guarita.errors import (
+    CircuitOpen,
+    DeadlineExceeded,
+    GuaritaError,
+    InvalidRequest,
+    QualityRejected,
+    UpstreamTimeout,
+)
 from guarita.providers.base import Provider
 from guarita.resilience.breaker import CircuitBreaker
 from guarita.resilience.quality import QualityPolicy, Scorer, judge
@@ -96,7 +103,7 @@ class ModelGroup:
                     f"model {self.name!r}: deployment {deployment.name} is failing (circuit open)",
                     retry_after=5,
                 )
-                continue
+                continue  # skipping an open breaker is balancing, not a fallback
             try:
                 reply = await self._with_retries(deployment, call)
             except InvalidRequest:
@@ -203,8 +210,6 @@ class ModelGroup:
                 first = await anext(source)
         except TimeoutError:
             await source.aclose()  # type: ignore[attr-defined]
-            from guarita.errors import UpstreamTimeout
-
             raise UpstreamTimeout(
                 f"model {self.name!r} ({deployment.name}): no first token in {ttft}s"
             ) from None
@@ -260,8 +265,6 @@ async def _bounded(
     except StopAsyncIteration:
         return
     except TimeoutError:
-        from guarita.errors import DeadlineExceeded
-
         raise DeadlineExceeded("deadline exceeded while streaming") from None
     finally:
         await rest.aclose()  # type: ignore[attr-defined]
