@@ -256,3 +256,13 @@ async def test_full_queue_answers_service_unavailable() -> None:
         assert again.usage.output_tokens > 0
     finally:
         await llm.aclose()
+
+
+async def test_embeddings_are_one_vector_per_input(provider: LlamaCppProvider) -> None:
+    result = await provider.embed(["hello", "a longer sentence to embed", ""])
+    assert len(result.vectors) == 3
+    dims = {len(vector) for vector in result.vectors}
+    assert len(dims) == 1 and dims.pop() > 16  # pooled: same width whatever the length
+    assert all(isinstance(x, float) for x in result.vectors[1])
+    assert result.vectors[0] != result.vectors[1]
+    assert result.usage.input_tokens > 0

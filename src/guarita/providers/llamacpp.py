@@ -163,17 +163,22 @@ class LlamaCppProvider(BaseProvider):
 
     def _new_llama(self, *, embedding: bool = False) -> Any:
         try:
-            from llama_cpp import Llama
+            import llama_cpp
         except ImportError as exc:
             raise missing_extra("llama-cpp-python", "local") from exc
-        return Llama(
+        extra: dict[str, Any] = {}
+        if embedding:
+            # one vector per input, as OpenAI returns: without pooling a GGUF that names
+            # none (the packaged Gemma) yields a vector per token
+            extra = {"embedding": True, "pooling_type": llama_cpp.LLAMA_POOLING_TYPE_MEAN}
+        return llama_cpp.Llama(
             model_path=str(self._model_path()),
             n_ctx=self.settings.context_window,
             n_threads=self._n_threads,
             n_batch=self._n_batch,
-            embedding=embedding,
             chat_format=self._chat_format,
             verbose=False,
+            **extra,
         )
 
     async def _load(self) -> None:
