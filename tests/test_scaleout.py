@@ -122,7 +122,8 @@ def test_killed_worker_loses_no_task(pg_store: str, tmp_path: Path) -> None:
         results = wait_until(all_done, timeout=120, interval=0.5, what="every task to finish")
         assert [r["status"] for r in results] == ["succeeded"] * len(task_ids), results
         assert all(r["result"]["response"] == "done" for r in results)
-        assert max(r["attempts"] for r in results) >= 2, "the kill interrupted no task"
+        assert max(r["deliveries"] for r in results) >= 2, "the kill interrupted no task"
+        assert all(r["attempts"] == 1 for r in results), "a killed attempt was counted"
     finally:
         api_a.stop()
         api_b.stop()
@@ -142,6 +143,47 @@ def test_killed_worker_loses_no_task(pg_store: str, tmp_path: Path) -> None:
     assert set(answered) <= stored
     for r in results:  # the model call of each task's successful attempt is recorded too
         assert f"{r['task_id']}-{r['attempts']}" in stored
+
+
+def test_several_workers_store_each_task_record_once(pg_store: str, tmp_path: Path) -> None:
+    """Finding 2: workers flushed concurrently and stored records two or three times."""
+    tag = secrets.token_hex(4)
+    config = {
+        "models": {"m": {"provider": "scripted", "options": {"delay_s": 0.02, "reply": "ok"}}},
+        "agents": {"a": {"model": "m"}},
+        "default_agent": "a",
+        **scale_out_settings(tag),
+    }
+    config["tasks"].update({"workers": 3})
+    server = GuaritaServer(tmp_path, config, store_url=pg_store)
+    key = server.create_key("records")
+    server.start()
+    second = server.start_worker()
+    try:
+        with httpx.Client(base_url=server.base_url, headers=auth(key)) as client:
+            ids = [
+                client.post("/api/tasks", json={"message": f"job {i}"}).json()["task_id"]
+                for i in range(60)
+            ]
+
+            def done() -> list[dict[str, Any]] | None:
+                results = [client.get(f"/api/tasks/{t}").json() for t in ids]
+                finished = all(r["status"] == "succeeded" for r in results)
+                return results if finished else None
+
+            results = wait_until(done, timeout=120, interval=0.3, what="60 tasks")
+    finally:
+        second.stop()
+        server.stop()
+    answered = {r["result"]["request_id"] for r in results}
+    assert len(answered) == 60
+    rows = asyncio.run(
+        query(pg_store, "SELECT request_id, record_id FROM requests WHERE endpoint = 'task'")
+    )
+    assert len(rows) == 60, f"{len(rows)} rows for 60 model calls"
+    assert {r["request_id"] for r in rows} == answered
+    assert len({r["record_id"] for r in rows}) == 60
+    assert '"role":"worker"' in second.output(), "the second worker never started"
 
 
 def test_several_api_processes_report_summed_metrics(tmp_path: Path) -> None:

@@ -183,7 +183,7 @@ class AgentService:
         result = await self.chat(
             str(payload["message"]),
             caller=caller,
-            request_id=f"{task.id}-{task.attempts}",
+            request_id=f"{task.id}-{task.attempt}",
             agent_name=task.agent,
             session_id=payload.get("session_id"),
             endpoint="task",

@@ -18,12 +18,17 @@ in one place (``api/errors.py``).
     │   └── UpstreamRateLimited       429 rate_limit_error (upstream's Retry-After)
     ├── UpstreamError                 502 upstream_error
     │   ├── UpstreamAuthFailed        502 upstream_error (code upstream_auth)
-    │   └── UpstreamUnavailable       502 upstream_error (code upstream_unavailable)
+    │   ├── UpstreamUnavailable       502 upstream_error (code upstream_unavailable)
+    │   ├── UpstreamInvalidResponse   502 upstream_error (code upstream_invalid_response)
     │   └── QualityRejected           502 upstream_error (code quality_rejected)
     ├── ServiceUnavailable            503 service_unavailable (Retry-After)
     │   └── CircuitOpen               503 service_unavailable (code circuit_open)
     └── UpstreamTimeout               504 timeout_error
         └── DeadlineExceeded          504 timeout_error (code deadline_exceeded)
+
+A message is written for the caller: it names the model and never an upstream's URL, a
+key variable or an exception class. Such internals go in ``detail``, which is logged with
+the request id and never sent.
 
 ``ConfigError`` is separate: it stops the process at start and is never sent to a caller.
 """
@@ -47,9 +52,11 @@ class GuaritaError(Exception):
         code: str | None = None,
         param: str | None = None,
         retry_after: float | None = None,
+        detail: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
+        self.detail = detail
         if code is not None:
             self.code = code
         self.param = param
@@ -137,6 +144,12 @@ class UpstreamAuthFailed(UpstreamError):
 
 class UpstreamUnavailable(UpstreamError):
     code = "upstream_unavailable"
+
+
+class UpstreamInvalidResponse(UpstreamError):
+    """The upstream answered 2xx with something that is not the documented answer."""
+
+    code = "upstream_invalid_response"
 
 
 class QualityRejected(UpstreamError):

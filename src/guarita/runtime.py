@@ -70,8 +70,11 @@ class Runtime:
         self.records = RecordWriter(
             self.db,
             spool_dir=settings.data_dir / "spool",
+            dead_letter_dir=settings.data_dir / "dead-letter",
             batch_size=settings.store.record_batch_size,
             flush_interval_s=settings.store.record_flush_interval_s,
+            max_pending=settings.store.record_queue_max,
+            on_dead_letter=self.metrics.records_dead_lettered.inc,
         )
         self.sessions = self._session_store()
         self.task_store = TaskStore(self.db)
@@ -111,6 +114,7 @@ class Runtime:
             self.task_store,
             self.agents.run_task,
             max_attempts=settings.tasks.max_attempts,
+            max_deliveries=settings.tasks.max_deliveries,
             retry_backoff_s=settings.tasks.retry_backoff_s,
             lease_s=settings.tasks.lease_s,
             listener=self._on_task_event,
@@ -239,7 +243,14 @@ class Runtime:
         group = self.models.get(model)
         ready = [await d.provider.ready() for d in group.deployments] if group else [False]
         checks[f"model:{model}"] = any(ready)
-        return {"ready": all(checks.values()), "checks": checks}
+        # records waiting on disk: the store or the writer cannot keep up (degraded, not
+        # lost); out of rotation until it catches up
+        checks["records"] = self.records.healthy
+        return {
+            "ready": all(checks.values()),
+            "checks": checks,
+            "records_pending": self.records.backlog,
+        }
 
     async def aclose(self) -> None:
         if self.role == "api":

@@ -199,14 +199,25 @@ class StoreSettings(_Strict):
         default=None, description="SQLAlchemy async URL; default: SQLite in the data directory."
     )
     auto_migrate: bool = True
-    record_batch_size: int = Field(default=256, gt=0)
+    record_batch_size: int = Field(default=500, gt=0, description="Records per insert.")
     record_flush_interval_s: float = Field(default=0.25, gt=0)
-    record_queue_max: int = Field(default=100_000, gt=0)
+    record_queue_max: int = Field(
+        default=20_000,
+        gt=0,
+        description="Records held in memory; past it they wait in spool files on disk, "
+        "and /ready reports the writer as behind.",
+    )
 
 
 class TaskSettings(_Strict):
     workers: int = Field(default=2, ge=1, le=256, description="Concurrent tasks per process.")
-    max_attempts: int = Field(default=3, ge=1)
+    max_attempts: int = Field(default=3, ge=1, description="Attempts that ended, per task.")
+    max_deliveries: int = Field(
+        default=10,
+        ge=1,
+        description="Claims per task, attempts cut short by a dead worker included; past "
+        "it the task fails (code task_abandoned).",
+    )
     retry_backoff_s: float = Field(default=1.0, ge=0)
     lease_s: float = Field(
         default=60.0,

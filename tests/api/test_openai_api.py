@@ -22,6 +22,7 @@ from tests.helpers import (
     GuaritaServer,
     create_pg_database,
     drop_pg_database,
+    free_port,
     query,
     scale_out,
     wait_until,
@@ -56,6 +57,7 @@ def gateway_config(upstream_url: str) -> dict[str, Any]:
             "up-slow": up("slow", timeout_s=0.5),
             "up-garbage": up("garbage"),
             "up-break": up("stream-break"),
+            "up-down": {**up("gpt-fake"), "base_url": f"http://127.0.0.1:{free_port()}/v1"},
         },
         "agents": {
             "helper": {
@@ -271,22 +273,74 @@ def test_embeddings(gateway: GuaritaServer) -> None:
         ("up-500", 502, openai.APIStatusError),
         ("up-slow", 504, openai.APIStatusError),
         ("up-garbage", 502, openai.APIStatusError),
+        ("up-down", 502, openai.APIStatusError),
     ],
 )
 def test_upstream_failures_are_mapped(
     gateway: GuaritaServer, model: str, status: int, error_class: type[openai.APIStatusError]
 ) -> None:
+    """Finding 5: the caller learns the model and a stable code, never the upstream's URL,
+    an exception class or the key's variable; those go to the log with the request id."""
     with pytest.raises(error_class) as caught:
         sdk(gateway).chat.completions.create(
             model=model, messages=[{"role": "user", "content": "x"}]
         )
     assert caught.value.status_code == status
-    assert caught.value.body["message"]  # type: ignore[index]
+    message = caught.value.body["message"]  # type: ignore[index]
+    assert f"model {model!r}" in message
+    assert caught.value.body["code"]  # type: ignore[index]
+    for internal in ("127.0.0.1", "http", "TEST_UPSTREAM_KEY", UPSTREAM_KEY, "Error", "answered"):
+        assert internal not in message, message
     if model == "up-429":
         assert caught.value.response.headers["retry-after"] == "7"
+    rid = caught.value.response.headers["x-request-id"]
+    line = wait_until(lambda: _log_line(gateway, rid), timeout=10, what="the request's log line")
+    assert "error_detail" in line and "127.0.0.1" in line
     if model == "up-401":
-        assert "TEST_UPSTREAM_KEY" in caught.value.message
-        assert UPSTREAM_KEY not in caught.value.message
+        assert "TEST_UPSTREAM_KEY" in line and UPSTREAM_KEY not in line
+
+
+def _log_line(gateway: GuaritaServer, rid: str) -> str | None:
+    for line in gateway.logs().splitlines():
+        if rid in line and '"event":"request"' in line:
+            return line
+    return None
+
+
+def test_embeddings_that_are_not_embeddings_are_a_502(gateway: GuaritaServer) -> None:
+    """Finding 6: an upstream answering something else gave 200 with ``data: []``."""
+    with pytest.raises(openai.APIStatusError) as caught:
+        sdk(gateway).embeddings.create(model="up-garbage", input=["a", "b"])
+    assert caught.value.status_code == 502
+    assert caught.value.body["code"] == "upstream_invalid_response"  # type: ignore[index]
+
+
+async def test_long_request_ids_are_accepted_and_recorded(gateway: GuaritaServer) -> None:
+    """Finding 1: ids of 65-128 characters broke the store's batch insert on PostgreSQL
+    and made ``POST /api/tasks`` answer 500."""
+    rid = "long-" + "x" * 123
+    response = httpx.post(
+        gateway.base_url + "/v1/chat/completions",
+        headers=headers(gateway, **{"x-request-id": rid}),
+        json={"model": "echo", "messages": [{"role": "user", "content": "long"}]},
+    )
+    assert response.status_code == 200 and response.headers["x-request-id"] == rid
+    task_rid = "task-" + "y" * 123
+    task = httpx.post(
+        gateway.base_url + "/api/tasks",
+        headers=headers(gateway, **{"x-request-id": task_rid}),
+        json={"message": "hi"},
+    )
+    assert task.status_code == 202, task.text
+    record = await wait_for_record(gateway, rid)
+    assert record["request_id"] == rid
+    after = "after-" + gateway.base_url.rsplit(":", 1)[1]
+    httpx.post(
+        gateway.base_url + "/v1/chat/completions",
+        headers=headers(gateway, **{"x-request-id": after}),
+        json={"model": "echo", "messages": [{"role": "user", "content": "next"}]},
+    )
+    assert (await wait_for_record(gateway, after))["request_id"] == after
 
 
 async def test_request_id_is_echoed_recorded_and_logged(gateway: GuaritaServer) -> None:
@@ -346,7 +400,8 @@ def test_health_and_ready(gateway: GuaritaServer) -> None:
     assert httpx.get(gateway.base_url + "/health").json() == {"status": "ok"}
     ready = httpx.get(gateway.base_url + "/ready")
     assert ready.status_code == 200
-    expected = {"store": True, "model:up": True}
+    expected = {"store": True, "model:up": True, "records": True}
     if scale_out():
         expected["redis"] = True
     assert ready.json()["checks"] == expected
+    assert ready.json()["records_pending"] >= 0

@@ -183,6 +183,8 @@ async def embeddings(request: Request) -> Response:
     fault = await _injected_fault()
     if fault is not None:
         return fault
+    if body.get("model") == "garbage":  # 200, but not an embeddings answer
+        return JSONResponse({"object": "chat.completion", "choices": [], "data": "nope"})
     inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
     data = [
         {"object": "embedding", "index": i, "embedding": [float(len(t)), 1.0, 0.5]}

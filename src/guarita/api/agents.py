@@ -74,6 +74,7 @@ def task_json(task: TaskInfo) -> dict[str, Any]:
         "status": task.status,
         "agent": task.agent,
         "attempts": task.attempts,
+        "deliveries": task.deliveries,
         "created_at": task.created_at,
         "started_at": task.started_at,
         "finished_at": task.finished_at,

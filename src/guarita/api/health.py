@@ -32,3 +32,4 @@ async def ready(runtime: RuntimeDep) -> Response:
 async def metrics(runtime: RuntimeDep) -> Response:
     runtime.metrics.records_pending.set(runtime.records.pending)
     return Response(runtime.metrics.render(), media_type=runtime.metrics.content_type)
+    runtime.metrics.records_spooled.set(runtime.records.spooled)

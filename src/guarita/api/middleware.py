@@ -13,6 +13,7 @@ from opentelemetry import propagate, trace
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from guarita.errors import GuaritaError, PayloadTooLarge
+from guarita.store.models import REQUEST_ID_MAX
 from guarita.telemetry.metrics import Metrics
 
 REQUEST_ID_HEADER = b"x-request-id"
@@ -25,7 +26,7 @@ _QUIET_PATHS = frozenset({"/health", "/metrics"})
 
 
 def _valid_request_id(value: bytes) -> bool:
-    return 0 < len(value) <= 128 and all(33 <= b < 127 for b in value)
+    return 0 < len(value) <= REQUEST_ID_MAX and all(33 <= b < 127 for b in value)
 
 
 class RequestContextMiddleware:

@@ -60,6 +60,7 @@ class TaskExecutor:
         runner: TaskRunner,
         *,
         max_attempts: int = 3,
+        max_deliveries: int = 10,
         retry_backoff_s: float = 1.0,
         lease_s: float = 60.0,
         listener: TaskListener | None = None,
@@ -67,6 +68,7 @@ class TaskExecutor:
         self._store = store
         self._runner = runner
         self._max_attempts = max_attempts
+        self._max_deliveries = max(max_deliveries, max_attempts)
         self._backoff = retry_backoff_s
         self._lease = lease_s
         self._listener = listener
@@ -84,7 +86,9 @@ class TaskExecutor:
                 return Outcome("gone")  # a duplicate delivery: already finished
             # another worker holds a live lease, or a race with a retry: look again later
             return Outcome("busy", self._lease / 2 if current.status == RUNNING else 1.0)
-        self._tell("task.started", task, attempt=task.attempts)
+        if task.deliveries > self._max_deliveries:
+            return await self._abandon(task)
+        self._tell("task.started", task, attempt=task.attempt)
         renewer = asyncio.create_task(self._keep_lease(task))
         try:
             result = await self._runner(task)
@@ -95,20 +99,33 @@ class TaskExecutor:
         finally:
             renewer.cancel()
         if await self._store.succeed(task, result):
-            self._tell("task.finished", task, attempt=task.attempts)
+            self._tell("task.finished", task, attempt=task.attempt)
         else:
-            log.warning("task_claim_lost", task_id=task.id, attempt=task.attempts)
+            log.warning("task_claim_lost", task_id=task.id, attempt=task.attempt)
         return Outcome("done")
 
     async def _failed(self, task: TaskInfo, exc: Exception) -> Outcome:
-        retry = is_retryable(exc) and task.attempts < self._max_attempts
+        retry = is_retryable(exc) and task.attempt < self._max_attempts
         await self._store.fail(task, error_body(exc), retry=retry)
         log.warning(
-            "task_failed", task_id=task.id, attempt=task.attempts, retry=retry, error=str(exc)
+            "task_failed", task_id=task.id, attempt=task.attempt, retry=retry, error=str(exc)
         )
-        self._tell("task.failed", task, attempt=task.attempts, final=not retry, error=str(exc))
+        self._tell("task.failed", task, attempt=task.attempt, final=not retry, error=str(exc))
         if retry:
-            return Outcome("retry", self._backoff * 2 ** (task.attempts - 1))
+            return Outcome("retry", self._backoff * 2 ** (task.attempt - 1))
+        return Outcome("done")
+
+    async def _abandon(self, task: TaskInfo) -> Outcome:
+        """A task whose workers keep dying mid-attempt (a crash, out of memory) is failed
+        rather than delivered for ever; its last attempt never ran, so it is not counted."""
+        message = (
+            f"task abandoned: delivered {task.deliveries - 1} times, and each time its "
+            "worker stopped before the attempt ended"
+        )
+        error = {"message": message, "type": "internal_error", "code": "task_abandoned"}
+        await self._store.fail(task, error, retry=False, counted=False)
+        log.error("task_abandoned", task_id=task.id, deliveries=task.deliveries - 1)
+        self._tell("task.failed", task, attempt=task.attempt, final=True, error=message)
         return Outcome("done")
 
     async def _keep_lease(self, task: TaskInfo) -> None:

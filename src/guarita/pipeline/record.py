@@ -13,7 +13,7 @@ from typing import Any
 
 from guarita.errors import GuaritaError
 from guarita.pipeline import Next
-from guarita.store.records import RecordWriter
+from guarita.store.records import RecordWriter, new_record_id
 from guarita.telemetry.events import REQUEST_COMPLETED, EventPublisher
 from guarita.telemetry.metrics import Metrics
 from guarita.types import Call, Reply
@@ -54,6 +54,7 @@ class Recording:
         m.requests.labels(agent, status).inc()
         m.duration.labels(agent).observe(elapsed)
         record: dict[str, Any] = {
+            "record_id": new_record_id(),
             "request_id": call.request_id,
             "created_at": datetime.now(UTC),
             "key_id": call.caller.key_id,
@@ -93,6 +94,9 @@ class Recording:
             data = dict(record)
             data["created_at"] = record["created_at"].isoformat()
             self._events.publish(REQUEST_COMPLETED, data)
+        if isinstance(error, GuaritaError) and error.detail:
+            # what the caller was not told (upstream URL, status, exception): log only
+            call.info["error_detail"] = error.detail
         call.info.update(
             agent=call.agent,
             model=call.model,

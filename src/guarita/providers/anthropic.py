@@ -86,7 +86,7 @@ class AnthropicProvider(BaseProvider):
         )
         blocks = parsed.get("content")
         if not isinstance(blocks, list):
-            raise UpstreamError("Anthropic answer has no content blocks")
+            raise self.http.invalid_response("/messages: no content blocks")
         text = "".join(
             b.get("text", "") for b in blocks if isinstance(b, dict) and b.get("type") == "text"
         )
@@ -116,7 +116,9 @@ class AnthropicProvider(BaseProvider):
                 try:
                     event = orjson.loads(data)
                 except orjson.JSONDecodeError as exc:
-                    raise UpstreamError("Anthropic sent an invalid stream event") from exc
+                    raise self.http.invalid_response(f"stream event not JSON: {exc}") from exc
+                if not isinstance(event, dict):
+                    raise self.http.invalid_response("stream event not a JSON object")
                 kind = event.get("type")
                 if kind == "message_start":
                     message = event.get("message") or {}
@@ -136,9 +138,9 @@ class AnthropicProvider(BaseProvider):
                         cid=cid, model=model, finish_reason=_FINISH.get(str(reason), "stop")
                     )
                 elif kind == "error":
-                    error = event.get("error") or {}
                     raise UpstreamError(
-                        f"Anthropic stream failed: {error.get('message', 'unknown error')}"
+                        f"model {self.model_name!r}: the upstream failed mid-stream",
+                        detail=f"Anthropic stream error: {event.get('error')}"[:1000],
                     )
                 elif kind == "message_stop":
                     break

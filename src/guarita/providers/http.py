@@ -17,6 +17,7 @@ from guarita.errors import (
     InvalidRequest,
     UpstreamAuthFailed,
     UpstreamError,
+    UpstreamInvalidResponse,
     UpstreamRateLimited,
     UpstreamTimeout,
     UpstreamUnavailable,
@@ -90,9 +91,9 @@ class UpstreamClient:
         try:
             parsed = orjson.loads(content)
         except orjson.JSONDecodeError as exc:
-            raise UpstreamError(f"upstream {self.base_url} answered with invalid JSON") from exc
+            raise self.invalid_response(f"{path}: invalid JSON ({exc})") from exc
         if not isinstance(parsed, dict):
-            raise UpstreamError(f"upstream {self.base_url} answered with a non-object JSON body")
+            raise self.invalid_response(f"{path}: a JSON {type(parsed).__name__}, not an object")
         return parsed, content
 
     @asynccontextmanager
@@ -118,27 +119,48 @@ class UpstreamClient:
                 yield raw.decode("utf-8", errors="replace").rstrip("\r\n")
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise UpstreamError(
-                f"upstream {self.base_url} broke off the stream: {type(exc).__name__}"
+                f"model {self.model_name!r}: the upstream broke off the stream",
+                detail=f"upstream {self.base_url}: {type(exc).__name__}: {exc}",
             ) from exc
 
+    def invalid_response(self, what: str) -> UpstreamInvalidResponse:
+        """The upstream answered, but not with what its API documents."""
+        return UpstreamInvalidResponse(
+            f"model {self.model_name!r}: the upstream sent an invalid answer",
+            detail=f"upstream {self.base_url}: {what}",
+        )
+
     def _transport_error(self, exc: BaseException) -> GuaritaError:
+        detail = f"upstream {self.base_url}: {type(exc).__name__}: {exc}"
         if isinstance(exc, TimeoutError):
-            return UpstreamTimeout(f"upstream {self.base_url} timed out")
-        return UpstreamUnavailable(f"upstream {self.base_url} unreachable: {type(exc).__name__}")
+            return UpstreamTimeout(f"model {self.model_name!r}: the upstream timed out",
+                                   detail=detail)  # fmt: skip
+        return UpstreamUnavailable(f"model {self.model_name!r}: the upstream is unreachable",
+                                   detail=detail)  # fmt: skip
 
     def _status_error(
         self, status: int, content: bytes, headers: Mapping[str, str]
     ) -> GuaritaError:
-        detail = _upstream_message(content)
-        where = f"upstream {self.base_url} answered {status}"
+        """Callers learn the model and a stable code; the upstream's URL, status and words
+        go to the log (``detail``). Only a request the upstream refused as invalid passes its
+        message on: it tells the caller what to change."""
+        message = _upstream_message(content)
+        detail = f"upstream {self.base_url} answered {status}: {message}"
+        model = f"model {self.model_name!r}"
         if status in (401, 403):
-            hint = f"; check the key in {self.key_env}" if self.key_env else ""
-            return UpstreamAuthFailed(f"{where}: credentials rejected{hint}")
+            hint = f" (check the key in {self.key_env})" if self.key_env else ""
+            return UpstreamAuthFailed(f"{model}: the upstream refused Guarita's credentials",
+                                      detail=detail + hint)  # fmt: skip
         if status == 429:
-            return UpstreamRateLimited(f"{where}: {detail}", retry_after=_retry_after(headers))
+            return UpstreamRateLimited(
+                f"{model}: rate limited by the upstream",
+                retry_after=_retry_after(headers),
+                detail=detail,
+            )
         if status in (400, 413, 422):
-            return InvalidRequest(f"{where}: {detail}", code="upstream_rejected_request")
-        return UpstreamError(f"{where}: {detail}")
+            return InvalidRequest(f"{model}: the upstream refused the request: {message}",
+                                  code="upstream_rejected_request", detail=detail)  # fmt: skip
+        return UpstreamError(f"{model}: the upstream failed", detail=detail)
 
     async def aclose(self) -> None:
         if self._session is not None:

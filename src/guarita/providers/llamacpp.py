@@ -9,7 +9,9 @@ Usage is the model's own token count, streamed or not.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import io
 import os
 import sys
 import threading
@@ -25,6 +27,8 @@ from guarita.providers.common import chunk, completion_id, message_text
 from guarita.settings import ModelSettings
 from guarita.types import Call, Chunk, Completion, Usage
 
+_LOADING = threading.Lock()
+"""Loads swap the process-wide ``sys.stderr`` for a moment: one at a time."""
 _SAMPLING = ("temperature", "top_p", "stop", "seed", "presence_penalty", "frequency_penalty")
 _END = object()
 
@@ -164,6 +168,7 @@ class LlamaCppProvider(BaseProvider):
     def _new_llama(self, *, embedding: bool = False) -> Any:
         try:
             import llama_cpp
+            from llama_cpp._logger import set_verbose
         except ImportError as exc:
             raise missing_extra("llama-cpp-python", "local") from exc
         extra: dict[str, Any] = {}
@@ -171,15 +176,22 @@ class LlamaCppProvider(BaseProvider):
             # one vector per input, as OpenAI returns: without pooling a GGUF that names
             # none (the packaged Gemma) yields a vector per token
             extra = {"embedding": True, "pooling_type": llama_cpp.LLAMA_POOLING_TYPE_MEAN}
-        return llama_cpp.Llama(
-            model_path=str(self._model_path()),
-            n_ctx=self.settings.context_window,
-            n_threads=self._n_threads,
-            n_batch=self._n_batch,
-            chat_format=self._chat_format,
-            verbose=False,
-            **extra,
-        )
+        # verbose=False would make llama-cpp-python point the process's stdout and stderr
+        # at /dev/null while it loads (dup2), and every log line the server wrote
+        # meanwhile, from any thread, was lost. Its chatter goes to a buffer instead.
+        with _LOADING, contextlib.redirect_stderr(io.StringIO()):
+            llm = llama_cpp.Llama(
+                model_path=str(self._model_path()),
+                n_ctx=self.settings.context_window,
+                n_threads=self._n_threads,
+                n_batch=self._n_batch,
+                chat_format=self._chat_format,
+                verbose=True,
+                **extra,
+            )
+            llm.verbose = False  # no per-call prints
+            set_verbose(False)  # llama.cpp's own log: errors only
+        return llm
 
     async def _load(self) -> None:
         loop = asyncio.get_running_loop()
@@ -207,7 +219,8 @@ class LlamaCppProvider(BaseProvider):
             await asyncio.shield(self._loading)
         except (ConfigError, OSError, ValueError) as exc:
             raise ServiceUnavailable(
-                f"local model {self.model_name!r} failed to load: {exc}"
+                f"local model {self.model_name!r} failed to load",
+                detail=f"{type(exc).__name__}: {exc}",
             ) from exc
 
     @asynccontextmanager

@@ -35,7 +35,7 @@ class OpenAICompatProvider(BaseProvider):
         body["model"] = self.upstream_model
         parsed, raw = await self.http.post_json("/chat/completions", body)
         if not isinstance(parsed.get("choices"), list):
-            raise UpstreamError(f"upstream {self.http.base_url} answered without choices")
+            raise self.http.invalid_response("/chat/completions: no choices")
         usage = Usage.from_openai(parsed.get("usage"))
         return Completion(
             body=parsed, usage=usage, model=str(parsed.get("model") or body["model"]), raw=raw
@@ -58,9 +58,14 @@ class OpenAICompatProvider(BaseProvider):
                 try:
                     chunk = orjson.loads(data)
                 except orjson.JSONDecodeError as exc:
-                    raise UpstreamError("upstream sent an invalid stream chunk") from exc
+                    raise self.http.invalid_response(f"stream chunk not JSON: {exc}") from exc
+                if not isinstance(chunk, dict):
+                    raise self.http.invalid_response("stream chunk not a JSON object")
                 if "error" in chunk:
-                    raise UpstreamError(f"upstream stream failed: {chunk['error']}")
+                    raise UpstreamError(
+                        f"model {self.model_name!r}: the upstream failed mid-stream",
+                        detail=f"upstream {self.http.base_url}: {chunk['error']}"[:1000],
+                    )
                 saw_usage = saw_usage or bool(chunk.get("usage"))
                 for choice in chunk.get("choices") or ():
                     chars += len((choice.get("delta") or {}).get("content") or "")
@@ -81,13 +86,41 @@ class OpenAICompatProvider(BaseProvider):
         parsed, _ = await self.http.post_json(
             "/embeddings", {"model": self.upstream_model, "input": inputs}
         )
-        data = sorted(parsed.get("data") or [], key=lambda item: item.get("index", 0))
-        usage = parsed.get("usage") or {}
+        vectors = self._vectors(parsed.get("data"), len(inputs))
+        usage = parsed.get("usage")
+        if not isinstance(usage, dict):
+            usage = {}
         return Embeddings(
-            vectors=[item["embedding"] for item in data],
-            usage=Usage(int(usage.get("prompt_tokens") or 0), 0),
+            vectors=vectors,
+            usage=Usage(_int(usage.get("prompt_tokens")), 0),
             model=str(parsed.get("model") or self.upstream_model),
         )
 
+    def _vectors(self, data: object, expected: int) -> list[list[float]]:
+        """One vector of numbers per input, in input order; anything else is not an
+        embeddings answer (a 502, never an empty or partial 200)."""
+        if not isinstance(data, list) or len(data) != expected:
+            got = len(data) if isinstance(data, list) else type(data).__name__
+            raise self.http.invalid_response(f"/embeddings: {got} vectors for {expected} inputs")
+        by_index: dict[int, list[float]] = {}
+        for position, item in enumerate(data):
+            vector = item.get("embedding") if isinstance(item, dict) else None
+            index = item.get("index", position) if isinstance(item, dict) else None
+            if (
+                not isinstance(vector, list)
+                or not vector
+                or not all(isinstance(x, int | float) and not isinstance(x, bool) for x in vector)
+                or not isinstance(index, int)
+                or not 0 <= index < expected
+                or index in by_index
+            ):
+                raise self.http.invalid_response(f"/embeddings: item {position} is not a vector")
+            by_index[index] = vector
+        return [by_index[i] for i in range(expected)]
+
     async def aclose(self) -> None:
         await self.http.aclose()
+
+
+def _int(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0

@@ -42,7 +42,8 @@ class Database:
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
         if self.is_sqlite and parsed.database and parsed.database != ":memory:":
             Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        options: dict[str, Any] = {"pool_pre_ping": not self.is_sqlite}
+        # hide_parameters: a failed statement's message (logged) must not carry the values
+        options: dict[str, Any] = {"pool_pre_ping": not self.is_sqlite, "hide_parameters": True}
         if not self.is_sqlite:
             options.update(pool_size=10, max_overflow=20)
         self.engine: AsyncEngine = create_async_engine(url, **options)

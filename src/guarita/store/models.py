@@ -16,8 +16,12 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+REQUEST_ID_MAX = 128
+"""The longest ``X-Request-ID`` accepted from a caller, and the columns that hold it."""
 
 
 class Base(DeclarativeBase):
@@ -40,11 +44,14 @@ class RequestRecord(Base):
     """One answered (or failed) model call: the source of truth for usage and cost."""
 
     __tablename__ = "requests"
+    __table_args__ = (UniqueConstraint("record_id", name="uq_requests_record_id"),)
 
     id: Mapped[int] = mapped_column(
         BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
     )
-    request_id: Mapped[str] = mapped_column(String(64), index=True)
+    record_id: Mapped[str | None] = mapped_column(String(32), default=None)
+    """Unique per record, so that writing a record twice stores it once."""
+    request_id: Mapped[str] = mapped_column(String(REQUEST_ID_MAX), index=True)
     created_at: Mapped[datetime] = mapped_column(index=True)
     key_id: Mapped[str | None] = mapped_column(String(32), index=True)
     endpoint: Mapped[str] = mapped_column(String(40))
@@ -103,7 +110,9 @@ class Task(Base):
     claim_token: Mapped[str | None] = mapped_column(String(32), default=None)
     lease_until: Mapped[datetime | None] = mapped_column(default=None)
     key_id: Mapped[str | None] = mapped_column(String(32))
-    request_id: Mapped[str | None] = mapped_column(String(64))
+    request_id: Mapped[str | None] = mapped_column(String(REQUEST_ID_MAX))
+    deliveries: Mapped[int] = mapped_column(Integer, default=0)
+    """Claims, ended or not; ``attempts`` counts only attempts that ended."""
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
     started_at: Mapped[datetime | None] = mapped_column(default=None)

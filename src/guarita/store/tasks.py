@@ -4,6 +4,10 @@ Status moves queued → running → succeeded | failed (or back to queued for a 
 worker *claims* a task with a fresh token and a lease it renews while it works; every
 later move is conditional on that token, so a task is never finished twice, and a task
 whose worker died (lease expired) can be claimed again by another worker.
+
+``attempts`` counts attempts that ended (succeeded or failed), which is what
+``max_attempts`` bounds; ``deliveries`` counts claims, so a worker killed mid-attempt
+costs the task no attempt, and a task that kills its workers is still stopped.
 """
 
 from __future__ import annotations
@@ -31,19 +35,26 @@ class TaskInfo:
     result: dict[str, Any] | None
     error: dict[str, Any] | None
     attempts: int
+    """Attempts that ended; the one running now, if any, is ``attempts + 1``."""
     key_id: str | None
     request_id: str | None
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
     claim_token: str | None = None
+    deliveries: int = 0
+
+    @property
+    def attempt(self) -> int:
+        """The number of the attempt a claimed task is running."""
+        return self.attempts + 1
 
     @classmethod
     def of(cls, row: Task) -> TaskInfo:
         return cls(
             row.id, row.status, row.agent, row.payload, row.result, row.error, row.attempts,
             row.key_id, row.request_id, row.created_at, row.started_at, row.finished_at,
-            row.claim_token,
+            row.claim_token, row.deliveries,
         )  # fmt: skip
 
 
@@ -61,7 +72,8 @@ class TaskStore:
         now = _now()
         row = Task(
             id="task_" + secrets.token_hex(12), status=QUEUED, agent=agent, payload=payload,
-            attempts=0, key_id=key_id, request_id=request_id, created_at=now, updated_at=now,
+            attempts=0, deliveries=0, key_id=key_id, request_id=request_id, created_at=now,
+            updated_at=now,
         )  # fmt: skip
         async with self._db.sessions.begin() as session:
             session.add(row)
@@ -86,7 +98,7 @@ class TaskStore:
         token = secrets.token_hex(8)
         claimable = or_(Task.status == QUEUED, and_(Task.status == RUNNING, Task.lease_until < now))
         claimed = await self._update(
-            task_id, claimable, status=RUNNING, attempts=Task.attempts + 1, started_at=now,
+            task_id, claimable, status=RUNNING, deliveries=Task.deliveries + 1, started_at=now,
             claim_token=token, lease_until=now + timedelta(seconds=lease_s),
         )  # fmt: skip
         return await self.get(task_id) if claimed else None
@@ -102,15 +114,24 @@ class TaskStore:
         return await self._update(
             task.id, Task.status == RUNNING, Task.claim_token == task.claim_token,
             status=SUCCEEDED, result=result, error=None, finished_at=_now(), lease_until=None,
+            attempts=Task.attempts + 1,
         )  # fmt: skip
 
-    async def fail(self, task: TaskInfo, error: dict[str, Any], *, retry: bool) -> bool:
+    async def fail(
+        self, task: TaskInfo, error: dict[str, Any], *, retry: bool, counted: bool = True
+    ) -> bool:
+        """End a claimed attempt as failed: queued again for a retry, or failed for good.
+        ``counted=False`` for an attempt that never ran (the task gave up before it)."""
         owned = (Task.status == RUNNING, Task.claim_token == task.claim_token)
+        ended = {"attempts": Task.attempts + 1} if counted else {}
         if retry:
-            return await self._update(task.id, *owned, status=QUEUED, error=error, lease_until=None)
+            return await self._update(
+                task.id, *owned, status=QUEUED, error=error, lease_until=None, **ended
+            )
         return await self._update(
-            task.id, *owned, status=FAILED, error=error, finished_at=_now(), lease_until=None
-        )
+            task.id, *owned, status=FAILED, error=error, finished_at=_now(), lease_until=None,
+            **ended,
+        )  # fmt: skip
 
     async def queued_ids(self) -> list[str]:
         async with self._db.sessions() as session:

@@ -71,6 +71,18 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        self.records_spooled = Gauge(
+            "guarita_records_spooled",
+            "Request records waiting in spool files on disk (the writer fell behind or the "
+            "store was away).",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.records_dead_lettered = Counter(
+            "guarita_records_dead_lettered_total",
+            "Request records the store refused, moved to the dead-letter file.",
+            registry=r,
+        )
         self.events_dropped = Counter(
             "guarita_events_dropped_total",
             "Lifecycle events dropped (sink too slow or down).",
