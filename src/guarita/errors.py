@@ -20,6 +20,7 @@ in one place (``api/errors.py``).
     │   ├── UpstreamAuthFailed        502 upstream_error (code upstream_auth)
     │   ├── UpstreamUnavailable       502 upstream_error (code upstream_unavailable)
     │   ├── UpstreamInvalidResponse   502 upstream_error (code upstream_invalid_response)
+    │   ├── UpstreamTruncated         502 upstream_error (code upstream_truncated)
     │   └── QualityRejected           502 upstream_error (code quality_rejected)
     ├── ServiceUnavailable            503 service_unavailable (Retry-After)
     │   └── CircuitOpen               503 service_unavailable (code circuit_open)
@@ -150,6 +151,12 @@ class UpstreamInvalidResponse(UpstreamError):
     """The upstream answered 2xx with something that is not the documented answer."""
 
     code = "upstream_invalid_response"
+
+
+class UpstreamTruncated(UpstreamError):
+    """A stream that ended without its end marker or a finish reason: a cut-off answer."""
+
+    code = "upstream_truncated"
 
 
 class QualityRejected(UpstreamError):

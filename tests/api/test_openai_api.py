@@ -57,6 +57,7 @@ def gateway_config(upstream_url: str) -> dict[str, Any]:
             "up-slow": up("slow", timeout_s=0.5),
             "up-garbage": up("garbage"),
             "up-break": up("stream-break"),
+            "up-cut": up("stream-cut"),
             "up-down": {**up("gpt-fake"), "base_url": f"http://127.0.0.1:{free_port()}/v1"},
         },
         "agents": {
@@ -239,6 +240,31 @@ def test_broken_stream_ends_with_an_error_event_not_done(gateway: GuaritaServer)
         lines = [line for line in r.iter_lines() if line.startswith("data: ")]
     assert "[DONE]" not in lines[-1]
     assert '"error"' in lines[-1]
+
+
+async def test_a_stream_cut_off_cleanly_is_a_truncation_not_done(gateway: GuaritaServer) -> None:
+    """The upstream closes the stream cleanly after two chunks, without a finish reason or
+    ``[DONE]``: the caller gets an error event (no ``[DONE]``), the record an error and the
+    deployment a quality failure."""
+    rid = "cut-" + gateway.base_url.rsplit(":", 1)[1]
+    with httpx.stream(
+        "POST",
+        gateway.base_url + "/v1/chat/completions",
+        headers=headers(gateway, **{"x-request-id": rid}),
+        json={
+            "model": "up-cut",
+            "stream": True,
+            "messages": [{"role": "user", "content": "one two three four"}],
+        },
+    ) as r:
+        assert r.status_code == 200
+        lines = [line for line in r.iter_lines() if line.startswith("data: ")]
+    assert all("[DONE]" not in line for line in lines)
+    assert '"code":"upstream_truncated"' in lines[-1]
+    record = await wait_for_record(gateway, rid)
+    assert record["status"] == "error" and record["error_type"] == "upstream_error"
+    text = httpx.get(gateway.base_url + "/metrics").text
+    assert 'guarita_quality_failures_total{deployment="up-cut",reason="truncated"}' in text
 
 
 def test_agent_as_model_adds_its_system_prompt(

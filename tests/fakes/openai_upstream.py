@@ -9,6 +9,8 @@ to this instead. The requested ``model`` picks the behaviour:
     slow                                        sleep 3 s before answering
     garbage                                     200 with a body that is not JSON
     stream-break                                (stream) two chunks, then the connection drops
+    stream-cut                                  (stream) two chunks, then a clean end with no
+                                                finish reason and no [DONE]
     anything else                               "upstream says: <last user text>"
 
 ``GET /_last`` returns the last request body and headers received, for assertions.
@@ -161,6 +163,8 @@ async def _stream(
     for i, word in enumerate(text.split(" ")):
         if model == "stream-break" and i == 2:
             raise ConnectionResetError("fake upstream dropped the stream")
+        if model == "stream-cut" and i == 2:
+            return
         yield event(
             [
                 {

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from guarita.errors import InvalidRequest, UpstreamError
+from guarita.errors import InvalidRequest, UpstreamError, UpstreamTruncated
 from guarita.providers.base import BaseProvider
 from guarita.providers.common import chunk, completion_body, message_text
 from guarita.providers.http import UpstreamClient, api_key_from_env, sse_data
@@ -108,6 +108,7 @@ class AnthropicProvider(BaseProvider):
         request = self.to_messages_request(call, stream=True)
         cid, model = "msg", self.upstream_model
         input_tokens = output_tokens = 0
+        stopped = False
         async with self.http.stream_lines("/messages", request) as lines:
             async for line in lines:
                 data = sse_data(line)
@@ -143,7 +144,13 @@ class AnthropicProvider(BaseProvider):
                         detail=f"Anthropic stream error: {event.get('error')}"[:1000],
                     )
                 elif kind == "message_stop":
+                    stopped = True
                     break
+        if not stopped:
+            raise UpstreamTruncated(
+                f"model {self.model_name!r}: the upstream's stream ended mid-answer",
+                detail="Anthropic stream ended without message_stop",
+            )
         yield chunk(cid=cid, model=model, usage=Usage(input_tokens, output_tokens))
 
     async def aclose(self) -> None:

@@ -11,7 +11,7 @@ import asyncio
 import random
 from collections.abc import AsyncIterator
 
-from guarita.errors import UpstreamError, UpstreamTimeout
+from guarita.errors import UpstreamError, UpstreamTimeout, UpstreamTruncated
 from guarita.providers.base import Embeddings, Provider
 from guarita.providers.common import completion_body
 from guarita.settings import ChaosSettings
@@ -67,7 +67,7 @@ class ChaosProvider:
         async for item in self.inner.stream(call):
             if truncate and count >= 2:
                 self.injected["truncate"] += 1
-                raise UpstreamError("chaos: stream cut off")
+                raise UpstreamTruncated("chaos: stream cut off")
             count += 1
             yield item
 

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 import orjson
 
-from guarita.errors import UpstreamError
+from guarita.errors import UpstreamError, UpstreamTruncated
 from guarita.providers.base import BaseProvider, Embeddings
 from guarita.providers.http import UpstreamClient, api_key_from_env, sse_data
 from guarita.settings import ModelSettings
@@ -46,7 +46,7 @@ class OpenAICompatProvider(BaseProvider):
         body["model"] = self.upstream_model
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
-        saw_usage = False
+        saw_usage = finished = False
         chars = 0
         async with self.http.stream_lines("/chat/completions", body) as lines:
             async for line in lines:
@@ -54,6 +54,7 @@ class OpenAICompatProvider(BaseProvider):
                 if data is None or not data:
                     continue
                 if data == "[DONE]":
+                    finished = True
                     break
                 try:
                     chunk = orjson.loads(data)
@@ -69,7 +70,15 @@ class OpenAICompatProvider(BaseProvider):
                 saw_usage = saw_usage or bool(chunk.get("usage"))
                 for choice in chunk.get("choices") or ():
                     chars += len((choice.get("delta") or {}).get("content") or "")
+                    finished = finished or bool(choice.get("finish_reason"))
                 yield chunk
+        if not finished:
+            # the connection closed cleanly mid-answer: no [DONE], no finish reason
+            raise UpstreamTruncated(
+                f"model {self.model_name!r}: the upstream's stream ended mid-answer",
+                detail=f"upstream {self.http.base_url}: stream ended without [DONE] "
+                f"or a finish reason after {chars} characters",
+            )
         if not saw_usage:
             # Some servers ignore include_usage; estimate (about 4 characters a token)
             # rather than record a free call.

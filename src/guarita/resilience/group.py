@@ -23,6 +23,7 @@ from guarita.errors import (
     InvalidRequest,
     QualityRejected,
     UpstreamTimeout,
+    UpstreamTruncated,
 )
 from guarita.providers.base import Provider
 from guarita.resilience.breaker import CircuitBreaker
@@ -227,6 +228,8 @@ class ModelGroup:
             return  # the caller went away: that says nothing about the deployment's health
         if error is not None:
             ok = not counts_against_breaker(error)
+            if isinstance(error, UpstreamTruncated):
+                self._observer.quality_failure(deployment.name, "truncated")
         else:
             latency_ms = (time.monotonic() - started) * 1000
             verdict = judge(

@@ -171,6 +171,7 @@ class RecordWriter:
         self._closed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._overflowing = False
+        self._overflow: asyncio.Task[None] | None = None  # held: the loop keeps weak refs
         self._closing = False
         self._insert = self._statement()
         dialect = db.engine.dialect
@@ -204,7 +205,7 @@ class RecordWriter:
             self._wakeup.set()
         if len(self._pending) > self._max_pending and not self._overflowing:
             self._overflowing = True
-            asyncio.get_running_loop().create_task(self._spool_overflow())
+            self._overflow = asyncio.get_running_loop().create_task(self._spool_overflow())
 
     @property
     def pending(self) -> int:
@@ -379,8 +380,9 @@ class RecordWriter:
         self._closing = True
         self._wakeup.set()
         self._closed.set()
-        if self._task is not None:
-            await self._task
+        for task in (self._task, self._overflow):
+            if task is not None:
+                await task
         try:
             await self.flush()
         except Exception as exc:  # noqa: BLE001 - the store is gone: spool instead of losing
