@@ -271,6 +271,7 @@ class Row:
     other_cores: float  # CPU used by processes other than ours and wrk, in cores
     warmup_requests: int = 0
     floor: Load | None = None  # the upstream alone at the same connection count
+    backlog: int | None = None  # request records not yet stored when the window ended
 
 
 def measure(
@@ -282,8 +283,11 @@ def measure(
     pid: int,
     bystanders: tuple[int, ...] = (),
     api_key: str | None = None,
+    metrics_url: str | None = None,
 ) -> Row:
     """Warm up, then load ``url`` for the measured window, charging ``pid``'s CPU time.
+    With ``metrics_url``, also read how many request records were still waiting for the
+    store when the window ended (a writer that keeps up has about a batch interval's).
 
     Also works out how busy the rest of the machine was during the window (everything
     but ``pid``, the ``bystanders`` we started and wrk): on a shared machine that is
@@ -295,18 +299,34 @@ def measure(
     ours = [cpu_seconds(p) for p in (pid, *bystanders)]
     machine, children = machine_busy_seconds(), children_cpu_seconds()
     load = run_wrk(url, connections, args.duration, api_key=api_key)
+    backlog = records_backlog(metrics_url) if metrics_url else None
     ours = [cpu_seconds(p) - before for p, before in zip((pid, *bystanders), ours, strict=True)]
     wrk_cpu = children_cpu_seconds() - children
     others = (machine_busy_seconds() - machine - wrk_cpu - sum(ours)) / load.seconds
     per_request = ours[0] * 1000 / load.requests if load.requests else float("nan")
-    row = Row(target, connections, load, per_request, peak_rss_mb(pid), max(0.0, others), warmup)
+    row = Row(target, connections, load, per_request, peak_rss_mb(pid), max(0.0, others), warmup,
+              backlog=backlog)  # fmt: skip
     print(
         f"  {target} @ {connections} conns: {load.rps:.0f} RPS, p50 {load.p50_ms:.2f} ms, "
         f"p99 {load.p99_ms:.2f} ms, {per_request:.3f} CPU ms/req, {load.errors} errors, "
-        f"other processes {row.other_cores:.2f} cores",
+        f"other processes {row.other_cores:.2f} cores"
+        + (f", {backlog} records waiting" if backlog is not None else ""),
         flush=True,
     )
     return row
+
+
+def records_backlog(metrics_url: str) -> int:
+    """Records in memory plus in spool files, from the gateway's ``/metrics`` (summed over
+    its processes)."""
+    with urllib.request.urlopen(metrics_url, timeout=10) as response:
+        text = response.read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("guarita_records_pending", "guarita_records_spooled"):
+            total += float(value)
+    return int(total)
 
 
 # --- the gateway -----------------------------------------------------------------------
@@ -471,8 +491,8 @@ def table(rows: list[Row]) -> str:
     """Markdown in the shape of BENCHMARKS.md, plus the gateway's added latency."""
     out = [
         "| target | connections | RPS | p50 ms | p99 ms | added p50 ms | added p99 ms "
-        "| CPU ms/req | RSS MB | errors | other load (cores) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| CPU ms/req | RSS MB | errors | other load (cores) | records waiting |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in sorted(rows, key=lambda r: (-r.connections, r.floor is not None)):
         load = row.load
@@ -485,12 +505,24 @@ def table(rows: list[Row]) -> str:
         out.append(
             f"| {row.target} | {row.connections} | {load.rps:.0f} | {load.p50_ms:.2f} "
             f"| {load.p99_ms:.2f} | {added[0]} | {added[1]} | {row.cpu_ms_per_req:.3f} "
-            f"| {row.rss_mb:.0f} | {load.errors} | {row.other_cores:.2f} |"
+            f"| {row.rss_mb:.0f} | {load.errors} | {row.other_cores:.2f} "
+            f"| {'' if row.backlog is None else row.backlog} |"
         )
     return "\n".join(out)
 
 
 STORES = {True: "PostgreSQL + Redis", False: "embedded: SQLite, in-process state"}
+
+
+def store_verdict(rows: int, completed: int, connections: int) -> str:
+    # connections: summed over the levels measured
+    """Rows must equal completed requests, up to the requests in flight when a wrk run
+    stopped (answered and recorded by the gateway, not counted by wrk): one per
+    connection per run at most."""
+    extra = rows - completed
+    if 0 <= extra <= 2 * connections:  # two wrk runs (warm-up, measured) per level
+        return f"holds ({extra:+d}: requests in flight when wrk stopped)."
+    return f"FAILS ({extra:+d} rows)."
 
 
 def report(
@@ -506,7 +538,8 @@ def report(
             f"Machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}. Fake upstream "
             f"delay {args.delay_ms:g} ms; wrk, POST /v1/chat/completions (non-streamed), "
             f"{args.warmup:g} s warm-up then {args.duration:g} s measured per row. Gateway: "
-            f"`guarita serve{' --workers 2' if args.scale_out else ''}` ({source}), auth, metrics, "
+            f"`guarita serve{f' --workers {args.workers}' if args.workers > 1 else ''}` "
+            f"({source}), auth, metrics, "
             "JSON access log and store recording on "
             f"({STORES[args.scale_out]}).",
             "",
@@ -514,10 +547,13 @@ def report(
             "",
             "CPU ms/req: CPU time of the target's process tree during the measured window over "
             "the requests completed in it. Other load: CPU the rest of the machine used meanwhile "
-            "(not ours, not wrk), in cores; well above 0 means the numbers are disturbed.",
+            "(not ours, not wrk), in cores; well above 0 means the numbers are disturbed. "
+            "Records waiting: request records not yet in the store (memory and spool) when "
+            "the window ended: a writer that keeps up holds about a flush interval's worth.",
             "",
             f"Store check: {recorded_total} rows in `requests` ({by_status}) for {sent} "
-            "requests wrk completed against the gateway (warm-ups included).",
+            "requests wrk completed against the gateway (warm-ups included): "
+            + store_verdict(recorded_total, sent, sum(int(c) for c in args.connections.split(","))),
             "",
         ]
     )
@@ -549,6 +585,12 @@ def parse_args() -> argparse.Namespace:
         help="run the gateway as 2 API processes on PostgreSQL + Redis (+ Celery queue settings)",
     )
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="API processes (`serve --workers N`); default 1, or 2 with --scale-out",
+    )
+    parser.add_argument(
         "--postgres",
         default=os.environ.get(
             "GUARITA_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
@@ -565,7 +607,10 @@ def parse_args() -> argparse.Namespace:
         metavar="SECONDS",
         help="after the measurements, profile the gateway with py-spy under load this long",
     )
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.workers is None:
+        args.workers = 2 if args.scale_out else 1
+    return args
 
 
 def run(args: argparse.Namespace, tmp: Path) -> str:
@@ -590,8 +635,8 @@ def run(args: argparse.Namespace, tmp: Path) -> str:
         key = create_key(env)
         source = source_of(env)
         serve = [str(VENV_BIN / "guarita"), "serve", "--port", str(gateway_port)]
-        if args.scale_out:
-            serve += ["--workers", "2"]
+        if args.workers > 1:
+            serve += ["--workers", str(args.workers)]
         gateway_log = tmp / "gateway.log"
         rows = list(floors.values())
         sent = 0
@@ -608,6 +653,7 @@ def run(args: argparse.Namespace, tmp: Path) -> str:
                     pid=gateway.pid,
                     bystanders=(upstream.pid,),
                     api_key=key,
+                    metrics_url=f"{gw}/metrics",
                 )
                 rows.append(dataclasses.replace(row, floor=floors[n].load))
                 sent += row.load.requests + row.warmup_requests

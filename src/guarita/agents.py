@@ -15,7 +15,7 @@ from opentelemetry import trace
 
 from guarita.errors import AgentNotFound, InvalidRequest, NotFound
 from guarita.pipeline import Next
-from guarita.settings import AgentSettings, Settings
+from guarita.settings import AgentSettings, ModelSettings, Settings
 from guarita.store.sessions import SessionStore, Turn
 from guarita.store.tasks import TaskInfo
 from guarita.types import Call, Caller, Usage
@@ -26,6 +26,17 @@ _TOKENS_PER_MESSAGE = 4
 def estimate_tokens(text: str) -> int:
     """A cheap upper-leaning estimate (about 4 characters a token) for context budgeting."""
     return len(text) // 4 + _TOKENS_PER_MESSAGE
+
+
+def context_room(agent: AgentSettings, model: ModelSettings) -> int:
+    """Tokens of an agent's context window left for the message and history: the window
+    minus the answer's room and the system prompt."""
+    return model.context_window - agent.max_tokens - estimate_tokens(agent.system_prompt)
+
+
+def longest_message(agent: AgentSettings, model: ModelSettings) -> int:
+    """The longest message, in characters, that the agent takes (see ``estimate_tokens``)."""
+    return max(0, 4 * (context_room(agent, model) - _TOKENS_PER_MESSAGE) + 3)
 
 
 def fit_history(history: list[Turn], budget: int) -> list[Turn]:
@@ -116,13 +127,9 @@ class AgentService:
                     )
         else:
             session_id = uuid.uuid4().hex
-        window = self._settings.models[agent.model].context_window
-        budget = (
-            window
-            - agent.max_tokens
-            - estimate_tokens(agent.system_prompt)
-            - estimate_tokens(message)
-        )
+        model = self._settings.models[agent.model]
+        window = model.context_window
+        budget = context_room(agent, model) - estimate_tokens(message)
         if budget < 0:
             raise InvalidRequest(
                 f"message too long for agent {name!r}: about {estimate_tokens(message)} tokens, "

@@ -11,6 +11,7 @@ from guarita import __version__
 from guarita.api import admin, agents, health, openai
 from guarita.api.errors import install_error_handlers
 from guarita.api.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
+from guarita.api.openapi import install_openapi
 from guarita.runtime import Runtime
 from guarita.settings import Settings, load_settings
 from guarita.telemetry.logging import configure_logging
@@ -40,6 +41,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.include_router(agents.router)
     app.include_router(health.router)
     app.include_router(admin.router)
+    install_openapi(app, settings)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.server.max_body_bytes)
     tracer = runtime.tracing.tracer if runtime.tracing.enabled else None
     app.add_middleware(RequestContextMiddleware, metrics=runtime.metrics, tracer=tracer)

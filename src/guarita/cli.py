@@ -58,6 +58,7 @@ def serve(
     """Serve the HTTP API (embedded default: SQLite and the local model)."""
     import uvicorn
 
+    from guarita.api.http_limits import HeaderLimits, header_limited_protocol
     from guarita.app import create_app
     from guarita.runtime import Runtime
     from guarita.telemetry.logging import configure_logging
@@ -78,9 +79,11 @@ def serve(
         f"Guarita serving on {where} ({workers} process{'es' if workers > 1 else ''})",
         highlight=False,
     )
+    limits = HeaderLimits(settings.server.max_header_bytes, settings.server.header_timeout_s)
     options: dict[str, Any] = dict(
         host=settings.server.host, port=settings.server.port, access_log=False, log_level="warning",
         timeout_graceful_shutdown=30,
+        http=header_limited_protocol(limits),  # uvicorn bounds neither the head's size nor time
     )  # fmt: skip
     if workers == 1:
         uvicorn.run(create_app(settings, runtime=runtime), **options)

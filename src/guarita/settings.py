@@ -182,6 +182,17 @@ class ServerSettings(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
     max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+    max_header_bytes: int = Field(
+        default=32 * 1024,
+        ge=1024,
+        description="Request line plus headers; a larger head gets 431 and the connection closed.",
+    )
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Longest wait for a request's line and headers, from its first byte "
+        "(a new connection: from its opening); slower heads get 408 (slowloris).",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 

@@ -52,6 +52,7 @@ def sample_events() -> list[tuple[str, dict[str, Any]]]:
         (
             events.REQUEST_COMPLETED,
             {
+                "record_id": "0123456789abcdef0123456789abcdef",
                 "request_id": "req-1",
                 "created_at": datetime.now(UTC).isoformat(),
                 "key_id": None,

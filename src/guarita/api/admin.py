@@ -14,6 +14,8 @@ from fastapi import APIRouter
 from starlette.responses import Response
 
 from guarita.api.deps import CallerDep, RuntimeDep
+from guarita.api.openapi import SECURED, errors, ok
+from guarita.api.schemas import BreakerReport
 from guarita.errors import PermissionDenied
 from guarita.resilience.breaker import BreakerState
 from guarita.types import Caller
@@ -28,7 +30,16 @@ def require_admin(caller: Caller) -> None:
         raise PermissionDenied(f"this endpoint needs a key of tier '{ADMIN_TIER}'")
 
 
-@router.get("/breakers")
+@router.get(
+    "/breakers",
+    operation_id="listBreakers",
+    response_model=None,
+    responses={
+        200: ok(BreakerReport, "Every model's deployments, their breakers and load"),
+        **errors(401, 403, described={403: "The key is not of tier `admin`"}),
+    },
+    openapi_extra=SECURED,
+)
 async def breakers(runtime: RuntimeDep, caller: CallerDep) -> Response:
     """Every deployment's breaker (state, counters), load and retry budget."""
     require_admin(caller)

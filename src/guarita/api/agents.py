@@ -11,7 +11,14 @@ from starlette.responses import Response
 
 from guarita.api.deps import CallerDep, RuntimeDep, request_id, request_info
 from guarita.api.openai import requested_deadline_ms
-from guarita.api.schemas import AgentChatRequest, TaskRequest
+from guarita.api.openapi import DEADLINE_HEADER, MODEL_CALL_ERRORS, SECURED, errors, ok
+from guarita.api.schemas import (
+    AgentChatRequest,
+    AgentChatResponse,
+    TaskAccepted,
+    TaskRequest,
+    TaskStatus,
+)
 from guarita.errors import TaskNotFound
 from guarita.store.tasks import TaskInfo
 
@@ -20,7 +27,22 @@ _TASK_ID = re.compile(r"[A-Za-z0-9_\-]{1,64}")
 _JSON = "application/json"
 
 
-@router.post("/chat")
+@router.post(
+    "/chat",
+    operation_id="agentChat",
+    response_model=None,
+    responses={
+        200: ok(AgentChatResponse, "The agent's answer; the turn is kept in the session"),
+        **errors(
+            *MODEL_CALL_ERRORS,
+            described={
+                400: "Invalid request, or the message does not fit the agent's context window",
+                404: "No agent of that name, or a session of another key",
+            },
+        ),
+    },
+    openapi_extra={**SECURED, "parameters": [DEADLINE_HEADER]},
+)
 async def chat(
     payload: AgentChatRequest, request: Request, runtime: RuntimeDep, caller: CallerDep
 ) -> Response:
@@ -36,7 +58,33 @@ async def chat(
     return Response(orjson.dumps(result.to_json()), media_type=_JSON)
 
 
-@router.post("/tasks", status_code=202)
+@router.post(
+    "/tasks",
+    status_code=202,
+    operation_id="createTask",
+    response_model=None,
+    responses={
+        202: ok(
+            TaskAccepted,
+            "Accepted (written to the store) and queued; poll `Location` for the outcome",
+            headers={
+                "Location": {
+                    "description": "The task's URL",
+                    "required": True,
+                    "schema": {"type": "string"},
+                }
+            },
+            links={
+                "GetTask": {
+                    "operationId": "getTask",
+                    "parameters": {"task_id": "$response.body#/task_id"},
+                }
+            },
+        ),
+        **errors(400, 401, 404, 413, described={404: "No agent of that name"}),
+    },
+    openapi_extra=SECURED,
+)
 async def create_task(
     payload: TaskRequest, request: Request, runtime: RuntimeDep, caller: CallerDep
 ) -> Response:
@@ -60,7 +108,16 @@ async def create_task(
     )
 
 
-@router.get("/tasks/{task_id}")
+@router.get(
+    "/tasks/{task_id}",
+    operation_id="getTask",
+    response_model=None,
+    responses={
+        200: ok(TaskStatus, "The task's status, and its result or error once finished"),
+        **errors(401, 404, described={404: "No task of that id for this key"}),
+    },
+    openapi_extra=SECURED,
+)
 async def get_task(task_id: str, runtime: RuntimeDep, caller: CallerDep) -> Response:
     task = await runtime.task_store.get(task_id) if _TASK_ID.fullmatch(task_id) else None
     if task is None or task.key_id != caller.key_id:

@@ -4,20 +4,36 @@ from __future__ import annotations
 
 import orjson
 from fastapi import APIRouter
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 
 from guarita.api.deps import RuntimeDep
+from guarita.api.openapi import errors, ok
+from guarita.api.schemas import Health, Readiness
 
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/health")
+@router.get(
+    "/health",
+    operation_id="health",
+    response_model=None,
+    responses={200: ok(Health, "The process is up"), **errors()},
+)
 async def health() -> Response:
     """The process is up and serving HTTP (the liveness probe)."""
     return Response(b'{"status":"ok"}', media_type="application/json")
 
 
-@router.get("/ready")
+@router.get(
+    "/ready",
+    operation_id="ready",
+    response_model=None,
+    responses={
+        200: ok(Readiness, "Ready: every check passed"),
+        503: ok(Readiness, "Not ready: the checks say which part is not"),
+        **errors(),
+    },
+)
 async def ready(runtime: RuntimeDep) -> Response:
     """The store answers and the default model can serve (the readiness probe)."""
     report = await runtime.readiness()
@@ -28,8 +44,21 @@ async def ready(runtime: RuntimeDep) -> Response:
     )
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    operation_id="metrics",
+    response_model=None,
+    # documentation only: the handler builds its own Response
+    response_class=PlainTextResponse,
+    responses={
+        200: {
+            "description": "Prometheus text exposition format",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        },
+        **errors(),
+    },
+)
 async def metrics(runtime: RuntimeDep) -> Response:
     runtime.metrics.records_pending.set(runtime.records.pending)
-    return Response(runtime.metrics.render(), media_type=runtime.metrics.content_type)
     runtime.metrics.records_spooled.set(runtime.records.spooled)
+    return Response(runtime.metrics.render(), media_type=runtime.metrics.content_type)

@@ -18,7 +18,21 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
 from guarita.api.deps import CallerDep, RuntimeDep, get_caller, request_id, request_info
-from guarita.api.schemas import ChatCompletionRequest, EmbeddingRequest
+from guarita.api.openapi import (
+    DEADLINE_HEADER,
+    MODEL_CALL_ERRORS,
+    SECURED,
+    errors,
+    ok,
+    sse_content,
+)
+from guarita.api.schemas import (
+    ChatCompletion,
+    ChatCompletionRequest,
+    EmbeddingList,
+    EmbeddingRequest,
+    ModelList,
+)
 from guarita.errors import GuaritaError, InvalidRequest, ModelNotFound
 from guarita.runtime import Runtime
 from guarita.types import Call, Chunk, Reply
@@ -64,7 +78,36 @@ def _apply_agent(runtime: Runtime, agent_name: str, body: dict[str, Any]) -> Non
         body["max_tokens"] = agent.max_tokens
 
 
-@router.post("/chat/completions", response_model=None)
+_ANSWER_HEADERS = {
+    "x-guarita-fallback-level": {
+        "description": "Which level of the fallback chain answered: primary, deployment, "
+        "model, rules or static",
+        "required": True,
+        "schema": {"type": "string"},
+    },
+    "x-guarita-quality": {
+        "description": "The answering level's quality score, 0.00 to 1.00",
+        "required": True,
+        "schema": {"type": "string", "pattern": "^[0-9]+\\.[0-9]{2}$"},
+    },
+}
+
+
+@router.post(
+    "/chat/completions",
+    operation_id="createChatCompletion",
+    response_model=None,
+    responses={
+        200: ok(
+            ChatCompletion,
+            "The answer; with `stream: true`, server-sent events of `chat.completion.chunk`s",
+            content=sse_content(),
+            headers=_ANSWER_HEADERS,
+        ),
+        **errors(*MODEL_CALL_ERRORS, described={404: "No model or agent of that name"}),
+    },
+    openapi_extra={**SECURED, "parameters": [DEADLINE_HEADER]},
+)
 async def chat_completions(payload: ChatCompletionRequest, request: Request) -> Response:
     # the hot path: runtime and caller fetched directly rather than through Depends,
     # whose resolution costs more than the rest of this function (bench/README.md)
@@ -121,7 +164,13 @@ async def _sse(
     yield _DONE
 
 
-@router.get("/models")
+@router.get(
+    "/models",
+    operation_id="listModels",
+    response_model=None,
+    responses={200: ok(ModelList, "The configured models and agents"), **errors(401)},
+    openapi_extra=SECURED,
+)
 async def list_models(runtime: RuntimeDep, _caller: CallerDep) -> Response:
     created = int(time.time())
     data = [
@@ -135,7 +184,22 @@ async def list_models(runtime: RuntimeDep, _caller: CallerDep) -> Response:
     return Response(orjson.dumps({"object": "list", "data": data}), media_type=_JSON)
 
 
-@router.post("/embeddings")
+@router.post(
+    "/embeddings",
+    operation_id="createEmbedding",
+    response_model=None,
+    responses={
+        200: ok(EmbeddingList, "One vector per input, in order"),
+        **errors(
+            *MODEL_CALL_ERRORS,
+            described={
+                400: "Invalid request, or the model does not make embeddings",
+                404: "No model or agent of that name",
+            },
+        ),
+    },
+    openapi_extra=SECURED,
+)
 async def embeddings(
     payload: EmbeddingRequest, request: Request, runtime: RuntimeDep, caller: CallerDep
 ) -> Response:
@@ -151,10 +215,11 @@ async def embeddings(
         info=request_info(request),
     )
     result = await runtime.embed(call, inputs)
+    encode = _base64_floats if payload.encoding_format == "base64" else None
     body = {
         "object": "list",
         "data": [
-            {"object": "embedding", "index": i, "embedding": v}
+            {"object": "embedding", "index": i, "embedding": encode(v) if encode else v}
             for i, v in enumerate(result.vectors)
         ],
         "model": result.model,

@@ -1,15 +1,33 @@
-"""Request bodies. Unknown OpenAI fields are kept (``extra="allow"``) and passed upstream."""
+"""Request and response bodies.
+
+Requests are validated: unknown OpenAI fields are kept (``extra="allow"``) and passed
+upstream. Responses are only described, for the OpenAPI schema (``api/openapi.py``): the
+handlers write their bodies themselves and nothing validates them on the way out.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    StrictBool,
+    StrictFloat,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 
 SESSION_ID_PATTERN = r"^[A-Za-z0-9_\-.:]{1,64}$"
 MAX_JSON_DEPTH = 128
-_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
+INT_MIN, INT_MAX = -(2**63), 2**64 - 1
+"""The integers every encoder takes (orjson: int64 and uint64)."""
 
 
 def _json_problem(value: Any) -> str | None:
@@ -19,9 +37,7 @@ def _json_problem(value: Any) -> str | None:
                 value.encode("utf-8")
             except UnicodeEncodeError:
                 return "is not valid Unicode (it has an unpaired surrogate, such as \\ud800)"
-    elif (
-        isinstance(value, int) and not isinstance(value, bool) and not _INT_MIN <= value <= _INT_MAX
-    ):
+    elif isinstance(value, int) and not isinstance(value, bool) and not INT_MIN <= value <= INT_MAX:
         return "is an integer outside the 64-bit range"
     return None
 
@@ -61,6 +77,18 @@ def check_json_body(data: Any) -> Any:
     return data
 
 
+def _integral(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+Integral = BeforeValidator(_integral)
+"""With ``Strict()``: an integer as JSON Schema means it, ``2`` or ``2.0``, never ``true``
+or ``"2"``. It goes after the bounds in ``Annotated`` for them to reach the schema."""
+
+
+_TokenCount = Annotated[int, Strict(), Field(ge=1, le=1_000_000), Integral]
+
+
 class _Open(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -94,13 +122,14 @@ class ChatCompletionRequest(_Request):
     messages: list[Message] = Field(min_length=1, max_length=10_000)
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, ge=0, le=1)
-    max_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
-    max_completion_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
-    n: int | None = Field(default=None, ge=1, le=10)
+    # Numbers as the schema says: lax pydantic would also take true as 1 and "0.5" as 0.5.
+    temperature: StrictFloat | None = Field(default=None, ge=0, le=2)
+    top_p: StrictFloat | None = Field(default=None, ge=0, le=1)
+    max_tokens: _TokenCount | None = None
+    max_completion_tokens: _TokenCount | None = None
+    n: Annotated[int, Strict(), Field(ge=1, le=10), Integral] | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: Annotated[int, Strict(), Field(ge=INT_MIN, le=INT_MAX), Integral] | None = None
     user: str | None = Field(default=None, max_length=256)
 
     def provider_body(self) -> dict[str, Any]:
@@ -110,14 +139,25 @@ class ChatCompletionRequest(_Request):
 
 class EmbeddingRequest(_Request):
     model: str = Field(min_length=1, max_length=200)
-    input: str | list[str] = Field(min_length=1)
+    input: str | list[str] = Field(
+        min_length=1,
+        # what min_length checks, per branch: the generated schema applies it to strings only
+        json_schema_extra={
+            "anyOf": [
+                {"type": "string", "minLength": 1},
+                {"type": "array", "items": {"type": "string"}, "minItems": 1},
+            ]
+        },
+    )
     encoding_format: Literal["float", "base64"] | None = None
 
 
 class AgentChatRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    message: str = Field(min_length=1, max_length=100_000)
+    message: str = Field(  # the pattern says for the schema what _no_nul checks
+        min_length=1, max_length=100_000, json_schema_extra={"pattern": "^[^\\x00]*$"}
+    )
     session_id: str | None = Field(default=None, pattern=SESSION_ID_PATTERN)
     agent: str | None = Field(default=None, min_length=1, max_length=200)
 
@@ -137,3 +177,183 @@ class AgentChatRequest(BaseModel):
 
 class TaskRequest(AgentChatRequest):
     pass
+
+
+# -- Responses ----------------------------------------------------------------------------
+# OpenAI's shapes are open (``_Open``): upstream answers pass through with their own fields.
+
+
+class ErrorDetail(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """Every error, on every route, in OpenAI's format."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    error: ErrorDetail
+
+
+class CompletionUsage(_Open):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ChatCompletionMessage(_Open):
+    role: str
+    content: str | None = None
+
+
+class ChatCompletionChoice(_Open):
+    index: int
+    message: ChatCompletionMessage
+    finish_reason: str | None = None
+
+
+class ChatCompletion(_Open):
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[ChatCompletionChoice]
+    usage: CompletionUsage | None = None
+
+
+class ChunkDelta(_Open):
+    role: str | None = None
+    content: str | None = None
+
+
+class ChatCompletionChunkChoice(_Open):
+    index: int
+    delta: ChunkDelta
+    finish_reason: str | None = None
+
+
+class ChatCompletionChunk(_Open):
+    """One `data:` event of a streamed answer; with `include_usage`, the last one carries
+    only `usage`."""
+
+    id: str
+    object: Literal["chat.completion.chunk"]
+    created: int
+    model: str
+    choices: list[ChatCompletionChunkChoice]
+    usage: CompletionUsage | None = None
+
+
+class ModelCard(_Open):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+
+
+class ModelList(_Open):
+    object: Literal["list"]
+    data: list[ModelCard]
+
+
+class EmbeddingUsage(_Open):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class Embedding(_Open):
+    object: Literal["embedding"]
+    index: int
+    embedding: list[float] | str = Field(
+        description="floats, or with encoding_format=base64 their little-endian float32 bytes"
+    )
+
+
+class EmbeddingList(_Open):
+    object: Literal["list"]
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage
+
+
+class AgentChatResponse(BaseModel):
+    response: str
+    session_id: str
+    agent: str
+    model: str = Field(description="the configured model that answered")
+    usage: CompletionUsage
+    cost_usd: float
+    request_id: str
+    fallback_level: str = Field(description="primary, deployment, model, rules or static")
+    quality_score: float
+
+
+class TaskAccepted(BaseModel):
+    task_id: str
+    status: Literal["queued"]
+
+
+class TaskError(BaseModel):
+    message: str
+    type: str
+    code: str | None
+    param: str | SkipJsonSchema[None] = None
+
+
+class TaskStatus(BaseModel):
+    task_id: str
+    status: Literal["queued", "running", "succeeded", "failed"]
+    agent: str
+    attempts: int = Field(description="attempts that ended (succeeded or failed)")
+    deliveries: int = Field(description="times a worker took the task up")
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    result: AgentChatResponse | SkipJsonSchema[None] = None
+    error: TaskError | SkipJsonSchema[None] = None
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    """`ready` when every check passes; more figures (such as `records_pending`) may
+    appear next to the checks."""
+
+    model_config = ConfigDict(extra="allow")
+
+    ready: bool
+    checks: dict[str, bool]
+
+
+class BreakerSnapshot(_Open):
+    state: Literal["closed", "open", "half_open"]
+    consecutive_failures: int
+    window_calls: int
+    window_failures: int
+    opened_at: float
+
+
+class DeploymentStatus(BaseModel):
+    name: str
+    provider: str
+    weight: float
+    outstanding: int
+    retries_refused_by_budget: int
+    breaker: BreakerSnapshot | None
+
+
+class ModelStatus(BaseModel):
+    balancing: str
+    fallbacks: list[str]
+    deployments: list[DeploymentStatus]
+
+
+class BreakerReport(BaseModel):
+    models: dict[str, ModelStatus]

@@ -53,13 +53,20 @@ class TaskInfo:
     def of(cls, row: Task) -> TaskInfo:
         return cls(
             row.id, row.status, row.agent, row.payload, row.result, row.error, row.attempts,
-            row.key_id, row.request_id, row.created_at, row.started_at, row.finished_at,
-            row.claim_token, row.deliveries,
+            row.key_id, row.request_id, _utc(row.created_at), _utc(row.started_at),
+            _utc(row.finished_at), row.claim_token, row.deliveries,
         )  # fmt: skip
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _utc(moment: Any) -> Any:
+    """Times are stored in UTC; SQLite hands them back without their zone."""
+    if isinstance(moment, datetime) and moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment
 
 
 class TaskStore:
