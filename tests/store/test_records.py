@@ -243,3 +243,27 @@ async def test_the_backlog_is_bounded_and_overflows_to_disk(db: Database, tmp_pa
     assert writer.healthy
     ids = await stored(db, "SELECT record_id FROM requests")
     assert len(ids) == len(set(ids)) == 1000
+
+
+async def test_two_writers_on_one_spool_replay_each_file_once(db: Database, tmp_path: Path) -> None:
+    """Processes sharing a data directory (``serve --workers N``, a worker beside the API)
+    drain the same spool: each file is replayed by one of them."""
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    for n in range(4):
+        rows = [orjson.dumps(record(10 * n + i)) for i in range(3)]
+        rows.append(orjson.dumps(record(99, model=None)))  # refused: dead-lettered once
+        (spool / f"records-2026010{n}T000000000000.jsonl").write_bytes(b"\n".join(rows))
+    first = writer_for(db, tmp_path, flush_interval_s=0.01)
+    second = writer_for(db, tmp_path, flush_interval_s=0.01)
+    await asyncio.gather(first.start(), second.start())
+
+    async def replayed() -> bool:
+        return not list(spool.glob("*.jsonl"))
+
+    await poll(replayed, what="the spool replay")
+    await asyncio.gather(first.aclose(), second.aclose())
+    assert len(await stored(db)) == 12
+    assert first.dead_lettered + second.dead_lettered == 4
+    dead = (tmp_path / "dead-letter" / "records.jsonl").read_bytes().splitlines()
+    assert len(dead) == 4

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import hashlib
 import os
 import secrets
@@ -29,7 +30,7 @@ from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 import structlog
@@ -347,17 +348,22 @@ class RecordWriter:
         return files
 
     async def _drain_one_spool_file(self) -> None:
-        """Replay the oldest spool file; raises (keeping the file) if the store cannot take
-        it. A replay interrupted half-way is harmless: stored record ids are skipped."""
-        files = self._count_spooled()
-        if not files:
+        """Replay the oldest spool file no other process is replaying; raises (keeping the
+        file) if the store cannot take it. A replay interrupted half-way is harmless:
+        stored record ids are skipped."""
+        for path in self._count_spooled():
+            claimed = _claim(path)
+            if claimed is None:
+                continue  # another process of this data directory (a worker, --workers N)
+            try:
+                await self._replay(path, claimed)
+            finally:
+                claimed.close()
+            self._count_spooled()
             return
-        path = files[0]
-        try:
-            lines = (await asyncio.to_thread(path.read_bytes)).splitlines()
-        except FileNotFoundError:  # another process of this data directory drained it
-            return
-        lines = [line for line in lines if line.strip()]
+
+    async def _replay(self, path: Path, handle: BinaryIO) -> None:
+        lines = [line for line in (await asyncio.to_thread(handle.read)).splitlines() if line]
         rows: list[dict[str, Any]] = []
         for number, line in enumerate(lines, 1):
             try:
@@ -372,8 +378,8 @@ class RecordWriter:
         for start in range(0, len(rows), self._batch_size):
             async with self._lock:
                 await self._write(rows[start : start + self._batch_size])
-        path.unlink(missing_ok=True)
-        self._count_spooled()
+        # while still holding the lock, so no one replays it again
+        await asyncio.to_thread(path.unlink, True)
         log.info("records_replayed", path=str(path), count=len(rows))
 
     async def aclose(self) -> None:
@@ -393,6 +399,24 @@ class RecordWriter:
             path = self._write_spool(rows)
             log.error("records_spooled", error_type=_error_name(exc), count=len(rows),
                       path=str(path))  # fmt: skip
+
+
+def _claim(path: Path) -> BinaryIO | None:
+    """The file, opened and locked for this process; None if another holds it or has
+    already replayed it. The lock goes with the process, so a replayer killed half-way
+    leaves the file to the next one."""
+    try:
+        handle = path.open("rb")
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if os.stat(path).st_ino != os.fstat(handle.fileno()).st_ino:
+            raise FileNotFoundError(path)  # replayed and removed while we waited
+    except (BlockingIOError, FileNotFoundError):
+        handle.close()
+        return None
+    return handle
 
 
 def _count_lines(path: Path) -> int:
