@@ -20,12 +20,11 @@ from guarita.agents import AgentService
 from guarita.auth import Authenticator
 from guarita.backends import redis as redis_backend
 from guarita.backends.tasks import LocalTaskQueue, Outcome, TaskExecutor, TaskQueue
-from guarita.errors import ModelNotFound
 from guarita.pipeline import Next, compose
 from guarita.pipeline.account import Accounting
 from guarita.pipeline.provider_call import ProviderCall
 from guarita.pipeline.record import Recording
-from guarita.providers.base import Embeddings, ProviderRegistry
+from guarita.providers.base import ProviderRegistry
 from guarita.resilience.breaker import BreakerStore, MemoryBreakerStore, RedisBreakerStore
 from guarita.resilience.build import build_groups
 from guarita.resilience.fallback import FallbackChain
@@ -40,7 +39,6 @@ from guarita.telemetry import events
 from guarita.telemetry.metrics import Metrics
 from guarita.telemetry.prices import Price, price_for
 from guarita.telemetry.tracing import Tracing
-from guarita.types import Call, Reply
 
 log = structlog.get_logger("guarita.runtime")
 
@@ -217,23 +215,6 @@ class Runtime:
         if self.role == "worker":
             await self.records.flush()  # a worker may be killed any time after this
         return outcome
-
-    async def embed(self, call: Call, inputs: list[str]) -> Embeddings:
-        """Embeddings do not go through the chat pipeline, but are costed and recorded alike."""
-        group = self.models.get(call.model)
-        if group is None:
-            raise ModelNotFound(f"model {call.model!r} does not exist", param="model")
-        provider = group.order()[0].provider
-        self.recording.begin()
-        try:
-            result = await provider.embed(inputs)
-        except BaseException as exc:
-            self.recording.finish(call, None, exc)
-            raise
-        reply = Reply(model=result.model, provider=provider.name, usage=result.usage, finished=True)
-        reply.cost_usd = self.prices[call.model].cost(result.usage)
-        self.recording.finish(call, reply, None)
-        return result
 
     async def readiness(self) -> dict[str, Any]:
         checks: dict[str, bool] = {"store": await self.db.ping()}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 Chunk = dict[str, Any]
 """One OpenAI ``chat.completion.chunk`` object."""
@@ -34,6 +34,18 @@ class Usage:
         return cls(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
 
 
+@dataclass(slots=True)
+class Embeddings:
+    """A provider's vectors, one per input, in input order."""
+
+    vectors: list[list[float]]
+    usage: Usage
+    model: str
+
+
+Operation = Literal["chat", "embeddings"]
+
+
 @dataclass(slots=True, frozen=True)
 class Caller:
     """The authenticated identity behind a call; ``key_id`` is None for anonymous local use."""
@@ -49,10 +61,11 @@ class Caller:
 
 @dataclass(slots=True)
 class Call:
-    """One model call: an OpenAI-shaped chat request plus the context it runs in.
+    """One model call: an OpenAI-shaped request plus the context it runs in.
 
-    ``body`` is the request minus ``model`` and ``stream``: the fields a provider sends on.
-    ``info`` collects what the per-request log line and the request record report.
+    ``body`` is the request minus ``model`` and ``stream``: the fields a provider sends on
+    (for ``operation="embeddings"``: ``{"input": [str, ...]}``). ``info`` collects what the
+    per-request log line and the request record report.
     """
 
     request_id: str
@@ -63,6 +76,7 @@ class Call:
     include_usage: bool = False
     agent: str | None = None
     endpoint: str = "chat.completions"
+    operation: Operation = "chat"
     session_id: str | None = None
     deadline: float | None = None
     """When the whole call must be over, in ``time.monotonic()`` seconds."""
@@ -71,8 +85,14 @@ class Call:
 
     @property
     def messages(self) -> list[dict[str, Any]]:
-        messages: list[dict[str, Any]] = self.body["messages"]
+        messages: list[dict[str, Any]] = self.body.get("messages") or []
         return messages
+
+    @property
+    def inputs(self) -> list[str]:
+        """The texts of an embeddings call."""
+        inputs: list[str] = self.body["input"]
+        return inputs
 
 
 @dataclass(slots=True)
@@ -121,6 +141,7 @@ class Reply:
     deployment: str | None = None
     fallback_level: str = "primary"
     quality: float = 1.0
+    embeddings: Embeddings | None = None
 
     @property
     def is_stream(self) -> bool:
@@ -164,6 +185,12 @@ class Reply:
         finally:
             self.text = "".join(parts)
             self.finish(error)
+
+    @classmethod
+    def embedded(cls, provider: str, embeddings: Embeddings) -> Reply:
+        """The answer of an embeddings call."""
+        return cls(model=embeddings.model, provider=provider, usage=embeddings.usage,
+                   embeddings=embeddings, finished=True)  # fmt: skip
 
     @classmethod
     def complete(cls, provider: str, completion: Completion) -> Reply:

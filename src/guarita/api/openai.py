@@ -198,7 +198,7 @@ async def list_models(runtime: RuntimeDep, _caller: CallerDep) -> Response:
             },
         ),
     },
-    openapi_extra=SECURED,
+    openapi_extra={**SECURED, "parameters": [DEADLINE_HEADER]},
 )
 async def embeddings(
     payload: EmbeddingRequest, request: Request, runtime: RuntimeDep, caller: CallerDep
@@ -208,13 +208,17 @@ async def embeddings(
     call = Call(
         request_id=request_id(request),
         model=model,
-        body={},
+        body={"input": inputs},
         caller=caller,
         agent=agent,
         endpoint="embeddings",
+        operation="embeddings",
         info=request_info(request),
+        deadline=runtime.deadline(model, agent, requested_deadline_ms(request)),
     )
-    result = await runtime.embed(call, inputs)
+    reply = await runtime.pipeline(call)
+    result = reply.embeddings
+    assert result is not None
     encode = _base64_floats if payload.encoding_format == "base64" else None
     body = {
         "object": "list",

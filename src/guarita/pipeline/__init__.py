@@ -1,7 +1,8 @@
 """The call pipeline: small stages, each ``async (call, next) -> Reply``, composed in order.
 
-Every model call (``/v1/chat/completions``, ``/api/chat``, a task) goes through the same
-pipeline; a capability is switched on by adding its stage, not by branches in handlers.
+Every model call (``/v1/chat/completions``, ``/v1/embeddings``, ``/api/chat``, a task) goes
+through the same pipeline; a capability is switched on by adding its stage, not by branches
+in handlers. No handler calls a provider or a stage by hand.
 """
 
 from __future__ import annotations

@@ -37,8 +37,8 @@ class ProviderCall:
         if self._tracer is None:
             reply: Reply = await group(call)
             return reply
-        span = self._tracer.start_span(f"chat {call.model}", kind=trace.SpanKind.CLIENT)
-        span.set_attribute("gen_ai.operation.name", "chat")
+        span = self._tracer.start_span(f"{call.operation} {call.model}", kind=trace.SpanKind.CLIENT)
+        span.set_attribute("gen_ai.operation.name", call.operation)
         span.set_attribute("gen_ai.system", group.primary.provider.name)
         span.set_attribute("gen_ai.request.model", call.model)
         for field, attribute in _REQUEST_ATTRIBUTES.items():

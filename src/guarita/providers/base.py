@@ -9,19 +9,11 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from guarita.errors import ConfigError, UnsupportedOperation
 from guarita.settings import ModelSettings
-from guarita.types import Call, Chunk, Completion, Usage
-
-
-@dataclass(slots=True)
-class Embeddings:
-    vectors: list[list[float]]
-    usage: Usage
-    model: str
+from guarita.types import Call, Chunk, Completion, Embeddings
 
 
 class Provider(Protocol):

@@ -12,10 +12,10 @@ import random
 from collections.abc import AsyncIterator
 
 from guarita.errors import UpstreamError, UpstreamTimeout, UpstreamTruncated
-from guarita.providers.base import Embeddings, Provider
+from guarita.providers.base import Provider
 from guarita.providers.common import completion_body
 from guarita.settings import ChaosSettings
-from guarita.types import Call, Chunk, Completion, Usage
+from guarita.types import Call, Chunk, Completion, Embeddings, Usage
 
 
 class ChaosProvider:

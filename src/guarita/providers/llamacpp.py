@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from guarita.errors import ConfigError, InvalidRequest, ServiceUnavailable
-from guarita.providers.base import BaseProvider, Embeddings, missing_extra
+from guarita.providers.base import BaseProvider, missing_extra
 from guarita.providers.common import chunk, completion_id, message_text
 from guarita.settings import ModelSettings
-from guarita.types import Call, Chunk, Completion, Usage
+from guarita.types import Call, Chunk, Completion, Embeddings, Usage
 
 _LOADING = threading.Lock()
 """Loads swap the process-wide ``sys.stderr`` for a moment: one at a time."""

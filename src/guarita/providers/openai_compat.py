@@ -11,10 +11,10 @@ from collections.abc import AsyncIterator
 import orjson
 
 from guarita.errors import UpstreamError, UpstreamTruncated
-from guarita.providers.base import BaseProvider, Embeddings
+from guarita.providers.base import BaseProvider
 from guarita.providers.http import UpstreamClient, api_key_from_env, sse_data
 from guarita.settings import ModelSettings
-from guarita.types import Call, Chunk, Completion, Usage
+from guarita.types import Call, Chunk, Completion, Embeddings, Usage
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 

@@ -24,10 +24,10 @@ from guarita.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from guarita.providers.base import BaseProvider, Embeddings
+from guarita.providers.base import BaseProvider
 from guarita.providers.common import chunk, completion_body, completion_id, message_text
 from guarita.settings import ModelSettings
-from guarita.types import Call, Chunk, Completion, Usage
+from guarita.types import Call, Chunk, Completion, Embeddings, Usage
 
 _ERRORS: dict[str, type[GuaritaError]] = {
     "upstream": UpstreamError,

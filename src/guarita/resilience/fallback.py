@@ -85,6 +85,8 @@ class FallbackChain:
             if isinstance(exc, InvalidRequest) and not is_context_error(exc):
                 raise
             error: GuaritaError = exc
+        if call.operation != "chat":
+            raise error  # fallback models, rules and static answers are chat answers
         for name in self._candidates(call, error):
             if _expired(call.deadline):
                 break

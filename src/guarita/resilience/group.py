@@ -169,7 +169,11 @@ class ModelGroup:
         started = time.monotonic()
         deployment.outstanding += 1
         try:
-            if call.stream:
+            if call.operation == "embeddings":
+                reply = Reply.embedded(
+                    deployment.provider.name, await deployment.provider.embed(call.inputs)
+                )
+            elif call.stream:
                 reply = await self._open_stream(deployment, call)
             else:
                 reply = Reply.complete(
@@ -186,6 +190,9 @@ class ModelGroup:
             )
             return reply
         deployment.outstanding -= 1
+        if reply.embeddings is not None:  # vectors have no text to judge
+            await self._record(deployment, ok=True)
+            return reply
         latency_ms = (time.monotonic() - started) * 1000
         verdict = judge(
             call, reply.text, reply.finish_reason, latency_ms, self._quality, self._scorer
