@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import re
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from guarita.auth import Authenticator
 from guarita.errors import AuthenticationFailed
 from guarita.settings import AuthSettings
 from guarita.store.database import Database
-from guarita.store.keys import KeyStore
+from guarita.store.keys import KeyStore, RevocationWatch
+from tests.helpers import GuaritaServer, wait_until
 
 
 @pytest.fixture
@@ -56,3 +61,61 @@ async def test_development_mode_allows_only_localhost_without_a_key(keys: KeySto
 async def test_keys_are_stored_hashed(keys: KeyStore, tmp_path: Path) -> None:
     secret, _ = await keys.create("svc", "free")
     assert secret.encode() not in (tmp_path / "k.db").read_bytes()
+
+
+async def test_a_revocation_elsewhere_empties_the_cache(keys: KeyStore, tmp_path: Path) -> None:
+    """Another process (the CLI, another API process) revokes: this one's cached lookup is
+    dropped by its watch, well before the cache TTL (60 s here)."""
+    secret, info = await keys.create("svc", "pro")
+    auth = Authenticator(keys, AuthSettings())
+    await auth.authenticate(f"Bearer {secret}", None)  # cached now
+    elsewhere = Database(f"sqlite+aiosqlite:///{tmp_path / 'k.db'}")
+    watch = RevocationWatch(keys, interval_s=0.05)
+    await watch.start()
+    try:
+        await asyncio.sleep(0.1)  # the watch has read the mark before the revocation
+        assert await KeyStore(elsewhere).revoke(info.id)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                await auth.authenticate(f"Bearer {secret}", None)
+            except AuthenticationFailed:
+                break
+            assert time.monotonic() < deadline, "the revocation never reached this process"
+            await asyncio.sleep(0.02)
+    finally:
+        await watch.aclose()
+        await elsewhere.aclose()
+
+
+@pytest.mark.slow
+def test_a_key_revoked_by_the_cli_stops_working_on_every_process(tmp_path: Path) -> None:
+    """Two API processes with the default 30 s key cache: both refuse a key the CLI
+    revoked, within ``auth.revocation_check_s``."""
+    config = {
+        "models": {"m": {"provider": "scripted"}},
+        "agents": {"a": {"model": "m"}},
+        "default_agent": "a",
+    }
+    server = GuaritaServer(tmp_path, config, workers=2)
+    created = server.cli("keys", "create", "--name", "to-revoke", "--tier", "pro")
+    secret = created.stdout.strip()
+    key_id = re.search(r"created key (key_[0-9a-f]+)", created.stderr)
+    assert key_id is not None
+    server.start()
+    headers = {"authorization": f"Bearer {secret}", "connection": "close"}
+    try:
+        for _ in range(20):  # new connections: both processes answer and cache the key
+            assert httpx.get(server.base_url + "/v1/models", headers=headers).status_code == 200
+        server.cli("keys", "revoke", key_id.group(1))
+
+        def refused_everywhere() -> bool:
+            codes = {
+                httpx.get(server.base_url + "/v1/models", headers=headers).status_code
+                for _ in range(20)
+            }
+            return codes == {401}
+
+        wait_until(refused_everywhere, timeout=10, what="every process to refuse the key")
+    finally:
+        server.stop()

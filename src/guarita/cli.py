@@ -104,8 +104,8 @@ def worker(
     ] = None,
 ) -> None:
     """Run a Celery worker for agent tasks (scale-out mode: task_queue = celery)."""
-    from guarita.backends.celery_tasks import run_worker
     from guarita.telemetry.logging import configure_logging
+    from guarita.worker import run_worker
 
     settings = _settings()
     if settings.task_queue != "celery":
@@ -189,7 +189,7 @@ def keys_list(
 
 @keys_app.command("revoke")
 def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (key_…).")]) -> None:
-    """Revoke a key: it stops working within the key cache TTL (30 s by default)."""
+    """Revoke a key: every API process refuses it within `auth.revocation_check_s` (0.5 s)."""
     if not _with_keys(lambda keys: keys.revoke(key_id)):
         err.print(f"[red]error:[/red] no active key {key_id}", highlight=False)
         raise typer.Exit(1)

@@ -31,7 +31,7 @@ from guarita.resilience.fallback import FallbackChain
 from guarita.resilience.group import ModelGroup
 from guarita.settings import Settings
 from guarita.store.database import Database
-from guarita.store.keys import KeyStore
+from guarita.store.keys import KeyStore, RevocationWatch
 from guarita.store.records import RecordWriter
 from guarita.store.sessions import SessionStore, SqlSessionStore
 from guarita.store.tasks import TaskInfo, TaskStore
@@ -64,6 +64,7 @@ class Runtime:
             settings.events, settings.redis_url, on_drop=self.metrics.events_dropped.inc
         )
         self.keys = KeyStore(self.db, cache_ttl_s=settings.auth.key_cache_ttl_s)
+        self.revocations = RevocationWatch(self.keys, interval_s=settings.auth.revocation_check_s)
         self.auth = Authenticator(self.keys, settings.auth)
         self.records = RecordWriter(
             self.db,
@@ -181,6 +182,8 @@ class Runtime:
                 await deployment.provider.start()
         if self.role == "api":
             await self.tasks.start()
+            if self.settings.auth.enabled:
+                await self.revocations.start()
         log.info("runtime_started", role=self.role, models=sorted(self.models),
                  store=self.db.engine.url.render_as_string(hide_password=True),
                  shared_state="redis" if self.redis is not None else "in-process",
@@ -235,6 +238,7 @@ class Runtime:
 
     async def aclose(self) -> None:
         if self.role == "api":
+            await self.revocations.aclose()
             await self.tasks.aclose()
         await self.records.aclose()
         await self.events.aclose()

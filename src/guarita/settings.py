@@ -203,6 +203,12 @@ class AuthSettings(_Strict):
         description="Development only: callers on 127.0.0.1/::1 need no key.",
     )
     key_cache_ttl_s: float = Field(default=30.0, ge=0)
+    revocation_check_s: float = Field(
+        default=0.5,
+        gt=0,
+        description="How often each process checks the store for revoked keys; a revocation "
+        "takes effect everywhere within this.",
+    )
 
 
 class StoreSettings(_Strict):

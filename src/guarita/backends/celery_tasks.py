@@ -4,20 +4,19 @@ Delivery is at least once: messages are acknowledged only after the task ran
 (``acks_late``), a worker lost mid-task gets its message requeued
 (``reject_on_worker_lost``; with a Redis broker, after ``visibility_timeout``), and the
 store's claim/lease protocol (``store/tasks.py``) makes a redelivered or duplicated
-message harmless: a task is finished once. Each worker process runs one asyncio loop in
-a thread, shared by the pool's threads, and one :class:`~guarita.runtime.Runtime`.
+message harmless: a task is finished once. The worker process itself (its runtime and
+event loop) is ``guarita/worker.py``; this module knows nothing of the runtime, so the
+runtime can use it without an import cycle.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import threading
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
-from guarita.backends.tasks import TaskSweeper
+from guarita.backends.tasks import Outcome, TaskSweeper
 from guarita.providers.base import missing_extra
 from guarita.settings import Settings
 from guarita.store.tasks import TaskInfo, TaskStore
@@ -53,11 +52,17 @@ def make_celery(settings: Settings) -> Any:
 
 
 def _run_task(self: Any, task_id: str, trace_context: dict[str, str] | None = None) -> str:
-    worker: WorkerContext = self.app.guarita_worker
+    worker: TaskWorker = self.app.guarita_worker
     outcome = worker.execute(task_id, trace_context)
     if outcome.kind in ("retry", "busy"):
         raise self.retry(countdown=outcome.delay_s)
     return str(outcome.kind)
+
+
+class TaskWorker(Protocol):
+    """What a worker process offers the Celery task (``guarita.worker.WorkerContext``)."""
+
+    def execute(self, task_id: str, trace_context: dict[str, str] | None) -> Outcome: ...
 
 
 class CeleryTaskQueue:
@@ -96,54 +101,3 @@ class CeleryTaskQueue:
 
     async def aclose(self) -> None:
         await self._sweeper.aclose()
-
-
-class WorkerContext:
-    """A worker process's runtime and its event loop, running in a background thread."""
-
-    def __init__(self, settings: Settings) -> None:
-        from guarita.runtime import Runtime
-
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self.loop.run_forever, name="guarita-loop", daemon=True
-        )
-        self._thread.start()
-        self.runtime = Runtime(settings, role="worker")
-        self._call(self.runtime.start())
-
-    def _call(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
-
-    def execute(self, task_id: str, trace_context: dict[str, str] | None) -> Any:
-        return self._call(self.runtime.execute_task(task_id, trace_context))
-
-    def close(self) -> None:
-        self._call(self.runtime.aclose())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=10)
-
-
-def run_worker(
-    settings: Settings,
-    *,
-    concurrency: int | None = None,
-    loglevel: str = "INFO",
-    metrics_port: int | None = None,
-) -> None:
-    """``guarita worker``: a Celery worker (thread pool) running agent tasks; with
-    ``metrics_port``, its Prometheus metrics on that port (also a liveness probe)."""
-    app = make_celery(settings)
-    app.guarita_worker = WorkerContext(settings)
-    if metrics_port is not None:
-        from prometheus_client import start_http_server
-
-        start_http_server(metrics_port, registry=app.guarita_worker.runtime.metrics.registry)
-    try:
-        app.worker_main([
-            "worker", "--pool=threads", f"--concurrency={concurrency or settings.tasks.workers}",
-            f"--loglevel={loglevel}", "-Q", settings.tasks.queue, "-n", f"guarita-{os.getpid()}@%h",
-            "--without-gossip", "--without-mingle", "--without-heartbeat",
-        ])  # fmt: skip
-    finally:
-        app.guarita_worker.close()

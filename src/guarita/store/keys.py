@@ -2,23 +2,30 @@
 
 Keys are 256-bit random tokens, so a fast hash is enough (no password stretching); the
 lookup cache keeps authentication off the database for all but the first call of a key
-in each ``ttl`` window.
+in each ``ttl`` window. A revocation made anywhere (the CLI, another API process) empties
+every process's cache within ``revocation_check_s``: :class:`RevocationWatch` asks the
+store for its revocation mark (a count and the latest time, one small query) that often.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import secrets
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import select, update
+import structlog
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import SQLAlchemyError
 
 from guarita.store.database import Database
 from guarita.store.models import ApiKey
 
 KEY_PREFIX = "gua_"
+log = structlog.get_logger("guarita.keys")
 
 
 @dataclass(slots=True, frozen=True)
@@ -75,6 +82,22 @@ class KeyStore:
         self._cache.clear()
         return bool(getattr(result, "rowcount", 0))
 
+    def invalidate(self) -> None:
+        """Forget every cached lookup (a key was revoked somewhere)."""
+        self._cache.clear()
+
+    async def revocation_mark(self) -> tuple[int, datetime | None]:
+        """Changes whenever a key is revoked: how many are, and the latest revocation."""
+        async with self._db.sessions() as session:
+            row = (
+                await session.execute(
+                    select(func.count(ApiKey.id), func.max(ApiKey.revoked_at)).where(
+                        ApiKey.revoked_at.is_not(None)
+                    )
+                )
+            ).one()
+        return int(row[0]), row[1]
+
     async def lookup(self, plaintext: str) -> KeyInfo | None:
         """The active key for a presented secret, or None."""
         digest = hash_key(plaintext)
@@ -89,3 +112,37 @@ class KeyStore:
             self._cache.clear()
         self._cache[digest] = (now + self._ttl, info)
         return info
+
+
+class RevocationWatch:
+    """Empties the key cache when the store's revocation mark moves: a key revoked by the
+    CLI or another process stops working here within ``interval_s``, not the cache TTL."""
+
+    def __init__(self, keys: KeyStore, *, interval_s: float) -> None:
+        self._keys = keys
+        self._interval = interval_s
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="key-revocations")
+
+    async def _run(self) -> None:
+        mark: tuple[int, datetime | None] | None = None
+        while True:
+            try:
+                current = await self._keys.revocation_mark()
+            except (SQLAlchemyError, OSError) as exc:
+                # the store is away: keys cannot be revoked there either; look again later
+                log.warning("key_revocation_check_failed", error_type=type(exc).__name__)
+            else:
+                if mark is not None and current != mark:
+                    self._keys.invalidate()
+                    log.info("key_cache_invalidated", revoked_keys=current[0])
+                mark = current
+            await asyncio.sleep(self._interval)
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
