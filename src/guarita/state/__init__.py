@@ -1,0 +1,246 @@
+"""The shared-state layer: what several API processes must agree on (limits, budgets,
+invalidation), behind one small protocol with an in-process and a Redis implementation.
+
+The model, in four parts (``docs/shared-state.md`` has the guarantees and the Redis keys):
+
+* **Counters in windows.** A :class:`Limit` names a counter, its capacity and its window:
+  fixed windows aligned to the state's clock (``"minute"``, ``"hour"``, a UTC ``"day"``, a
+  UTC calendar ``"month"``, or any whole number of seconds), or ``"concurrent"`` (in-flight
+  holds, no window). In its current window a counter has ``used`` (settled) and ``held``
+  (the sum of live reservations). For Redis the clock is the server's ``TIME``, so
+  processes never disagree about where a window starts.
+* **Reservations.** :meth:`Reservations.reserve` admits a reservation only if, for every
+  limit, ``used + held + amount <= capacity`` — checked and applied for all limits at once,
+  or for none. A reservation has an id and an expiry: a hold that is neither settled nor
+  released stops counting after ``ttl_s`` by itself, so a killed process leaks nothing.
+  :meth:`~Reservations.settle` turns a hold into usage with the real amounts;
+  :meth:`~Reservations.release` drops it. Both act once per reservation id: a second call,
+  or one after the expiry, changes nothing and returns ``False``. Holds and usage belong
+  to the window in which the reservation was admitted (a call counts when it is made): a
+  new window starts empty, and settling a reservation of a past window does not charge
+  the new one.
+* **Values.** Bytes with an optional TTL, and integer counters (``incr``).
+* **Broadcast.** ``publish`` / ``subscribe`` for invalidation (Redis pub/sub, or an
+  in-process broadcast). Delivery is at most once, to subscribers present at the time;
+  a consumer keeps a TTL as the backstop.
+
+Amounts are kept as integers in millionths (:data:`UNITS_PER_ONE`) in both
+implementations, so that a budget in USD sums exactly (twenty reservations of $0.05 fill
+$1.00 exactly, and reserved minus settled returns to exactly 0, which floating-point sums
+in Redis's ``INCRBYFLOAT`` would not promise).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Literal, Protocol, Self
+
+Window = Literal["minute", "hour", "day", "month", "concurrent"] | int
+"""A named window, ``"concurrent"`` (holds only), or a fixed window of that many seconds."""
+
+NAMED_WINDOWS_S = {"minute": 60, "hour": 3600, "day": 86400}
+"""Fixed windows by name, in seconds; aligned to the epoch, so a ``"day"`` is a UTC day."""
+
+UNITS_PER_ONE = 1_000_000
+"""Amounts are stored as integer millionths: $0.000001, a millionth of a token."""
+
+MAX_AMOUNT = (2**53 - 1) // UNITS_PER_ONE
+"""The largest capacity or amount: Redis's Lua numbers are doubles, exact up to 2**53."""
+
+
+class ReservationExists(ValueError):
+    """A live reservation already has this id: ids must be unique (use a record id, not a
+    caller-supplied request id, which a client may repeat)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """One counter a reservation must fit in: ``amount`` out of ``capacity`` per window.
+
+    A ``capacity`` of ``None`` (or infinity) admits everything but still counts."""
+
+    counter: str
+    capacity: float | None
+    window: Window
+    amount: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.counter:
+            raise ValueError("a limit needs a counter name")
+        if isinstance(self.window, bool) or (isinstance(self.window, int) and self.window <= 0):
+            raise ValueError(f"window of {self.counter!r} must be a positive number of seconds")
+        if not isinstance(self.window, int) and self.window not in (
+            *NAMED_WINDOWS_S,
+            "month",
+            "concurrent",
+        ):
+            raise ValueError(f"unknown window {self.window!r} for {self.counter!r}")
+        check_amount(self.amount, f"amount of {self.counter!r}")
+        if self.capacity is not None and not math.isinf(self.capacity):
+            check_amount(self.capacity, f"capacity of {self.counter!r}")
+
+    @property
+    def unlimited(self) -> bool:
+        return self.capacity is None or math.isinf(self.capacity)
+
+
+@dataclass(frozen=True, slots=True)
+class CounterState:
+    """A counter in its current window, as the state's clock sees it: what a caller needs
+    for OpenAI's ``x-ratelimit-limit-*``, ``-remaining-*`` and ``-reset-*`` headers."""
+
+    limit: Limit
+    used: float
+    held: float
+    remaining: float
+    """``capacity - used - held``, never below 0; infinity when unlimited."""
+    reset_at: float | None
+    """End of the window, in epoch seconds of the state's clock; ``None`` if concurrent."""
+    reset_after_s: float | None
+    """Seconds until that end, measured on the state's clock (so no skew with Redis)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """The answer to :meth:`Reservations.reserve`.
+
+    When refused, ``refused_by`` is the first limit (in the order given) that did not fit,
+    and ``retry_after_s`` the time until every limit that did not fit may admit it again:
+    the end of its window, or for a ``"concurrent"`` limit the earliest expiry of a hold.
+    ``retry_after_s`` is ``None`` when the amount exceeds a capacity and never fits."""
+
+    allowed: bool
+    reservation_id: str
+    counters: tuple[CounterState, ...]
+    refused_by: str | None = None
+    retry_after_s: float | None = None
+
+
+class Reservations(Protocol):
+    """Atomic check-and-reserve over several counters, settled once per reservation id."""
+
+    async def reserve(
+        self, reservation_id: str, limits: Sequence[Limit], ttl_s: float
+    ) -> Admission:
+        """Hold ``amount`` of every limit for at most ``ttl_s``, or nothing at all.
+
+        Raises :class:`ReservationExists` if the id is held by a live reservation."""
+        ...
+
+    async def settle(self, reservation_id: str, actual: Mapping[str, float] | None = None) -> bool:
+        """Turn the holds into usage: ``actual[counter]``, or the amount reserved for a
+        counter not in ``actual``; ``"concurrent"`` holds are just released. ``False`` if
+        the reservation is unknown, already settled or released, or expired."""
+        ...
+
+    async def release(self, reservation_id: str) -> bool:
+        """Drop the holds without usage (a refused or failed call)."""
+        ...
+
+    async def usage(self, limits: Sequence[Limit]) -> tuple[CounterState, ...]:
+        """The counters of ``limits`` now (their amounts are ignored), for reporting."""
+        ...
+
+
+class Values(Protocol):
+    """Shared values with an optional TTL (cache entries, assignment counters)."""
+
+    async def get(self, key: str) -> bytes | None: ...
+
+    async def set(self, key: str, value: bytes, ttl_s: float | None = None) -> None: ...
+
+    async def incr(self, key: str, by: int = 1, ttl_s: float | None = None) -> int:
+        """Add ``by`` and return the new value; ``ttl_s`` applies if the key has no TTL
+        yet (so a counter created with a TTL keeps its first expiry)."""
+        ...
+
+    async def delete(self, key: str) -> bool: ...
+
+
+class Broadcast(Protocol):
+    """Invalidation by publish: at most once, to the subscribers present at the time."""
+
+    async def publish(self, channel: str, message: bytes) -> int:
+        """Send ``message`` to the channel's subscribers; how many there were."""
+        ...
+
+    def subscribe(self, channel: str) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        """``async with state.subscribe(ch) as messages: async for m in messages: ...``;
+        subscribed once the ``async with`` is entered, so nothing published after is missed."""
+        ...
+
+
+class SharedState(Reservations, Values, Broadcast, Protocol):
+    """Everything that must agree across processes. A component depends on the narrowest
+    part it uses (a budget on :class:`Reservations`, a cache on :class:`Values`)."""
+
+    async def aclose(self) -> None: ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+def check_amount(value: float, what: str) -> None:
+    if not (0 <= value <= MAX_AMOUNT):  # also refuses NaN
+        raise ValueError(f"{what} must be between 0 and {MAX_AMOUNT}, not {value!r}")
+
+
+def check_reservation(reservation_id: str, limits: Sequence[Limit], ttl_s: float) -> None:
+    """What both implementations refuse before touching any state."""
+    if not reservation_id:
+        raise ValueError("a reservation needs an id")
+    if not ttl_s >= 0.001:
+        raise ValueError(f"ttl_s must be at least 1 ms, not {ttl_s!r}")
+    names = [limit.counter for limit in limits]
+    if len(set(names)) != len(names):
+        raise ValueError(f"a reservation names each counter once: {names}")
+
+
+def ttl_ms(ttl_s: float) -> int:
+    return max(1, round(ttl_s * 1000))
+
+
+def to_units(value: float) -> int:
+    return round(value * UNITS_PER_ONE)
+
+
+def from_units(units: int) -> float:
+    return units / UNITS_PER_ONE
+
+
+def settled_units(actual: Mapping[str, float] | None) -> dict[str, int]:
+    """The real amounts of a settlement, checked and in units."""
+    result = {}
+    for counter, value in (actual or {}).items():
+        check_amount(value, f"actual amount of {counter!r}")
+        result[counter] = to_units(value)
+    return result
+
+
+def counter_state(
+    limit: Limit, used: int, held: int, end_ms: int | None, now_ms: int
+) -> CounterState:
+    """A :class:`CounterState` from the units and milliseconds both implementations keep."""
+    capacity = limit.capacity
+    if capacity is None or math.isinf(capacity):
+        remaining = math.inf
+    else:
+        remaining = from_units(max(0, to_units(capacity) - used - held))
+    return CounterState(
+        limit=limit,
+        used=from_units(used),
+        held=from_units(held),
+        remaining=remaining,
+        reset_at=None if end_ms is None else end_ms / 1000,
+        reset_after_s=None if end_ms is None else (end_ms - now_ms) / 1000,
+    )

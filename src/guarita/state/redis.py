@@ -1,0 +1,272 @@
+"""The shared state in Redis, for several API processes (scale-out mode).
+
+Each counter operation is one Lua script (``lua/*.lua``, registered once and run by
+``EVALSHA``), so a check and its writes are atomic with respect to every other process,
+and windows and expiries follow the server's ``TIME``: processes never disagree about
+where a minute ends. Keys (``docs/shared-state.md`` draws them):
+
+* ``{prefix}c:{<counter>}:<window>`` — a counter's hash (window start, used, held, one
+  field per hold) and ``…:x``, its holds by expiry; both expire after the window or the
+  last hold, whichever is later.
+* ``{prefix}r:{<reservation id>}`` — what a reservation holds, until its expiry.
+* ``{prefix}v:<key>`` — values; pub/sub channels are ``{prefix}<channel>``.
+
+A name that carries a Redis hash tag of its own (``{key:k1}:rpm``) keeps it; others are
+wrapped in braces whole, so a counter's two keys share a Cluster slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from importlib.resources import files
+from types import TracebackType
+from typing import Any, Self
+
+from guarita.providers.base import missing_extra
+from guarita.state import (
+    NAMED_WINDOWS_S,
+    Admission,
+    CounterState,
+    Limit,
+    ReservationExists,
+    check_reservation,
+    counter_state,
+    settled_units,
+    to_units,
+    ttl_ms,
+)
+
+SUBSCRIBE_TIMEOUT_S = 10.0
+
+
+def _script(name: str, *, prelude: bool = True) -> str:
+    lua = files("guarita.state") / "lua"
+    body = (lua / f"{name}.lua").read_text()
+    return (lua / "prelude.lua").read_text() + "\n" + body if prelude else body
+
+
+def _tagged(name: str) -> str:
+    """``name`` with a hash tag: its own if it has one, else itself in braces."""
+    opening = name.find("{")
+    if opening >= 0 and name.find("}", opening + 1) > opening + 1:  # Redis's own rule
+        return name
+    return "{" + name + "}"
+
+
+def _window_code(limit: Limit) -> tuple[str, int, str]:
+    """The window as the scripts read it (kind, length in ms) and as keys name it."""
+    window = limit.window
+    if window == "concurrent":
+        return "c", 0, "concurrent"
+    if window == "month":
+        return "M", 0, "month"
+    if isinstance(window, str):
+        return "f", NAMED_WINDOWS_S[window] * 1000, window
+    return "f", window * 1000, f"{window}s"
+
+
+class RedisSharedState:
+    """Counters, reservations, values and broadcast shared by every process on one Redis.
+
+    ``client`` is a ``redis.asyncio.Redis`` (bytes replies); the state does not close it
+    unless it made it (:meth:`from_url`). ``clock`` replaces the server's ``TIME`` for
+    windows and hold expiries — for tests only; key TTLs stay on Redis's own clock.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        prefix: str = "guarita:",
+        clock: Callable[[], float] | None = None,
+        owns_client: bool = False,
+    ) -> None:
+        self._redis = client
+        self._prefix = prefix
+        self._clock = clock
+        self._owns_client = owns_client
+        self._reserve = client.register_script(_script("reserve"))
+        self._finish = client.register_script(_script("finish"))
+        self._usage = client.register_script(_script("usage"))
+        self._incr = client.register_script(_script("incr", prelude=False))
+        self._subscriptions: set[_RedisSubscription] = set()
+
+    @classmethod
+    def from_url(cls, url: str, *, prefix: str = "guarita:", max_connections: int = 64) -> Self:
+        """A state on a client of its own, with a bounded pool (calls wait for a connection
+        rather than opening one per concurrent request)."""
+        try:
+            import redis.asyncio as redis
+        except ImportError as exc:
+            raise missing_extra("redis", "scale") from exc
+        pool = redis.BlockingConnectionPool.from_url(url, max_connections=max_connections)
+        return cls(redis.Redis(connection_pool=pool), prefix=prefix, owns_client=True)
+
+    async def reserve(
+        self, reservation_id: str, limits: Sequence[Limit], ttl_s: float
+    ) -> Admission:
+        check_reservation(reservation_id, limits, ttl_s)
+        keys: list[str] = []
+        args: list[str | int] = [self._now_arg(), reservation_id, ttl_ms(ttl_s), len(limits)]
+        for limit in limits:
+            kind, length, _ = _window_code(limit)
+            counter_key = self._counter_key(limit)
+            capacity = limit.capacity
+            capacity_units = -1 if capacity is None or limit.unlimited else to_units(capacity)
+            keys += [counter_key, counter_key + ":x"]
+            args += [limit.counter, kind, length, capacity_units, to_units(limit.amount)]
+        keys.append(self._reservation_key(reservation_id))
+        reply = [int(value) for value in (await self._reserve(keys=keys, args=args)).split()]
+        status, refused, retry_ms, now = reply[:4]
+        if status == -1:
+            raise ReservationExists(f"reservation {reservation_id!r} is live")
+        counters = self._states(limits, reply[4:], now)
+        if status == 1:
+            return Admission(True, reservation_id, counters)
+        return Admission(
+            allowed=False,
+            reservation_id=reservation_id,
+            counters=counters,
+            refused_by=limits[refused - 1].counter,
+            retry_after_s=None if retry_ms < 0 else retry_ms / 1000,
+        )
+
+    async def settle(self, reservation_id: str, actual: Mapping[str, float] | None = None) -> bool:
+        pairs: list[str | int] = []
+        for counter, units in settled_units(actual).items():
+            pairs += [counter, units]
+        return await self._finish_reservation(reservation_id, "settle", pairs)
+
+    async def release(self, reservation_id: str) -> bool:
+        return await self._finish_reservation(reservation_id, "release", [])
+
+    async def usage(self, limits: Sequence[Limit]) -> tuple[CounterState, ...]:
+        keys: list[str] = []
+        args: list[str | int] = [self._now_arg(), len(limits)]
+        for limit in limits:
+            kind, length, _ = _window_code(limit)
+            keys += [self._counter_key(limit), self._counter_key(limit) + ":x"]
+            args += [kind, length]
+        reply = [int(value) for value in (await self._usage(keys=keys, args=args)).split()]
+        return self._states(limits, reply[1:], reply[0])
+
+    async def get(self, key: str) -> bytes | None:
+        value: bytes | None = await self._redis.get(self._prefix + "v:" + key)
+        return value
+
+    async def set(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
+        ttl = None if ttl_s is None else ttl_ms(ttl_s)
+        await self._redis.set(self._prefix + "v:" + key, value, px=ttl)
+
+    async def incr(self, key: str, by: int = 1, ttl_s: float | None = None) -> int:
+        ttl = 0 if ttl_s is None else ttl_ms(ttl_s)
+        return int(await self._incr(keys=[self._prefix + "v:" + key], args=[by, ttl]))
+
+    async def delete(self, key: str) -> bool:
+        return bool(await self._redis.delete(self._prefix + "v:" + key))
+
+    async def publish(self, channel: str, message: bytes) -> int:
+        return int(await self._redis.publish(self._prefix + channel, message))
+
+    def subscribe(self, channel: str) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        return _RedisSubscription(self._redis, self._prefix + channel, self._subscriptions)
+
+    async def aclose(self) -> None:
+        """End the subscriptions still open, and close the client if it is ours."""
+        for subscription in list(self._subscriptions):
+            await subscription.aclose()
+        if self._owns_client:
+            await self._redis.aclose(close_connection_pool=True)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def _now_arg(self) -> str:
+        return "" if self._clock is None else str(int(self._clock() * 1000))
+
+    def _counter_key(self, limit: Limit) -> str:
+        return f"{self._prefix}c:{_tagged(limit.counter)}:{_window_code(limit)[2]}"
+
+    def _reservation_key(self, reservation_id: str) -> str:
+        return f"{self._prefix}r:{_tagged(reservation_id)}"
+
+    async def _finish_reservation(
+        self, reservation_id: str, mode: str, pairs: list[str | int]
+    ) -> bool:
+        keys = [self._reservation_key(reservation_id)]
+        args = [self._now_arg(), reservation_id, mode, *pairs]
+        return bool(await self._finish(keys=keys, args=args))
+
+    @staticmethod
+    def _states(limits: Sequence[Limit], values: list[int], now: int) -> tuple[CounterState, ...]:
+        """Counter states from the scripts' triples of used, held and window end."""
+        return tuple(
+            counter_state(limit, used, held, None if end < 0 else end, now)
+            for limit, (used, held, end) in zip(
+                limits, zip(values[0::3], values[1::3], values[2::3], strict=True), strict=True
+            )
+        )
+
+
+class _RedisSubscription:
+    """A pub/sub connection of its own for one channel, subscribed on entry."""
+
+    def __init__(self, client: Any, channel: str, registry: set[_RedisSubscription]) -> None:
+        self._pubsub = client.pubsub()
+        self._channel = channel
+        self._registry = registry
+        self._closed = False
+
+    async def __aenter__(self) -> _RedisSubscription:
+        await self._pubsub.subscribe(self._channel)
+        async with asyncio.timeout(SUBSCRIBE_TIMEOUT_S):
+            while True:  # the confirmation: from here on, every message published is ours
+                message = await self._pubsub.get_message(timeout=None)
+                if message is not None and message["type"] == "subscribe":
+                    break
+        self._registry.add(self)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        self._registry.discard(self)
+        if not self._closed:
+            self._closed = True
+            await self._pubsub.aclose()
+
+    def __aiter__(self) -> _RedisSubscription:
+        return self
+
+    async def __anext__(self) -> bytes:
+        from redis.exceptions import RedisError
+
+        while not self._closed:
+            try:
+                message = await self._pubsub.get_message(
+                    ignore_subscribe_messages=True, timeout=None
+                )
+            except (RedisError, OSError):
+                if self._closed:  # closed under a blocked read
+                    break
+                raise
+            if message is not None and message["type"] == "message":
+                data: bytes = message["data"]
+                return data
+        raise StopAsyncIteration
