@@ -181,7 +181,8 @@ class GuaritaServer:
             raise AssertionError(f"guarita {' '.join(args)} failed: {result.stderr}")
         return result
 
-    def create_key(self, name: str = "test", tier: str = "free") -> str:
+    def create_key(self, name: str = "test", tier: str = "enterprise") -> str:
+        """A key; enterprise by default: no request limits (free allows 10 a day)."""
         return self.cli("keys", "create", "--name", name, "--tier", tier).stdout.strip()
 
     def start_worker(self) -> Process:

@@ -7,8 +7,8 @@ and as much recent history as fits the model's context window next to the new me
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from opentelemetry import trace
@@ -63,6 +63,8 @@ class ChatResult:
     request_id: str
     fallback_level: str = "primary"
     quality: float = 1.0
+    response_headers: Mapping[str, str] = field(default_factory=dict)
+    """For the HTTP answer (rate-limit headers), not part of the body."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -113,6 +115,7 @@ class AgentService:
         endpoint: str = "api.chat",
         info: dict[str, Any] | None = None,
         deadline_ms: float | None = None,
+        client_ip: str | None = None,
     ) -> ChatResult:
         name, agent = self.resolve(agent_name)
         history: list[Turn] = []
@@ -158,6 +161,7 @@ class AgentService:
             session_id=session_id,
             info=info if info is not None else {},
             deadline=self._deadline(agent.model, name, deadline_ms),
+            client_ip=client_ip,
         )
         reply = await self._pipeline(call)
         with self._tracer.start_as_current_span("guarita.session.append"):
@@ -177,6 +181,7 @@ class AgentService:
             request_id=request_id,
             fallback_level=reply.fallback_level,
             quality=reply.quality,
+            response_headers=call.response_headers,
         )
 
     async def run_task(self, task: TaskInfo) -> dict[str, Any]:

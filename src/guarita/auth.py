@@ -33,7 +33,7 @@ class Authenticator:
         info = await self._keys.lookup(token)
         if info is None:
             raise AuthenticationFailed(f"invalid or revoked API key ({_redact(token)})")
-        return Caller(key_id=info.id, name=info.name, tier=info.tier)
+        return Caller(key_id=info.id, name=info.name, tier=info.tier, limits=info.limits)
 
 
 def _bearer(authorization: str | None) -> str | None:

@@ -16,8 +16,17 @@ from rich.console import Console
 from rich.table import Table
 
 from guarita.errors import ConfigError
-from guarita.settings import Settings, load_settings
+from guarita.settings import Settings, TierLimits, load_settings
 from guarita.store.keys import KeyStore
+from guarita.store.usage import (
+    DEFAULT_DAYS,
+    UsageCounts,
+    UsageQuery,
+    UsageReport,
+    parse_grouping,
+    parse_time,
+    usage_report,
+)
 from guarita.telemetry import prices
 
 app = typer.Typer(help="Guarita: a production runtime for LLM agents.", no_args_is_help=True)
@@ -152,21 +161,120 @@ def _with_keys(action: Callable[[KeyStore], Coroutine[Any, Any, T]]) -> T:
     return _run(go, _settings())
 
 
+RpmOption = Annotated[int | None, typer.Option("--rpm", min=1, help="Requests per minute.")]
+RpdOption = Annotated[int | None, typer.Option("--rpd", min=1, help="Requests per day.")]
+TpmOption = Annotated[int | None, typer.Option("--tpm", min=1, help="Tokens per minute.")]
+ConcurrencyOption = Annotated[
+    int | None, typer.Option("--concurrency", min=1, help="Requests at once.")
+]
+MaxTokensOption = Annotated[
+    int | None, typer.Option("--max-tokens", min=1, help="Largest max_tokens per request.")
+]
+ModelsOption = Annotated[
+    str | None, typer.Option("--models", help="Comma-separated models and agents it may use.")
+]
+DailyBudgetOption = Annotated[
+    float | None, typer.Option("--daily-budget-usd", min=0.000001, help="Spend per UTC day.")
+]
+MonthlyBudgetOption = Annotated[
+    float | None,
+    typer.Option("--monthly-budget-usd", min=0.000001, help="Spend per UTC calendar month."),
+]
+
+
+def _key_limits(
+    settings: Settings, *, rpm: int | None, rpd: int | None, tpm: int | None,
+    concurrency: int | None, max_tokens: int | None, models: str | None,
+    daily_budget: float | None = None, monthly_budget: float | None = None,
+) -> TierLimits | None:  # fmt: skip
+    """The limits a key sets over its tier, from the CLI's options (only those given)."""
+    given: dict[str, object] = {
+        "requests_per_minute": rpm, "requests_per_day": rpd, "tokens_per_minute": tpm,
+        "concurrent_requests": concurrency, "max_tokens": max_tokens,
+        "daily_budget_usd": daily_budget, "monthly_budget_usd": monthly_budget,
+    }  # fmt: skip
+    values = {k: v for k, v in given.items() if v is not None}
+    if models is not None:
+        names = [m.strip() for m in models.split(",") if m.strip()]
+        unknown = [n for n in names if n not in settings.models and n not in settings.agents]
+        if unknown:
+            err.print(f"[red]error:[/red] --models: unknown model {unknown[0]!r}", highlight=False)
+            raise typer.Exit(2)
+        values["models"] = names
+    return TierLimits.model_validate(values) if values else None
+
+
+def _known_tier(settings: Settings, tier: str) -> None:
+    if tier not in settings.limits.tiers:
+        known = ", ".join(sorted(settings.limits.tiers))
+        err.print(f"[red]error:[/red] --tier: unknown tier {tier!r} (known: {known})",
+                  highlight=False)  # fmt: skip
+        raise typer.Exit(2)
+
+
 @keys_app.command("create")
 def keys_create(
     name: Annotated[str, typer.Option(help="Who or what the key is for.")],
     tier: Annotated[
-        str, typer.Option(help="Tier: free, pro, enterprise; admin for /admin endpoints.")
+        str, typer.Option(help="A tier of limits.tiers: free, pro, enterprise, admin, ...")
     ] = "free",
+    rpm: RpmOption = None,
+    rpd: RpdOption = None,
+    tpm: TpmOption = None,
+    concurrency: ConcurrencyOption = None,
+    max_tokens: MaxTokensOption = None,
+    models: ModelsOption = None,
+    daily_budget_usd: DailyBudgetOption = None,
+    monthly_budget_usd: MonthlyBudgetOption = None,
 ) -> None:
-    """Create a key. Its secret is printed once; only a hash is stored."""
-    secret, info = _with_keys(lambda keys: keys.create(name, tier))
+    """Create a key; its own limits (if any) override its tier's. Its secret is printed
+    once; only a hash is stored."""
+    settings = _settings()
+    _known_tier(settings, tier)
+    limits = _key_limits(settings, rpm=rpm, rpd=rpd, tpm=tpm, concurrency=concurrency,
+                         max_tokens=max_tokens, models=models, daily_budget=daily_budget_usd,
+                         monthly_budget=monthly_budget_usd)  # fmt: skip
+    secret, info = _with_keys(lambda keys: keys.create(name, tier, limits))
     err.print(
         f"created key {info.id} (name {name!r}, tier {tier}); "
         "store the secret now, it is not shown again:",
         highlight=False,
     )
     print(secret)
+
+
+@keys_app.command("update")
+def keys_update(
+    key_id: Annotated[str, typer.Argument(help="The key's id (key_…).")],
+    tier: Annotated[str | None, typer.Option(help="A new tier.")] = None,
+    rpm: RpmOption = None,
+    rpd: RpdOption = None,
+    tpm: TpmOption = None,
+    concurrency: ConcurrencyOption = None,
+    max_tokens: MaxTokensOption = None,
+    models: ModelsOption = None,
+    daily_budget_usd: DailyBudgetOption = None,
+    monthly_budget_usd: MonthlyBudgetOption = None,
+    reset_limits: Annotated[
+        bool, typer.Option("--reset-limits", help="Drop the key's own limits first.")
+    ] = False,
+) -> None:
+    """Change a key's tier or its own limits; every API process applies it within
+    `auth.revocation_check_s`."""
+    settings = _settings()
+    if tier is not None:
+        _known_tier(settings, tier)
+    limits = _key_limits(settings, rpm=rpm, rpd=rpd, tpm=tpm, concurrency=concurrency,
+                         max_tokens=max_tokens, models=models, daily_budget=daily_budget_usd,
+                         monthly_budget=monthly_budget_usd)  # fmt: skip
+    info = _with_keys(
+        lambda keys: keys.update(key_id, tier=tier, limits=limits, replace_limits=reset_limits)
+    )
+    if info is None:
+        err.print(f"[red]error:[/red] no active key {key_id}", highlight=False)
+        raise typer.Exit(1)
+    own = info.limits.model_dump(exclude_unset=True) if info.limits else {}
+    out.print(f"updated {key_id}: tier {info.tier}, own limits {own or 'none'}", highlight=False)
 
 
 @keys_app.command("list")
@@ -177,13 +285,17 @@ def keys_list(
     keys = _with_keys(lambda store: store.list())
     if as_json:
         for info in keys:
-            print(orjson.dumps(dataclasses.asdict(info)).decode())
+            row = dataclasses.asdict(info)
+            row["limits"] = info.limits.model_dump(exclude_unset=True) if info.limits else None
+            print(orjson.dumps(row).decode())
         return
-    table = Table("id", "name", "tier", "prefix", "created", "revoked")
+    table = Table("id", "name", "tier", "own limits", "prefix", "created", "revoked")
     for info in keys:
         revoked = f"{info.revoked_at:%Y-%m-%d %H:%M}" if info.revoked_at else ""
         created = f"{info.created_at:%Y-%m-%d %H:%M}"
-        table.add_row(info.id, info.name, info.tier, info.prefix + "…", created, revoked)
+        own = info.limits.model_dump(exclude_unset=True) if info.limits else {}
+        limits = ", ".join(f"{k}={v}" for k, v in own.items())
+        table.add_row(info.id, info.name, info.tier, limits, info.prefix + "…", created, revoked)
     Console(width=max(out.width, 120)).print(table)
 
 
@@ -229,6 +341,97 @@ def cost_project(
     out.print(f"per request: ${p.per_request:.4f}", highlight=False)
     out.print(f"per day ({daily_requests:,} requests): ${p.per_day:,.2f}", highlight=False)
     out.print(f"per month ({days} days): ${p.per_month:,.2f}", highlight=False)
+
+
+@app.command()
+def usage(
+    since: Annotated[
+        str | None,
+        typer.Option(
+            metavar="DATE",
+            help="Start: a date (UTC) or an RFC 3339 date-time (default: --days before --until).",
+        ),
+    ] = None,
+    until: Annotated[
+        str | None,
+        typer.Option(
+            metavar="DATE", help="End, exclusive; a date includes that day (default: now)."
+        ),
+    ] = None,
+    days: Annotated[
+        int | None, typer.Option(min=1, help="Days before --until, without --since (default: 30).")
+    ] = None,
+    key: Annotated[str | None, typer.Option(help="Only this key's calls (key_…).")] = None,
+    agent: Annotated[str | None, typer.Option(help="Only this agent's calls.")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Only calls this model answered (after fallbacks).")
+    ] = None,
+    by: Annotated[
+        str, typer.Option(help="Group by some of key, agent, model, day (UTC).")
+    ] = "key,agent,model,day",
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object per row, then the total.")
+    ] = False,
+) -> None:
+    """Requests, errors, tokens and cost from the request records, grouped."""
+    from guarita.store.database import Database
+
+    def option(name: str, parse: Callable[[], T]) -> T:
+        try:
+            return parse()
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint=f"'--{name}'") from None
+
+    start = option("since", lambda: parse_time(since)) if since is not None else None
+    end = option("until", lambda: parse_time(until, end_of_day=True)) if until is not None else None
+    if start is not None and days is not None:
+        raise typer.BadParameter("give --since or --days, not both", param_hint="'--days'")
+    if start is not None and end is not None and start > end:
+        raise typer.BadParameter(f"{since} is after --until {until}", param_hint="'--since'")
+    query = UsageQuery(
+        since=start,
+        until=end,
+        days=days or DEFAULT_DAYS,
+        key_id=key,
+        agent=agent,
+        model=model,
+        by=option("by", lambda: parse_grouping(by.replace(" ", ""))),
+    )
+
+    async def go(settings: Settings) -> UsageReport:
+        db = Database(settings.store_url)
+        try:
+            await db.migrate()
+            return await usage_report(db, query)
+        finally:
+            await db.aclose()
+
+    report = _run(go, _settings())
+    if as_json:
+        for row in report.rows:
+            print(orjson.dumps(report.row_json(row)).decode())
+        print(orjson.dumps({"total": report.total.to_json()}).decode())
+    else:
+        _print_usage(report)
+
+
+def _print_usage(report: UsageReport) -> None:
+    title = f"usage {report.since:%Y-%m-%d %H:%M} to {report.until:%Y-%m-%d %H:%M} UTC"
+    table = Table(*report.by, title=title)
+    for column in ("requests", "errors", "input tokens", "output tokens", "cost"):
+        table.add_column(column, justify="right")
+    for row in report.rows:
+        dimensions = [row.dimension(g) or "—" for g in report.by]
+        table.add_row(*dimensions, *_usage_counts(row.counts))
+    table.add_section()
+    blanks = [""] * (len(report.by) - 1)
+    table.add_row("total", *blanks, *_usage_counts(report.total), style="bold")
+    Console(width=max(out.width, 120)).print(table)
+
+
+def _usage_counts(counts: UsageCounts) -> list[str]:
+    numbers = (counts.requests, counts.errors, counts.input_tokens, counts.output_tokens)
+    return [*(f"{n:,}" for n in numbers), f"${counts.cost_usd:,.6f}"]
 
 
 def main() -> None:

@@ -9,12 +9,15 @@ in one place (``api/errors.py``).
     │   └── UnsupportedOperation      400 invalid_request_error
     ├── AuthenticationFailed          401 authentication_error
     ├── PermissionDenied              403 permission_error
+    │   └── ModelNotAllowed           403 permission_error (code model_not_allowed)
     ├── NotFound                      404 not_found_error
     │   ├── ModelNotFound             404 (code model_not_found)
     │   ├── AgentNotFound             404 (code agent_not_found)
     │   └── TaskNotFound              404 (code task_not_found)
     ├── PayloadTooLarge               413 invalid_request_error
     ├── RateLimited                   429 rate_limit_error (Retry-After)
+    │   ├── RateLimitExceeded         429 rate_limit_error (code rate_limit_exceeded)
+    │   ├── BudgetExceeded            429 insufficient_quota (code insufficient_quota)
     │   └── UpstreamRateLimited       429 rate_limit_error (upstream's Retry-After)
     ├── UpstreamError                 502 upstream_error
     │   ├── UpstreamAuthFailed        502 upstream_error (code upstream_auth)
@@ -36,6 +39,8 @@ the request id and never sent.
 
 from __future__ import annotations
 
+import math
+
 
 class ConfigError(Exception):
     """Invalid or incomplete configuration, detected at start."""
@@ -54,10 +59,12 @@ class GuaritaError(Exception):
         param: str | None = None,
         retry_after: float | None = None,
         detail: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.detail = detail
+        self.extra_headers = headers
         if code is not None:
             self.code = code
         self.param = param
@@ -74,9 +81,10 @@ class GuaritaError(Exception):
         }
 
     def headers(self) -> dict[str, str]:
-        if self.retry_after is None:
-            return {}
-        return {"Retry-After": str(max(0, round(self.retry_after)))}
+        headers = dict(self.extra_headers or {})
+        if self.retry_after is not None:
+            headers["Retry-After"] = str(max(0, math.ceil(self.retry_after)))
+        return headers
 
 
 class InvalidRequest(GuaritaError):
@@ -98,6 +106,10 @@ class PermissionDenied(GuaritaError):
     status_code = 403
     error_type = "permission_error"
     code = "permission_denied"
+
+
+class ModelNotAllowed(PermissionDenied):
+    code = "model_not_allowed"
 
 
 class NotFound(GuaritaError):
@@ -127,6 +139,19 @@ class RateLimited(GuaritaError):
     status_code = 429
     error_type = "rate_limit_error"
     code = "rate_limited"
+
+
+class RateLimitExceeded(RateLimited):
+    """A limit of the caller's key, tier or address (``traffic/``)."""
+
+    code = "rate_limit_exceeded"
+
+
+class BudgetExceeded(RateLimited):
+    """A spend budget (key, agent or total) is used up for its period."""
+
+    error_type = "insufficient_quota"
+    code = "insufficient_quota"
 
 
 class UpstreamRateLimited(RateLimited):

@@ -30,6 +30,9 @@ from guarita.resilience.build import build_groups
 from guarita.resilience.fallback import FallbackChain
 from guarita.resilience.group import ModelGroup
 from guarita.settings import Settings
+from guarita.state import SharedState
+from guarita.state.memory import MemorySharedState
+from guarita.state.redis import RedisSharedState
 from guarita.store.database import Database
 from guarita.store.keys import KeyStore, RevocationWatch
 from guarita.store.records import RecordWriter
@@ -39,6 +42,10 @@ from guarita.telemetry import events
 from guarita.telemetry.metrics import Metrics
 from guarita.telemetry.prices import Price, price_for
 from guarita.telemetry.tracing import Tracing
+from guarita.traffic.alerts import BudgetAlerts
+from guarita.traffic.complexity import ComplexityRouting
+from guarita.traffic.compression import PromptCompression
+from guarita.traffic.ratelimit import RateLimits
 
 log = structlog.get_logger("guarita.runtime")
 
@@ -89,6 +96,26 @@ class Runtime:
         self.prices: dict[str, Price] = {
             name: price_for(name, m) for name, m in settings.models.items()
         }
+        self.state: SharedState = (
+            RedisSharedState(self.redis, prefix=settings.redis_prefix)
+            if self.redis is not None
+            else MemorySharedState()
+        )
+        budgets = settings.limits.budgets
+        alerts = BudgetAlerts(
+            self.state,
+            thresholds=budgets.alert_thresholds,
+            publish=self.events.publish,
+            count=lambda budget, share: self.metrics.budget_alerts.labels(budget, share).inc(),
+            webhook_url=budgets.webhook_url,
+        )
+        self.rate_limits = RateLimits(
+            self.state,
+            settings.limits,
+            max_deadline_s=settings.resilience.max_deadline_s,
+            prices=self.prices,
+            alerts=alerts,
+        )
         self.recording = Recording(self.metrics, self.records, self.events)
         tracer = self.tracing.tracer if self.tracing.enabled else None
         fallback = FallbackChain(
@@ -97,8 +124,22 @@ class Runtime:
             rules=settings.resilience.rules,
             static_reply=settings.resilience.static_reply,
         )
+        compression = PromptCompression(
+            {n: a.compression for n, a in settings.agents.items() if a.compression is not None},
+            on_saved=lambda agent, tokens: self.metrics.tokens_saved.labels(agent).inc(tokens),
+        )
+        routing = ComplexityRouting(
+            {n: a.routing for n, a in settings.agents.items() if a.routing is not None}
+        )
         self.pipeline: Next = compose(
-            [self.recording, Accounting(self.prices), fallback],
+            [
+                self.recording,
+                compression,
+                routing,
+                self.rate_limits,
+                Accounting(self.prices),
+                fallback,
+            ],
             ProviderCall(self.models, tracer=tracer),
             tracer=tracer,
         )
@@ -240,6 +281,8 @@ class Runtime:
         if self.role == "api":
             await self.revocations.aclose()
             await self.tasks.aclose()
+        await self.rate_limits.aclose()
+        await self.state.aclose()
         await self.records.aclose()
         await self.events.aclose()
         await asyncio.gather(

@@ -8,6 +8,7 @@ the local llama.cpp model behind one agent.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -139,6 +140,43 @@ class ModelSettings(_Strict):
         return value
 
 
+class RoutingSettings(_Strict):
+    """Model tiering by prompt complexity (docs/routing.md): each call goes to the model of
+    its prompt's level, from a deterministic score."""
+
+    mode: Literal["complexity"] = "complexity"
+    simple: str = Field(description="The model for simple prompts (score below medium_at).")
+    medium: str = Field(description="The model for prompts between the thresholds.")
+    complex: str = Field(description="The model for complex prompts (score from complex_at).")
+    medium_at: float = Field(default=2.0, gt=0, description="Lowest score of a medium prompt.")
+    complex_at: float = Field(default=5.0, gt=0, description="Lowest score of a complex prompt.")
+
+    @model_validator(mode="after")
+    def _thresholds_in_order(self) -> RoutingSettings:
+        if self.complex_at <= self.medium_at:
+            raise ValueError("complex_at must be above medium_at")
+        return self
+
+    def model_for(self, level: Literal["simple", "medium", "complex"]) -> str:
+        return {"simple": self.simple, "medium": self.medium, "complex": self.complex}[level]
+
+
+class CompressionSettings(_Strict):
+    """Prompt compression (docs/routing.md): whitespace, filler phrases, and history over a
+    token budget, removed before the call is limited, priced and sent."""
+
+    enabled: bool = Field(default=True, description="False keeps the settings but stops it.")
+    history_budget_tokens: int | None = Field(
+        default=None,
+        gt=0,
+        description="Trim the oldest turns until the prompt's estimated tokens fit; system "
+        "messages and the last user message stay. Unset: no trimming.",
+    )
+    remove_filler: bool = Field(
+        default=True, description="Drop filler phrases ('please', 'basically') from user turns."
+    )
+
+
 class AgentSettings(_Strict):
     """An agent declared in config: a model, a system prompt and sampling parameters."""
 
@@ -151,6 +189,12 @@ class AgentSettings(_Strict):
         default=None, description="Overrides the model's fallbacks."
     )
     deadline_s: float | None = Field(default=None, gt=0)
+    routing: RoutingSettings | None = Field(
+        default=None, description="Pick the model per call by prompt complexity; unset: off."
+    )
+    compression: CompressionSettings | None = Field(
+        default=None, description="Compress prompts before they are sent; unset: off."
+    )
 
 
 class RuleSettings(_Strict):
@@ -194,6 +238,114 @@ class ServerSettings(_Strict):
         "(a new connection: from its opening); slower heads get 408 (slowloris).",
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class TierLimits(_Strict):
+    """What a tier (or one key, overriding its tier) may use; unset means unlimited."""
+
+    requests_per_minute: int | None = Field(default=None, ge=1)
+    requests_per_day: int | None = Field(default=None, ge=1)
+    tokens_per_minute: int | None = Field(
+        default=None, ge=1, description="Estimated at admission (prompt + max_tokens), settled."
+    )
+    concurrent_requests: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        description="Largest max_tokens a request may ask (400 above it); applied when absent.",
+    )
+    models: list[str] | None = Field(
+        default=None, description="Models and agents the tier may call; unset: all."
+    )
+    daily_budget_usd: float | None = Field(default=None, gt=0, description="Per key, UTC day.")
+    monthly_budget_usd: float | None = Field(
+        default=None, gt=0, description="Per key, UTC calendar month."
+    )
+
+    def merged(self, overrides: TierLimits | None) -> TierLimits:
+        """This tier with a key's own limits on top (a key sets only what it overrides)."""
+        if overrides is None:
+            return self
+        return self.model_copy(update=overrides.model_dump(exclude_unset=True))
+
+
+def _default_tiers() -> dict[str, TierLimits]:
+    # the source document's tiers: free 10 requests/day and 1,000 tokens/request, pro
+    # 1,000/day and 4,000, enterprise unlimited and 8,000; admin keys are for operators
+    return {
+        "free": TierLimits(requests_per_day=10, max_tokens=1000),
+        "pro": TierLimits(requests_per_day=1000, max_tokens=4000),
+        "enterprise": TierLimits(max_tokens=8000),
+        "admin": TierLimits(),
+    }
+
+
+class Budget(_Strict):
+    daily_usd: float | None = Field(default=None, gt=0, description="UTC day.")
+    monthly_usd: float | None = Field(default=None, gt=0, description="UTC calendar month.")
+
+
+class BudgetSettings(_Strict):
+    """Spend limits beyond each key's own (``daily_budget_usd`` of a tier or key)."""
+
+    total: Budget = Field(default_factory=Budget, description="All callers together.")
+    agents: dict[str, Budget] = Field(default_factory=dict, description="Per agent.")
+    alert_thresholds: tuple[float, ...] = Field(
+        default=(0.5, 0.8, 1.0),
+        description="Shares of a budget at which to alert, once per budget and period.",
+    )
+    webhook_url: str | None = Field(
+        default=None, description="Alerts are also POSTed here as JSON."
+    )
+
+    @field_validator("alert_thresholds")
+    @classmethod
+    def _shares(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not 0 < share <= 1 for share in value):
+            raise ValueError("each threshold must be a share of the budget, above 0 and at most 1")
+        return tuple(sorted(set(value)))
+
+
+class LimitSettings(_Strict):
+    tiers: dict[str, TierLimits] = Field(
+        default_factory=_default_tiers,
+        description="Tiers by name; the ones given replace the defaults of the same name.",
+    )
+    per_ip_per_minute: int | None = Field(
+        default=None, ge=1, description="Requests per client address and minute on chat routes."
+    )
+    per_ip_endpoints: tuple[Literal["chat.completions", "api.chat", "embeddings"], ...] = (
+        "chat.completions",
+        "api.chat",
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Addresses or networks (CIDR) whose X-Forwarded-For is believed.",
+    )
+    budgets: BudgetSettings = Field(default_factory=BudgetSettings)
+    hold_margin_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="A call's reservation outlives its deadline by this much, then expires "
+        "by itself (a process killed mid-call releases its holds).",
+    )
+
+    @field_validator("tiers", mode="before")
+    @classmethod
+    def _over_the_defaults(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {**_default_tiers(), **value}
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an address or network") from None
+        return value
 
 
 class AuthSettings(_Strict):
@@ -319,6 +471,7 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default_factory=_default_data_dir)
     server: ServerSettings = ServerSettings()
     auth: AuthSettings = AuthSettings()
+    limits: LimitSettings = LimitSettings()
     store: StoreSettings = StoreSettings()
     tasks: TaskSettings = TaskSettings()
     sessions: SessionSettings = SessionSettings()
@@ -366,6 +519,32 @@ class Settings(BaseSettings):
             raise ValueError("task_queue: celery needs celery_broker_url (or redis_url)")
         if self.events.sink == "redis" and not (self.events.url or self.redis_url):
             raise ValueError("events.url: the redis event sink needs a URL (or redis_url)")
+        return self
+
+    @model_validator(mode="after")
+    def _budget_agents_exist(self) -> Settings:
+        for name in self.limits.budgets.agents:
+            if name not in self.agents:
+                raise ValueError(f"limits.budgets.agents.{name}: unknown agent {name!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _routing_models_exist(self) -> Settings:
+        for name, agent in self.agents.items():
+            if agent.routing is None:
+                continue
+            for level in ("simple", "medium", "complex"):
+                model = getattr(agent.routing, level)
+                if model not in self.models:
+                    raise ValueError(f"agents.{name}.routing.{level}: unknown model {model!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _tier_models_exist(self) -> Settings:
+        for tier, limits in self.limits.tiers.items():
+            for name in limits.models or ():
+                if name not in self.models and name not in self.agents:
+                    raise ValueError(f"limits.tiers.{tier}.models: unknown model {name!r}")
         return self
 
     @property

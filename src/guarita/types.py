@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from guarita.settings import TierLimits
+
 Chunk = dict[str, Any]
 """One OpenAI ``chat.completion.chunk`` object."""
 
@@ -48,11 +50,13 @@ Operation = Literal["chat", "embeddings"]
 
 @dataclass(slots=True, frozen=True)
 class Caller:
-    """The authenticated identity behind a call; ``key_id`` is None for anonymous local use."""
+    """The authenticated identity behind a call; ``key_id`` is None for anonymous local use.
+    ``limits`` are the key's own, over its tier's."""
 
     key_id: str | None
     name: str
     tier: str
+    limits: TierLimits | None = None
 
     @classmethod
     def anonymous(cls) -> Caller:
@@ -82,6 +86,13 @@ class Call:
     """When the whole call must be over, in ``time.monotonic()`` seconds."""
     started: float = field(default_factory=time.perf_counter)
     info: dict[str, Any] = field(default_factory=dict)
+    requested_max_tokens: int | None = None
+    """What the caller itself asked for (``max_tokens`` or ``max_completion_tokens``),
+    as opposed to an agent's default."""
+    client_ip: str | None = None
+    """The caller's address (behind a trusted proxy, from X-Forwarded-For)."""
+    response_headers: dict[str, str] = field(default_factory=dict)
+    """Headers stages add to the answer (OpenAI's ``x-ratelimit-*``)."""
 
     @property
     def messages(self) -> list[dict[str, Any]]:

@@ -77,7 +77,7 @@ def server_and_key(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[GuaritaServer, str]]:
     server = GuaritaServer(tmp_path_factory.mktemp(f"http-limits-{request.param}"), CONFIG)
-    key = server.create_key("http-limits")
+    key = server.create_key("http-limits", "admin")  # no max_tokens cap: echoes 2 MB back
     if request.param == "httptools":
         server.start()
     else:

@@ -37,16 +37,17 @@ ERROR_REF = "#/components/schemas/ErrorResponse"
 # What each route can answer besides its success; 500 everywhere (an unexpected error), and
 # 408 and 431 everywhere (the HTTP layer's bounds on the request head).
 ERRORS = {
-    ("post", "/v1/chat/completions"): {400, 401, 404, 408, 413, 429, 431, 500, 502, 503, 504},
+    ("post", "/v1/chat/completions"): {400, 401, 403, 404, 408, 413, 429, 431, 500, 502, 503, 504},
     ("get", "/v1/models"): {401, 408, 431, 500},
-    ("post", "/v1/embeddings"): {400, 401, 404, 408, 413, 429, 431, 500, 502, 503, 504},
-    ("post", "/api/chat"): {400, 401, 404, 408, 413, 429, 431, 500, 502, 503, 504},
-    ("post", "/api/tasks"): {400, 401, 404, 408, 413, 431, 500},
+    ("post", "/v1/embeddings"): {400, 401, 403, 404, 408, 413, 429, 431, 500, 502, 503, 504},
+    ("post", "/api/chat"): {400, 401, 403, 404, 408, 413, 429, 431, 500, 502, 503, 504},
+    ("post", "/api/tasks"): {400, 401, 403, 404, 408, 413, 429, 431, 500, 503},
     ("get", "/api/tasks/{task_id}"): {401, 404, 408, 431, 500},
     ("get", "/health"): {408, 431, 500},
     ("get", "/ready"): {408, 431, 500, 503},
     ("get", "/metrics"): {408, 431, 500},
     ("get", "/admin/breakers"): {401, 403, 408, 431, 500},
+    ("get", "/admin/usage"): {400, 401, 403, 408, 431, 500},
 }
 OPEN = {("get", "/health"), ("get", "/ready"), ("get", "/metrics")}
 EXAMPLES_PER_OPERATION = 25

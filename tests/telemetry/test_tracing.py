@@ -106,8 +106,8 @@ async def test_the_pipeline_stages_and_the_model_call_form_a_chain(
     recording = one(exporter, "guarita.stage.recording")
     accounting = one(exporter, "guarita.stage.accounting")
     chat = one(exporter, "chat m")
-    # recording is the outermost stage, accounting next; the model call is innermost
-    assert parent_id(accounting) == span_id(recording)
+    # recording is the outermost stage, accounting inside it; the model call is innermost
+    assert is_descendant(accounting, recording, exporter)  # other stages may sit between
     assert is_descendant(chat, accounting, exporter)
     stage_spans = [s for s in finished(exporter) if s.name.startswith("guarita.stage.")]
     assert all(is_descendant(chat, stage, exporter) for stage in stage_spans)
@@ -161,7 +161,7 @@ async def test_a_chat_completion_is_one_trace_under_a_server_span(
 
     assert parent_id(auth) == span_id(server)
     assert parent_id(recording) == span_id(server)
-    assert parent_id(accounting) == span_id(recording)
+    assert is_descendant(accounting, recording, exporter)  # other stages may sit between
     assert is_descendant(chat, accounting, exporter)
     assert {trace_id(s) for s in exporter.get_finished_spans()} == {trace_id(server)}
 

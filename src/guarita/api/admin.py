@@ -1,4 +1,4 @@
-"""Operator endpoints: what the resilience layer is doing right now.
+"""Operator endpoints: what the resilience layer is doing right now, and usage so far.
 
 They need a key of tier ``admin`` (``guarita keys create --name ops --tier admin``), or
 auth switched off for local development.
@@ -7,17 +7,27 @@ auth switched off for local development.
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any
+from datetime import datetime
+from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
+from pydantic.json_schema import SkipJsonSchema
 from starlette.responses import Response
 
 from guarita.api.deps import CallerDep, RuntimeDep
 from guarita.api.openapi import SECURED, errors, ok
-from guarita.api.schemas import BreakerReport
-from guarita.errors import PermissionDenied
+from guarita.api.schemas import BreakerReport, UsageReport
+from guarita.errors import InvalidRequest, PermissionDenied
 from guarita.resilience.breaker import BreakerState
+from guarita.store.usage import (
+    GROUPINGS,
+    Grouping,
+    UsageQuery,
+    parse_grouping,
+    parse_time,
+    usage_report,
+)
 from guarita.types import Caller
 
 router = APIRouter(prefix="/admin", tags=["admin"])
@@ -62,3 +72,94 @@ async def breakers(runtime: RuntimeDep, caller: CallerDep) -> Response:
             ],
         }
     return Response(orjson.dumps({"models": models}), media_type="application/json")
+
+
+# what parse_time and parse_grouping take, for the schema (schemathesis holds us to it)
+_TIME = {"anyOf": [{"format": "date"}, {"format": "date-time"}]}
+_NAME = "|".join(GROUPINGS)
+_BY = {"pattern": f"^({_NAME})(,({_NAME}))*$"}
+TextParam = str | SkipJsonSchema[None]
+"""An optional text parameter: None when absent, and no ``null`` in the schema."""
+
+
+@router.get(
+    "/usage",
+    operation_id="usageReport",
+    response_model=None,
+    responses={
+        200: ok(UsageReport, "Requests, errors, tokens and cost per group, and their total"),
+        **errors(
+            400,
+            401,
+            403,
+            described={
+                400: "A malformed `since` or `until`, an unknown `by` field, "
+                "a `limit` out of range",
+                403: "The key is not of tier `admin`",
+            },
+        ),
+    },
+    openapi_extra=SECURED,
+)
+async def usage(
+    runtime: RuntimeDep,
+    caller: CallerDep,
+    since: Annotated[
+        TextParam,
+        Query(
+            description="Start, inclusive: a date (its UTC midnight) or an RFC 3339 date-time "
+            "[default: 30 days before `until`]",
+            json_schema_extra=_TIME,
+        ),
+    ] = None,
+    until: Annotated[
+        TextParam,
+        Query(
+            description="End, exclusive: a date-time, or a date (the end of that UTC day) "
+            "[default: now]",
+            json_schema_extra=_TIME,
+        ),
+    ] = None,
+    key_id: Annotated[TextParam, Query(description="Only this key's calls")] = None,
+    agent: Annotated[TextParam, Query(description="Only this agent's calls")] = None,
+    model: Annotated[TextParam, Query(description="Only calls this model answered")] = None,
+    by: Annotated[
+        str,
+        Query(
+            description="Group by some of `key`, `agent`, `model` (the model that answered, "
+            "after fallbacks) and `day` (UTC), comma-separated",
+            json_schema_extra=_BY,
+        ),
+    ] = ",".join(GROUPINGS),
+    limit: Annotated[int, Query(ge=1, le=10_000, description="At most this many rows")] = 1000,
+) -> Response:
+    """Usage and cost from the request records, grouped; the total counts every record in
+    the window, rows left out by `limit` included (`truncated` says so)."""
+    require_admin(caller)
+    query = UsageQuery(
+        since=_time("since", since),
+        until=_time("until", until, end_of_day=True),
+        key_id=key_id,
+        agent=agent,
+        model=model,
+        by=_grouping(by),
+        limit=limit,
+    )
+    report = await usage_report(runtime.db, query)
+    return Response(orjson.dumps(report.to_json()), media_type="application/json")
+
+
+def _time(param: str, value: str | None, *, end_of_day: bool = False) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return parse_time(value, end_of_day=end_of_day)
+    except ValueError as exc:
+        raise InvalidRequest(f"{param}: {exc}", param=param, code="invalid_parameter") from None
+
+
+def _grouping(value: str) -> tuple[Grouping, ...]:
+    try:
+        return parse_grouping(value)
+    except ValueError as exc:
+        raise InvalidRequest(f"by: {exc}", param="by", code="invalid_parameter") from None

@@ -9,9 +9,17 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from guarita.api.deps import CallerDep, RuntimeDep, request_id, request_info
+from guarita.api.deps import CallerDep, RuntimeDep, client_ip, request_id, request_info
 from guarita.api.openai import requested_deadline_ms
-from guarita.api.openapi import DEADLINE_HEADER, MODEL_CALL_ERRORS, SECURED, errors, ok
+from guarita.api.openapi import (
+    DEADLINE_HEADER,
+    MODEL_CALL_ERRORS,
+    RATE_LIMIT_HEADERS,
+    ROUTE_HEADERS,
+    SECURED,
+    errors,
+    ok,
+)
 from guarita.api.schemas import (
     AgentChatRequest,
     AgentChatResponse,
@@ -21,6 +29,7 @@ from guarita.api.schemas import (
 )
 from guarita.errors import TaskNotFound
 from guarita.store.tasks import TaskInfo
+from guarita.types import Call
 
 router = APIRouter(prefix="/api", tags=["agents"])
 _TASK_ID = re.compile(r"[A-Za-z0-9_\-]{1,64}")
@@ -32,7 +41,11 @@ _JSON = "application/json"
     operation_id="agentChat",
     response_model=None,
     responses={
-        200: ok(AgentChatResponse, "The agent's answer; the turn is kept in the session"),
+        200: ok(
+            AgentChatResponse,
+            "The agent's answer; the turn is kept in the session",
+            headers={**RATE_LIMIT_HEADERS, **ROUTE_HEADERS},
+        ),
         **errors(
             *MODEL_CALL_ERRORS,
             described={
@@ -54,8 +67,11 @@ async def chat(
         session_id=payload.session_id,
         info=request_info(request),
         deadline_ms=requested_deadline_ms(request),
+        client_ip=client_ip(request),
     )
-    return Response(orjson.dumps(result.to_json()), media_type=_JSON)
+    return Response(
+        orjson.dumps(result.to_json()), media_type=_JSON, headers=dict(result.response_headers)
+    )
 
 
 @router.post(
@@ -81,14 +97,24 @@ async def chat(
                 }
             },
         ),
-        **errors(400, 401, 404, 413, described={404: "No agent of that name"}),
+        **errors(400, 401, 403, 404, 413, 429, 503, described={404: "No agent of that name"}),
     },
     openapi_extra=SECURED,
 )
 async def create_task(
     payload: TaskRequest, request: Request, runtime: RuntimeDep, caller: CallerDep
 ) -> Response:
-    agent, _ = runtime.agents.resolve(payload.agent)
+    agent, settings = runtime.agents.resolve(payload.agent)
+    admission = Call(
+        request_id=request_id(request),
+        model=settings.model,
+        body={"messages": [{"role": "user", "content": payload.message}]},
+        caller=caller,
+        agent=agent,
+        endpoint="api.chat",  # a task is an agent chat, run later
+        client_ip=client_ip(request),
+    )
+    limit_headers = await runtime.rate_limits.admit_submission(admission)
     body: dict[str, Any] = {
         "message": payload.message,
         "caller_name": caller.name,
@@ -104,7 +130,7 @@ async def create_task(
         orjson.dumps({"task_id": task.id, "status": task.status}),
         status_code=202,
         media_type=_JSON,
-        headers={"location": f"/api/tasks/{task.id}"},
+        headers={"location": f"/api/tasks/{task.id}", **limit_headers},
     )
 
 

@@ -7,6 +7,7 @@ from typing import Annotated, Any, cast
 from fastapi import Depends, Request
 
 from guarita.runtime import Runtime
+from guarita.traffic.ratelimit import client_address
 from guarita.types import Caller
 
 
@@ -45,3 +46,13 @@ def request_info(request: Request) -> dict[str, Any]:
 
 def request_id(request: Request) -> str:
     return str(request_info(request).get("request_id") or "")
+
+
+def client_ip(request: Request) -> str | None:
+    """The caller's address, through the proxies ``limits.trusted_proxies`` names."""
+    runtime: Runtime = request.app.state.runtime
+    peer = request.client.host if request.client else None
+    trusted = runtime.settings.limits.trusted_proxies
+    if not trusted:
+        return peer
+    return client_address(peer, request.headers.get("x-forwarded-for"), trusted)

@@ -17,10 +17,19 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
-from guarita.api.deps import CallerDep, RuntimeDep, get_caller, request_id, request_info
+from guarita.api.deps import (
+    CallerDep,
+    RuntimeDep,
+    client_ip,
+    get_caller,
+    request_id,
+    request_info,
+)
 from guarita.api.openapi import (
     DEADLINE_HEADER,
     MODEL_CALL_ERRORS,
+    RATE_LIMIT_HEADERS,
+    ROUTE_HEADERS,
     SECURED,
     errors,
     ok,
@@ -79,6 +88,8 @@ def _apply_agent(runtime: Runtime, agent_name: str, body: dict[str, Any]) -> Non
 
 
 _ANSWER_HEADERS = {
+    **RATE_LIMIT_HEADERS,
+    **ROUTE_HEADERS,
     "x-guarita-fallback-level": {
         "description": "Which level of the fallback chain answered: primary, deployment, "
         "model, rules or static",
@@ -118,6 +129,7 @@ async def chat_completions(payload: ChatCompletionRequest, request: Request) -> 
     if agent is not None:
         _apply_agent(runtime, agent, body)
     include_usage = bool(payload.stream_options and payload.stream_options.include_usage)
+    asked = payload.max_completion_tokens or payload.max_tokens
     call = Call(
         request_id=request_id(request),
         model=model,
@@ -128,11 +140,14 @@ async def chat_completions(payload: ChatCompletionRequest, request: Request) -> 
         agent=agent,
         info=request_info(request),
         deadline=runtime.deadline(model, agent, requested_deadline_ms(request)),
+        requested_max_tokens=asked,
+        client_ip=client_ip(request),
     )
     reply = await runtime.pipeline(call)
     headers = {
         "x-guarita-fallback-level": reply.fallback_level,
         "x-guarita-quality": f"{reply.quality:.2f}",
+        **call.response_headers,
     }
     if not reply.is_stream:
         assert reply.completion is not None
@@ -215,6 +230,7 @@ async def embeddings(
         operation="embeddings",
         info=request_info(request),
         deadline=runtime.deadline(model, agent, requested_deadline_ms(request)),
+        client_ip=client_ip(request),
     )
     reply = await runtime.pipeline(call)
     result = reply.embeddings
@@ -232,7 +248,7 @@ async def embeddings(
             "total_tokens": result.usage.input_tokens,
         },
     }
-    return Response(orjson.dumps(body), media_type=_JSON)
+    return Response(orjson.dumps(body), media_type=_JSON, headers=call.response_headers)
 
 
 def _base64_floats(vector: list[float]) -> str:

@@ -33,11 +33,12 @@ _MAX_JSON_DEPTH = 128
 _ERRORS: dict[int, str] = {
     400: "Invalid request: malformed JSON, wrong types or values, or refused by the upstream",
     401: "API key missing, invalid or revoked",
-    403: "The key's tier may not use this endpoint",
+    403: "The key's tier may not use this endpoint or model",
     404: "Not found",
     408: "The request line and headers took longer than `server.header_timeout_s`",
     413: "Request body larger than `server.max_body_bytes`",
-    429: "Rate limited upstream; its `Retry-After` is passed on",
+    429: "A limit of the key, its tier or the caller's address (`rate_limit_exceeded`), or "
+    "the upstream's (its `Retry-After` is passed on)",
     431: "Request line and headers larger than `server.max_header_bytes`",
     500: "Internal error; the server log has the details under the request id",
     502: "The upstream failed, refused our credentials, or answered something unusable",
@@ -78,9 +79,35 @@ JSON_VALUE: dict[str, Any] = {
 }
 
 
-MODEL_CALL_ERRORS = (400, 401, 404, 413, 429, 502, 503, 504)
-"""What a keyed route that calls a model can answer: its request, its key, an unknown name,
-and everything the model's upstream and the resilience layer can end with."""
+RATE_LIMIT_HEADERS: dict[str, Any] = {
+    f"x-ratelimit-{what}-{kind}": {
+        "description": f"OpenAI's rate-limit header: the {what} of the key's "
+        f"{'requests' if kind == 'requests' else 'tokens'} limit (sent when the key has one)",
+        "required": False,
+        "schema": {"type": "string"},
+    }
+    for kind in ("requests", "tokens")
+    for what in ("limit", "remaining", "reset")
+}
+
+ROUTE_HEADERS: dict[str, Any] = {
+    "x-guarita-route": {
+        "description": "With complexity routing (an agent's `routing`): the prompt's level, "
+        "simple, medium or complex (docs/routing.md)",
+        "required": False,
+        "schema": {"type": "string", "enum": ["simple", "medium", "complex"]},
+    },
+    "x-guarita-routed-model": {
+        "description": "With complexity routing: the model the call was routed to",
+        "required": False,
+        "schema": {"type": "string"},
+    },
+}
+
+MODEL_CALL_ERRORS = (400, 401, 403, 404, 413, 429, 502, 503, 504)
+"""What a keyed route that calls a model can answer: its request, its key (and the limits
+of its tier: 403 for a model it may not use, 429), an unknown name, and everything the
+model's upstream and the resilience layer can end with."""
 
 
 def errors(

@@ -7,7 +7,7 @@ handlers write their bodies themselves and nothing validates them on the way out
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -357,3 +357,31 @@ class ModelStatus(BaseModel):
 
 class BreakerReport(BaseModel):
     models: dict[str, ModelStatus]
+
+
+class UsageCounts(BaseModel):
+    requests: int
+    errors: int = Field(description="calls that ended in an error")
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+
+
+class UsageRow(UsageCounts):
+    """One group: the dimensions of `by`, and only those, then the counts."""
+
+    key_id: str | None = Field(None, description="null: anonymous local development calls")
+    agent: str | None = Field(None, description="null: calls made to a model directly")
+    model: str | SkipJsonSchema[None] = Field(
+        None, description="the model that answered (after fallbacks)"
+    )
+    day: date | SkipJsonSchema[None] = Field(None, description="the UTC day")
+
+
+class UsageReport(BaseModel):
+    since: datetime
+    until: datetime
+    by: list[Literal["key", "agent", "model", "day"]]
+    rows: list[UsageRow]
+    total: UsageCounts = Field(description="every record in the window, rows left out included")
+    truncated: bool = Field(description="whether `limit` left rows out")

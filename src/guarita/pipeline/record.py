@@ -75,6 +75,7 @@ class Recording:
             "served_by": reply.served_by if reply else None,
             "deployment": reply.deployment if reply else None,
             "fallback_level": reply.fallback_level if reply else None,
+            "tokens_saved": call.info.get("tokens_saved", 0),
         }
         if reply is not None:
             usage = reply.usage

@@ -16,11 +16,13 @@ import secrets
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import structlog
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
+from guarita.settings import TierLimits
 from guarita.store.database import Database
 from guarita.store.models import ApiKey
 
@@ -36,10 +38,12 @@ class KeyInfo:
     prefix: str
     created_at: datetime
     revoked_at: datetime | None
+    limits: TierLimits | None = None
 
     @classmethod
     def of(cls, row: ApiKey) -> KeyInfo:
-        return cls(row.id, row.name, row.tier, row.prefix, row.created_at, row.revoked_at)
+        limits = TierLimits.model_validate(row.limits) if row.limits else None
+        return cls(row.id, row.name, row.tier, row.prefix, row.created_at, row.revoked_at, limits)
 
 
 def hash_key(plaintext: str) -> str:
@@ -52,7 +56,9 @@ class KeyStore:
         self._ttl = cache_ttl_s
         self._cache: dict[str, tuple[float, KeyInfo | None]] = {}
 
-    async def create(self, name: str, tier: str) -> tuple[str, KeyInfo]:
+    async def create(
+        self, name: str, tier: str, limits: TierLimits | None = None
+    ) -> tuple[str, KeyInfo]:
         """Create a key; the plain text is returned once and never stored."""
         plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
         row = ApiKey(
@@ -62,6 +68,7 @@ class KeyStore:
             key_hash=hash_key(plaintext),
             prefix=plaintext[:10],
             created_at=datetime.now(UTC),
+            limits=_stored(limits),
         )
         async with self._db.sessions.begin() as session:
             session.add(row)
@@ -71,6 +78,29 @@ class KeyStore:
         async with self._db.sessions() as session:
             rows = await session.scalars(select(ApiKey).order_by(ApiKey.created_at))
             return [KeyInfo.of(row) for row in rows]
+
+    async def update(
+        self, key_id: str, *, tier: str | None = None, limits: TierLimits | None = None,
+        replace_limits: bool = False,
+    ) -> KeyInfo | None:  # fmt: skip
+        """Change an active key's tier and limits (the limits given are merged into the
+        key's own, or replace them with ``replace_limits``); None if there is no such key.
+        Every process sees the change within ``auth.revocation_check_s``."""
+        async with self._db.sessions.begin() as session:
+            row = await session.scalar(
+                select(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
+            )
+            if row is None:
+                return None
+            if tier is not None:
+                row.tier = tier
+            if limits is not None or replace_limits:
+                current = {} if replace_limits else dict(row.limits or {})
+                current.update(_stored(limits) or {})
+                row.limits = current or None
+            row.updated_at = datetime.now(UTC)
+        self._cache.clear()
+        return KeyInfo.of(row)
 
     async def revoke(self, key_id: str) -> bool:
         async with self._db.sessions.begin() as session:
@@ -86,17 +116,20 @@ class KeyStore:
         """Forget every cached lookup (a key was revoked somewhere)."""
         self._cache.clear()
 
-    async def revocation_mark(self) -> tuple[int, datetime | None]:
-        """Changes whenever a key is revoked: how many are, and the latest revocation."""
+    async def revocation_mark(self) -> tuple[int, datetime | None, datetime | None]:
+        """Changes whenever a key is revoked or updated: how many are revoked, the latest
+        revocation and the latest update."""
         async with self._db.sessions() as session:
             row = (
                 await session.execute(
-                    select(func.count(ApiKey.id), func.max(ApiKey.revoked_at)).where(
-                        ApiKey.revoked_at.is_not(None)
+                    select(
+                        func.count(ApiKey.revoked_at),
+                        func.max(ApiKey.revoked_at),
+                        func.max(ApiKey.updated_at),
                     )
                 )
             ).one()
-        return int(row[0]), row[1]
+        return int(row[0]), row[1], row[2]
 
     async def lookup(self, plaintext: str) -> KeyInfo | None:
         """The active key for a presented secret, or None."""
@@ -127,7 +160,7 @@ class RevocationWatch:
         self._task = asyncio.create_task(self._run(), name="key-revocations")
 
     async def _run(self) -> None:
-        mark: tuple[int, datetime | None] | None = None
+        mark: tuple[int, datetime | None, datetime | None] | None = None
         while True:
             try:
                 current = await self._keys.revocation_mark()
@@ -146,3 +179,10 @@ class RevocationWatch:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+
+def _stored(limits: TierLimits | None) -> dict[str, Any] | None:
+    """The fields a key sets itself (unset ones follow its tier)."""
+    if limits is None:
+        return None
+    return limits.model_dump(exclude_unset=True) or None

@@ -38,6 +38,9 @@ class ApiKey(Base):
     prefix: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime]
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+    limits: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    """The key's own limits over its tier's (``TierLimits`` fields it sets)."""
+    updated_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class RequestRecord(Base):
@@ -71,6 +74,8 @@ class RequestRecord(Base):
     served_by: Mapped[str | None] = mapped_column(String(200), default=None)
     deployment: Mapped[str | None] = mapped_column(String(200), default=None)
     fallback_level: Mapped[str | None] = mapped_column(String(20), default=None)
+    tokens_saved: Mapped[int] = mapped_column(Integer, default=0)
+    """Prompt tokens (estimated) that prompt compression removed before the call."""
 
 
 class ChatSession(Base):

@@ -83,6 +83,12 @@ class Metrics:
             "Request records the store refused, moved to the dead-letter file.",
             registry=r,
         )
+        self.budget_alerts = Counter(
+            "guarita_budget_alerts_total",
+            "Budget thresholds reached (once per budget, threshold and period).",
+            ["budget", "threshold"],
+            registry=r,
+        )
         self.events_dropped = Counter(
             "guarita_events_dropped_total",
             "Lifecycle events dropped (sink too slow or down).",
@@ -90,6 +96,12 @@ class Metrics:
         )
         self.tasks = Counter(
             "guarita_tasks_total", "Tasks by outcome.", ["agent_name", "status"], registry=r
+        )
+        self.tokens_saved = Counter(
+            "guarita_tokens_saved_total",
+            "Prompt tokens (estimated) that prompt compression removed.",
+            ["agent_name"],
+            registry=r,
         )
 
         self.circuit_state = Gauge(
