@@ -119,7 +119,17 @@ class _HeadGuard:
         raise NotImplementedError
 
     def _response_in_flight(self) -> bool:
-        raise NotImplementedError
+        cycle: Any = getattr(self, "cycle", None)
+        return cycle is not None and not cycle.response_complete
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
+        self._head_started = self.loop.time()  # a new connection: its first head's clock
+        self._start_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_guard_timers()
+        super().connection_lost(exc)  # type: ignore[misc]
 
     def _start_head_timer(self) -> None:
         if self._head_timer is None and self._head_started is not None:
@@ -228,20 +238,6 @@ if HTTPTOOLS_INSTALLED:
 
         def _head_bytes_received(self) -> bool:
             return self._head_bytes > 0
-
-        def _response_in_flight(self) -> bool:
-            return self.cycle is not None and not self.cycle.response_complete
-
-        def connection_made(  # type: ignore[override]
-            self, transport: asyncio.Transport
-        ) -> None:
-            super().connection_made(transport)
-            self._head_started = self.loop.time()
-            self._start_head_timer()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._stop_guard_timers()
-            super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
             if self._refused:
@@ -355,20 +351,6 @@ class H11HeaderLimits(_HeadGuard, H11Protocol):
 
     def _head_bytes_received(self) -> bool:
         return bool(self.conn.trailing_data[0])
-
-    def _response_in_flight(self) -> bool:
-        return self.cycle is not None and not self.cycle.response_complete
-
-    def connection_made(  # type: ignore[override]
-        self, transport: asyncio.Transport
-    ) -> None:
-        super().connection_made(transport)
-        self._head_started = self.loop.time()
-        self._start_head_timer()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._stop_guard_timers()
-        super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
