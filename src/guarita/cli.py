@@ -33,7 +33,11 @@ app = typer.Typer(help="Guarita: a production runtime for LLM agents.", no_args_
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 cost_app = typer.Typer(help="Cost estimates.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+economy_app = typer.Typer(
+    help="Economy mode of used-up budgets (on a running server).", no_args_is_help=True
+)
 app.add_typer(cost_app, name="cost")
+app.add_typer(economy_app, name="economy")
 
 out = Console()
 err = Console(stderr=True)
@@ -306,6 +310,51 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (key_â€
         err.print(f"[red]error:[/red] no active key {key_id}", highlight=False)
         raise typer.Exit(1)
     out.print(f"revoked {key_id}")
+
+
+UrlOption = Annotated[
+    str, typer.Option("--url", help="The running server [default: http://127.0.0.1:8080].")
+]
+
+
+def _admin(method: str, url: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    """Call an /admin endpoint of a running server with the key in GUARITA_ADMIN_KEY."""
+    import httpx
+
+    key = os.environ.get("GUARITA_ADMIN_KEY", "").strip()
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    try:
+        response = httpx.request(method, url.rstrip("/") + path, json=body, headers=headers,
+                                 timeout=10)  # fmt: skip
+    except httpx.HTTPError as exc:
+        err.print(f"[red]error:[/red] --url: cannot reach {url} ({exc})", highlight=False)
+        raise typer.Exit(1) from None
+    if response.status_code != 200:
+        message = response.json().get("error", {}).get("message", response.text)
+        hint = (
+            " (set GUARITA_ADMIN_KEY to an admin key)" if response.status_code in (401, 403) else ""
+        )
+        err.print(f"[red]error:[/red] {message}{hint}", highlight=False)
+        raise typer.Exit(1)
+    return response.json()
+
+
+@economy_app.command("status")
+def economy_status(url: UrlOption = "http://127.0.0.1:8080") -> None:
+    """Budgets in economy mode, and lifted ones, as the server sees them."""
+    print(orjson.dumps(_admin("GET", url, "/admin/economy"), option=orjson.OPT_INDENT_2).decode())
+
+
+@economy_app.command("off")
+def economy_off(
+    budget: Annotated[str, typer.Option(help="key:<key id>, agent:<name> or total.")],
+    url: UrlOption = "http://127.0.0.1:8080",
+) -> None:
+    """Leave economy mode for a budget until the end of the UTC day: its calls are served as
+    usual again and its budget only counts."""
+    report = _admin("POST", url, "/admin/economy/off", {"budget": budget})
+    out.print(f"economy mode lifted for {budget} until "
+              f"{report['lifted'].get(budget, 0):.0f} (epoch s)", highlight=False)  # fmt: skip
 
 
 @cost_app.command("project")

@@ -45,6 +45,7 @@ from guarita.telemetry.tracing import Tracing
 from guarita.traffic.alerts import BudgetAlerts
 from guarita.traffic.complexity import ComplexityRouting
 from guarita.traffic.compression import PromptCompression
+from guarita.traffic.economy import EconomyMode
 from guarita.traffic.ratelimit import RateLimits
 
 log = structlog.get_logger("guarita.runtime")
@@ -109,12 +110,18 @@ class Runtime:
             count=lambda budget, share: self.metrics.budget_alerts.labels(budget, share).inc(),
             webhook_url=budgets.webhook_url,
         )
+        self.economy = EconomyMode(
+            settings.limits.economy,
+            self.state,
+            on_call=lambda scope: self.metrics.economy_calls.labels(scope.split(":")[0]).inc(),
+        )
         self.rate_limits = RateLimits(
             self.state,
             settings.limits,
             max_deadline_s=settings.resilience.max_deadline_s,
             prices=self.prices,
             alerts=alerts,
+            economy=self.economy,
         )
         self.recording = Recording(self.metrics, self.records, self.events)
         tracer = self.tracing.tracer if self.tracing.enabled else None
@@ -225,6 +232,8 @@ class Runtime:
             await self.tasks.start()
             if self.settings.auth.enabled:
                 await self.revocations.start()
+            if self.settings.limits.budgets.action == "economy":
+                await self.economy.start()
         log.info("runtime_started", role=self.role, models=sorted(self.models),
                  store=self.db.engine.url.render_as_string(hide_password=True),
                  shared_state="redis" if self.redis is not None else "in-process",
@@ -282,6 +291,7 @@ class Runtime:
             await self.revocations.aclose()
             await self.tasks.aclose()
         await self.rate_limits.aclose()
+        await self.economy.aclose()
         await self.state.aclose()
         await self.records.aclose()
         await self.events.aclose()

@@ -297,6 +297,10 @@ class BudgetSettings(_Strict):
     webhook_url: str | None = Field(
         default=None, description="Alerts are also POSTed here as JSON."
     )
+    action: Literal["block", "economy"] = Field(
+        default="block",
+        description="At 100 %: refuse (429 insufficient_quota), or go on in economy mode.",
+    )
 
     @field_validator("alert_thresholds")
     @classmethod
@@ -304,6 +308,20 @@ class BudgetSettings(_Strict):
         if any(not 0 < share <= 1 for share in value):
             raise ValueError("each threshold must be a share of the budget, above 0 and at most 1")
         return tuple(sorted(set(value)))
+
+
+class EconomySettings(_Strict):
+    """What economy mode changes, for the calls charged to a budget that is used up."""
+
+    models: dict[str, str] = Field(
+        default_factory=dict, description="A cheaper model for a model (both configured)."
+    )
+    limit_factor: float = Field(
+        default=0.5, gt=0, le=1, description="Request, token and concurrency limits times this."
+    )
+    cache_ttl_factor: float = Field(
+        default=2.0, ge=1, description="Response cache TTLs times this (the cache stage)."
+    )
 
 
 class LimitSettings(_Strict):
@@ -323,6 +341,7 @@ class LimitSettings(_Strict):
         description="Addresses or networks (CIDR) whose X-Forwarded-For is believed.",
     )
     budgets: BudgetSettings = Field(default_factory=BudgetSettings)
+    economy: EconomySettings = Field(default_factory=EconomySettings)
     hold_margin_s: float = Field(
         default=30.0,
         gt=0,
@@ -522,10 +541,14 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
-    def _budget_agents_exist(self) -> Settings:
+    def _budget_names_exist(self) -> Settings:
         for name in self.limits.budgets.agents:
             if name not in self.agents:
                 raise ValueError(f"limits.budgets.agents.{name}: unknown agent {name!r}")
+        for model, cheaper in self.limits.economy.models.items():
+            for name in (model, cheaper):
+                if name not in self.models:
+                    raise ValueError(f"limits.economy.models.{model}: unknown model {name!r}")
         return self
 
     @model_validator(mode="after")

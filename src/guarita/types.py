@@ -91,6 +91,8 @@ class Call:
     as opposed to an agent's default."""
     client_ip: str | None = None
     """The caller's address (behind a trusted proxy, from X-Forwarded-For)."""
+    economy: bool = False
+    """In economy mode (a budget is used up): the cache stage lengthens its TTLs."""
     response_headers: dict[str, str] = field(default_factory=dict)
     """Headers stages add to the answer (OpenAI's ``x-ratelimit-*``)."""
 

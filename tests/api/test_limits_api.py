@@ -9,6 +9,8 @@ import contextlib
 import re
 import secrets
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -262,3 +264,59 @@ def _call_quietly(base_url: str, headers: dict[str, str]) -> None:
     with contextlib.suppress(httpx.HTTPError):
         httpx.post(base_url + "/v1/chat/completions", headers=headers,
                    json={**CHAT, "model": "slow", "max_tokens": 10}, timeout=30)  # fmt: skip
+
+
+def test_economy_mode_end_to_end(tmp_path: Path) -> None:
+    """A key's budget used up with ``action: economy``: its calls go to the cheaper model
+    (in the header and the record) instead of a 429; `guarita economy off` lifts it."""
+    words = " ".join(["w"] * 100)
+    config = {
+        "models": {
+            "m": {
+                "provider": "scripted",
+                "options": {"reply": words},
+                "price_input_per_1m": 1000.0,
+                "price_output_per_1m": 1000.0,
+            },
+            "cheap": {"provider": "scripted", "options": {"reply": "ok"}},
+        },
+        "agents": {"a": {"model": "m"}},
+        "default_agent": "a",
+        "limits": {"budgets": {"action": "economy"}, "economy": {"models": {"m": "cheap"}}},
+    }
+    server = GuaritaServer(tmp_path, config)
+    secret, key_id = key_with(server, "--daily-budget-usd", "0.2")
+    admin, _ = key_with(server, tier="admin")
+    server.start()
+    headers = {"authorization": f"Bearer {secret}"}
+    try:
+        answers = [
+            httpx.post(
+                server.base_url + "/v1/chat/completions",
+                headers=headers,
+                json={**CHAT, "max_tokens": 150},
+            )
+            for _ in range(4)
+        ]
+        assert [a.status_code for a in answers] == [200] * 4
+        economy = [a.headers.get("x-guarita-economy") for a in answers]
+        assert economy[0] is None and economy[-1] == f"key:{key_id}"
+        assert answers[-1].json()["choices"][0]["message"]["content"] == "ok"  # the cheap one
+        report = httpx.get(server.base_url + "/admin/usage",
+                           headers={"authorization": f"Bearer {admin}"}).json()  # fmt: skip
+        assert f"key:{key_id}" in report["economy"]["economy"]
+
+        env = {**server.env, "GUARITA_ADMIN_KEY": admin}
+        lifted = subprocess.run(
+            [sys.executable, "-m", "guarita.cli", "economy", "off", "--budget",
+             f"key:{key_id}", "--url", server.base_url],
+            env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert lifted.returncode == 0, lifted.stderr
+        again = httpx.post(server.base_url + "/v1/chat/completions", headers=headers,
+                           json={**CHAT, "max_tokens": 150})  # fmt: skip
+        assert again.status_code == 200 and "x-guarita-economy" not in again.headers
+    finally:
+        server.stop()
+    models = asyncio.run(query(server.store_url, "SELECT model FROM requests ORDER BY id"))
+    assert [r["model"] for r in models][-2:] == ["cheap", "m"]

@@ -7,17 +7,18 @@ auth switched off for local development.
 from __future__ import annotations
 
 from dataclasses import asdict
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import orjson
+import structlog
 from fastapi import APIRouter, Query
 from pydantic.json_schema import SkipJsonSchema
 from starlette.responses import Response
 
 from guarita.api.deps import CallerDep, RuntimeDep
 from guarita.api.openapi import SECURED, errors, ok
-from guarita.api.schemas import BreakerReport, UsageReport
+from guarita.api.schemas import BreakerReport, EconomyLift, EconomyReport, UsageReport
 from guarita.errors import InvalidRequest, PermissionDenied
 from guarita.resilience.breaker import BreakerState
 from guarita.store.usage import (
@@ -30,6 +31,7 @@ from guarita.store.usage import (
 )
 from guarita.types import Caller
 
+log = structlog.get_logger("guarita.admin")
 router = APIRouter(prefix="/admin", tags=["admin"])
 ADMIN_TIER = "admin"
 
@@ -146,7 +148,44 @@ async def usage(
         limit=limit,
     )
     report = await usage_report(runtime.db, query)
-    return Response(orjson.dumps(report.to_json()), media_type="application/json")
+    body = {**report.to_json(), "economy": runtime.economy.report()}
+    return Response(orjson.dumps(body), media_type="application/json")
+
+
+@router.get(
+    "/economy",
+    operation_id="economyStatus",
+    response_model=None,
+    responses={
+        200: ok(EconomyReport, "Budgets in economy mode, and lifted ones"),
+        **errors(401, 403, described={403: "The key is not of tier `admin`"}),
+    },
+    openapi_extra=SECURED,
+)
+async def economy_status(runtime: RuntimeDep, caller: CallerDep) -> Response:
+    require_admin(caller)
+    return Response(orjson.dumps(runtime.economy.report()), media_type="application/json")
+
+
+@router.post(
+    "/economy/off",
+    operation_id="economyOff",
+    response_model=None,
+    responses={
+        200: ok(EconomyReport, "Lifted until the end of the UTC day, on every process"),
+        **errors(400, 401, 403, 413, described={403: "The key is not of tier `admin`"}),
+    },
+    openapi_extra=SECURED,
+)
+async def economy_off(payload: EconomyLift, runtime: RuntimeDep, caller: CallerDep) -> Response:
+    """Serve the budget's calls as usual (its budget only counts) until the end of the UTC
+    day: an operator's decision, audited in the log."""
+    require_admin(caller)
+    now = datetime.now(UTC)
+    end_of_day = datetime(now.year, now.month, now.day, tzinfo=UTC) + timedelta(days=1)
+    await runtime.economy.lift(payload.budget, end_of_day.timestamp())
+    log.warning("economy_lifted_by_operator", budget=payload.budget, key_id=caller.key_id)
+    return Response(orjson.dumps(runtime.economy.report()), media_type="application/json")
 
 
 def _time(param: str, value: str | None, *, end_of_day: bool = False) -> datetime | None:

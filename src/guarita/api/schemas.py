@@ -378,6 +378,23 @@ class UsageRow(UsageCounts):
     day: date | SkipJsonSchema[None] = Field(None, description="the UTC day")
 
 
+class EconomyReport(BaseModel):
+    """What the answering process knows: budget scopes (`key:<id>`, `agent:<name>`,
+    `total`) in economy mode and lifted by an operator, each with its end (epoch s)."""
+
+    economy: dict[str, float]
+    lifted: dict[str, float]
+
+
+class EconomyLift(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    budget: str = Field(
+        pattern=r"^(key:key_[0-9a-f]{1,32}|agent:[^\s]{1,200}|total)$",
+        description="The budget scope: `key:<key id>`, `agent:<name>` or `total`",
+    )
+
+
 class UsageReport(BaseModel):
     since: datetime
     until: datetime
@@ -385,3 +402,4 @@ class UsageReport(BaseModel):
     rows: list[UsageRow]
     total: UsageCounts = Field(description="every record in the window, rows left out included")
     truncated: bool = Field(description="whether `limit` left rows out")
+    economy: EconomyReport = Field(description="budgets in economy mode or lifted, now")

@@ -89,6 +89,12 @@ class Metrics:
             ["budget", "threshold"],
             registry=r,
         )
+        self.economy_calls = Counter(
+            "guarita_economy_calls_total",
+            "Calls served in economy mode, by the kind of budget used up (key, agent, total).",
+            ["budget"],
+            registry=r,
+        )
         self.events_dropped = Counter(
             "guarita_events_dropped_total",
             "Lifecycle events dropped (sink too slow or down).",

@@ -19,7 +19,7 @@ import ipaddress
 import math
 import secrets
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -37,6 +37,7 @@ from guarita.settings import BudgetSettings, LimitSettings, TierLimits
 from guarita.state import MAX_AMOUNT, Admission, CounterState, Limit, Reservations
 from guarita.telemetry.prices import FREE, Price
 from guarita.traffic.alerts import BudgetAlerts
+from guarita.traffic.economy import EconomyMode
 from guarita.types import Call, Reply, Usage
 
 log = structlog.get_logger("guarita.limits")
@@ -98,10 +99,12 @@ class Plan:
 
 
 def budget_limits(
-    call: Call, limits: TierLimits, budgets: BudgetSettings, max_cost: float
-) -> list[Limit]:
+    call: Call, limits: TierLimits, budgets: BudgetSettings, max_cost: float,
+    lenient: Collection[str] = (),
+) -> list[Limit]:  # fmt: skip
     """The spend budgets a call must fit in: its key's (daily, monthly), its agent's and the
-    total. Each counter holds the call's maximum cost until it is settled."""
+    total. Each counter holds the call's maximum cost until it is settled. The budgets of
+    ``lenient`` scopes (in economy mode, or lifted) count without refusing."""
     scoped: list[tuple[str, float | None, float | None]] = []
     if call.caller.key_id is not None:
         scoped.append(
@@ -113,11 +116,26 @@ def budget_limits(
     scoped.append(("{total}", budgets.total.daily_usd, budgets.total.monthly_usd))
     chosen = []
     for tag, daily, monthly in scoped:
+        counts_only = tag.strip("{}") in lenient
         if daily is not None:
-            chosen.append(Limit(f"{tag}:usd-day", daily, "day", amount=max_cost))
+            cap = None if counts_only else daily
+            chosen.append(Limit(f"{tag}:usd-day", cap, "day", amount=max_cost))
         if monthly is not None:
-            chosen.append(Limit(f"{tag}:usd-month", monthly, "month", amount=max_cost))
+            cap = None if counts_only else monthly
+            chosen.append(Limit(f"{tag}:usd-month", cap, "month", amount=max_cost))
     return chosen
+
+
+def scaled(limits: TierLimits, factor: float) -> TierLimits:
+    """Request, token and concurrency limits times ``factor`` (economy mode), at least 1."""
+    fields = ("requests_per_minute", "requests_per_day", "tokens_per_minute",
+              "concurrent_requests")  # fmt: skip
+    changes = {
+        name: max(1, int(value * factor))
+        for name in fields
+        if (value := getattr(limits, name)) is not None
+    }
+    return limits.model_copy(update=changes) if changes else limits
 
 
 def plan_for(
@@ -215,6 +233,7 @@ class RateLimits:
         max_deadline_s: float,
         prices: Mapping[str, Price] | None = None,
         alerts: BudgetAlerts | None = None,
+        economy: EconomyMode | None = None,
     ) -> None:
         self._state = state
         self._settings = settings
@@ -222,6 +241,7 @@ class RateLimits:
         self._max_hold_s = max_deadline_s + self._margin
         self._prices = prices or {}
         self._alerts = alerts
+        self._economy = economy if settings.budgets.action == "economy" else None
         self._settling: set[asyncio.Task[None]] = set()
         self._merged: dict[tuple[str, int], tuple[TierLimits, TierLimits]] = {}
 
@@ -247,13 +267,19 @@ class RateLimits:
             return await next(call)  # counted when it was accepted (``admit_submission``)
         limits = self.limits_for(call) or _NONE
         _check_model(call, limits)
+        economy: str | None = None
+        lenient: set[str] = set()
+        if self._economy is not None:
+            economy, lenient = self._economy.mode_for(call)
+            if economy is not None:
+                limits = scaled(limits, self._economy.apply(call, economy))
         room = apply_max_tokens(call, limits.max_tokens)
         prompt = estimate_prompt_tokens(call)
         plan = plan_for(call, limits, per_ip=self._settings.per_ip_per_minute,
                         ip_endpoints=self._settings.per_ip_endpoints,
                         tokens=prompt + room)  # fmt: skip
         max_cost = self._prices.get(call.model, FREE).cost(Usage(prompt, room))
-        spend = budget_limits(call, limits, self._settings.budgets, max_cost)
+        spend = budget_limits(call, limits, self._settings.budgets, max_cost, lenient)
         if spend:
             plan = plan.with_spend(spend)
         if not plan.limits:
@@ -264,6 +290,12 @@ class RateLimits:
         if plan.spend and self._alerts is not None:  # refusals too: that is the 100 % one
             self._alerts.check(admission.counters, plan.spend)
         if not admission.allowed:
+            scope = _budget_scope(admission.refused_by)
+            if self._economy is not None and economy is None and scope is not None:
+                # the budget is used up: economy mode for its scope until its period ends
+                until = time.time() + (admission.retry_after_s or 0.0)
+                await self._economy.enter(scope, until)
+                return await self(call, next)
             raise self._refusal(admission, headers)
         call.response_headers.update(headers)
         try:
@@ -365,6 +397,13 @@ class RateLimits:
             await asyncio.gather(*self._settling, return_exceptions=True)
         if self._alerts is not None:
             await self._alerts.aclose()
+
+
+def _budget_scope(counter: str | None) -> str | None:
+    """``key:k1`` for ``{key:k1}:usd-day``; None for a counter that is not a budget."""
+    if counter is None or ":usd-" not in counter:
+        return None
+    return counter.rsplit(":usd-", 1)[0].strip("{}")
 
 
 def _over_budget(admission: Admission, counter: str, headers: dict[str, str]) -> BudgetExceeded:
