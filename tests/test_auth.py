@@ -119,3 +119,29 @@ def test_a_key_revoked_by_the_cli_stops_working_on_every_process(tmp_path: Path)
         wait_until(refused_everywhere, timeout=10, what="every process to refuse the key")
     finally:
         server.stop()
+
+
+async def test_a_burst_of_one_new_keys_requests_makes_one_query(keys: KeyStore) -> None:
+    """1,000 concurrent requests with a key not yet cached used to open a store connection
+    each (PostgreSQL: "too many clients", 500s); they now share one lookup."""
+    from sqlalchemy import event
+
+    secret, info = await keys.create("svc", "pro")
+    keys.invalidate()
+    queries: list[str] = []
+
+    def count(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        if "FROM api_keys" in statement:
+            queries.append(statement)
+
+    engine = keys._db.engine.sync_engine  # counting what reaches the store
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        auth = Authenticator(keys, AuthSettings())
+        callers = await asyncio.gather(
+            *(auth.authenticate(f"Bearer {secret}", None) for _ in range(200))
+        )
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert {c.key_id for c in callers} == {info.id}
+    assert len(queries) == 1

@@ -6,7 +6,9 @@ workers (tasks) carry the identity captured when their request was accepted.
 
 from __future__ import annotations
 
-from guarita.errors import AuthenticationFailed
+from sqlalchemy.exc import SQLAlchemyError
+
+from guarita.errors import AuthenticationFailed, ServiceUnavailable
 from guarita.settings import AuthSettings
 from guarita.store.keys import KeyStore
 from guarita.types import Caller
@@ -30,7 +32,14 @@ class Authenticator:
                 "missing API key: send it as 'Authorization: Bearer <key>' "
                 "(create one with `guarita keys create`)"
             )
-        info = await self._keys.lookup(token)
+        try:
+            info = await self._keys.lookup(token)
+        except (SQLAlchemyError, OSError) as exc:
+            raise ServiceUnavailable(
+                "keys cannot be checked right now; retry shortly",
+                retry_after=1,
+                detail=f"key store: {type(exc).__name__}",
+            ) from exc
         if info is None:
             raise AuthenticationFailed(f"invalid or revoked API key ({_redact(token)})")
         return Caller(key_id=info.id, name=info.name, tier=info.tier, limits=info.limits)

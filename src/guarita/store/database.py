@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import fcntl
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from alembic import command
 from alembic.config import Config
@@ -19,6 +21,7 @@ from sqlalchemy.ext.asyncio import (
 from guarita.errors import ConfigError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+_MIGRATION_LOCK = 0x6775617269746100  # "guarita" as an advisory lock key
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -40,8 +43,11 @@ class Database:
             raise ConfigError(f"store.url: not a database URL ({exc})") from None
         self.url = url
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
+        self._lock_path: Path | None = None
         if self.is_sqlite and parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            path = Path(parsed.database).expanduser()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock_path = path.with_name(path.name + ".migrate-lock")
         # hide_parameters: a failed statement's message (logged) must not carry the values
         options: dict[str, Any] = {"pool_pre_ping": not self.is_sqlite, "hide_parameters": True}
         if not self.is_sqlite:
@@ -60,8 +66,25 @@ class Database:
         return True
 
     async def migrate(self) -> None:
-        """Bring the schema to the newest Alembic revision."""
+        """Bring the schema to the newest Alembic revision, one process at a time:
+        processes starting together (replicas, ``serve --workers N``, an API and its
+        worker) would otherwise create the same tables at once, and all but one fail.
+        PostgreSQL: an advisory lock; a SQLite file: a lock file beside it."""
+        if self._lock_path is None:
+            await self._migrate()
+            return
+        handle = await asyncio.to_thread(_lock_file, self._lock_path)
+        try:
+            await self._migrate()
+        finally:
+            handle.close()  # releases the lock
+
+    async def _migrate(self) -> None:
         async with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                await conn.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK}
+                )
             await conn.run_sync(_upgrade)
 
     async def aclose(self) -> None:
@@ -78,3 +101,10 @@ def alembic_config(connection: Connection | None = None) -> Config:
 
 def _upgrade(connection: Connection) -> None:
     command.upgrade(alembic_config(connection), "head")
+
+
+def _lock_file(path: Path) -> IO[bytes]:
+    """Open ``path`` and wait for its exclusive lock (held until the file is closed)."""
+    handle = path.open("ab")
+    fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+    return handle

@@ -55,6 +55,8 @@ class KeyStore:
         self._db = db
         self._ttl = cache_ttl_s
         self._cache: dict[str, tuple[float, KeyInfo | None]] = {}
+        self._loading: dict[str, asyncio.Future[KeyInfo | None]] = {}
+        self._generation = 0
 
     async def create(
         self, name: str, tier: str, limits: TierLimits | None = None
@@ -99,7 +101,7 @@ class KeyStore:
                 current.update(_stored(limits) or {})
                 row.limits = current or None
             row.updated_at = datetime.now(UTC)
-        self._cache.clear()
+        self.invalidate()
         return KeyInfo.of(row)
 
     async def revoke(self, key_id: str) -> bool:
@@ -109,12 +111,15 @@ class KeyStore:
                 .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
                 .values(revoked_at=datetime.now(UTC))
             )
-        self._cache.clear()
+        self.invalidate()
         return bool(getattr(result, "rowcount", 0))
 
     def invalidate(self) -> None:
-        """Forget every cached lookup (a key was revoked somewhere)."""
+        """Forget every cached lookup (a key was revoked somewhere); lookups in flight then
+        answer their callers but are not cached."""
+        self._generation += 1
         self._cache.clear()
+        self._loading.clear()
 
     async def revocation_mark(self) -> tuple[int, datetime | None, datetime | None]:
         """Changes whenever a key is revoked or updated: how many are revoked, the latest
@@ -138,12 +143,25 @@ class KeyStore:
         cached = self._cache.get(digest)
         if cached is not None and cached[0] > now:
             return cached[1]
+        # one query per key however many requests present it at once: a burst of a new
+        # key's requests must not open a store connection each
+        pending = self._loading.get(digest)
+        if pending is None:
+            pending = asyncio.ensure_future(self._load(digest))
+            self._loading[digest] = pending
+            pending.add_done_callback(lambda _done: self._loading.pop(digest, None))
+        return await asyncio.shield(pending)
+
+    async def _load(self, digest: str) -> KeyInfo | None:
+        generation = self._generation
         async with self._db.sessions() as session:
             row = await session.scalar(select(ApiKey).where(ApiKey.key_hash == digest))
         info = KeyInfo.of(row) if row is not None and row.revoked_at is None else None
+        if generation != self._generation:
+            return info  # invalidated meanwhile: the answer may predate a revocation
         if len(self._cache) > 10_000:
             self._cache.clear()
-        self._cache[digest] = (now + self._ttl, info)
+        self._cache[digest] = (time.monotonic() + self._ttl, info)
         return info
 
 
