@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import secrets
 import socket
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.helpers import clean_leftovers, create_pg_database, drop_pg_database, scale_out
+from tests.helpers import (
+    REDIS_URL,
+    clean_leftovers,
+    create_pg_database,
+    drop_pg_database,
+    scale_out,
+)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -97,3 +104,18 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     name, url = create_pg_database()
     yield url
     drop_pg_database(name)
+
+
+@pytest.fixture
+async def redis_prefix() -> AsyncIterator[str]:
+    """A key prefix of this test's own in the test Redis; its keys are removed afterwards."""
+    import redis.asyncio as redis
+
+    prefix = f"guarita-test-{secrets.token_hex(4)}:"
+    yield prefix
+    client = redis.from_url(REDIS_URL)
+    try:
+        async for key in client.scan_iter(match=prefix + "*"):
+            await client.delete(key)
+    finally:
+        await client.aclose()

@@ -54,6 +54,19 @@ def scale_out_settings(tag: str) -> dict[str, Any]:
     }
 
 
+class FakeClock:
+    """A clock the test moves by hand, for what reads ``time.time`` (breakers, state)."""
+
+    def __init__(self, start: float = 1_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

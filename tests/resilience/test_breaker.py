@@ -28,8 +28,7 @@ from guarita.resilience.breaker import (
     Step,
     step,
 )
-from tests.helpers import REDIS_URL
-from tests.resilience.conftest import FakeClock
+from tests.helpers import REDIS_URL, FakeClock
 
 POLICY = BreakerPolicy()  # the defaults: 5 consecutive, 50% of >= 20 calls, 60 s open, 3 probes
 

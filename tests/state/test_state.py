@@ -21,25 +21,14 @@ import redis.asyncio as redis
 from guarita.state import Limit, ReservationExists, SharedState
 from guarita.state.memory import MemorySharedState, window_bounds
 from guarita.state.redis import RedisSharedState
-from tests.helpers import REDIS_URL
+from tests.helpers import REDIS_URL, FakeClock
 
 MINUTE_START = datetime(2025, 3, 14, 12, 0, tzinfo=UTC).timestamp()
 
 
-class FakeClock:
-    def __init__(self, start: float = MINUTE_START + 10) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(MINUTE_START + 10)
 
 
 @pytest.fixture

@@ -10,12 +10,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import secrets
 import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -31,18 +29,6 @@ PER_MINUTE = Limit("{procs}:rpm", 60, "minute")
 IN_FLIGHT_CAPACITY = 5
 IN_FLIGHT = Limit("{procs}:inflight", IN_FLIGHT_CAPACITY, "concurrent")
 HOLD_TTL_S = 1.0
-
-
-@pytest.fixture
-async def redis_prefix() -> AsyncIterator[str]:
-    prefix = f"guarita-test-state-procs-{secrets.token_hex(4)}:"
-    yield prefix
-    client = redis.from_url(REDIS_URL)
-    try:
-        async for key in client.scan_iter(match=prefix + "*"):
-            await client.delete(key)
-    finally:
-        await client.aclose()
 
 
 class Child:
