@@ -160,6 +160,9 @@ def test_several_workers_store_each_task_record_once(pg_store: str, tmp_path: Pa
     server.start()
     second = server.start_worker()
     try:
+        # both workers up before the tasks go in, or the first can run them all alone
+        wait_until(lambda: '"role":"worker"' in second.output(), timeout=60,
+                   what="the second worker's start")  # fmt: skip
         with httpx.Client(base_url=server.base_url, headers=auth(key)) as client:
             ids = [
                 client.post("/api/tasks", json={"message": f"job {i}"}).json()["task_id"]
@@ -183,7 +186,6 @@ def test_several_workers_store_each_task_record_once(pg_store: str, tmp_path: Pa
     assert len(rows) == 60, f"{len(rows)} rows for 60 model calls"
     assert {r["request_id"] for r in rows} == answered
     assert len({r["record_id"] for r in rows}) == 60
-    assert '"role":"worker"' in second.output(), "the second worker never started"
 
 
 def test_several_api_processes_report_summed_metrics(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from guarita.pipeline import Next
 from guarita.settings import AgentSettings, ModelSettings, Settings
 from guarita.store.sessions import SessionStore, Turn
 from guarita.store.tasks import TaskInfo
-from guarita.types import Call, Caller, Usage
+from guarita.types import Call, Caller, RequestContext, Usage
 
 _TOKENS_PER_MESSAGE = 4
 
@@ -113,7 +113,7 @@ class AgentService:
         agent_name: str | None = None,
         session_id: str | None = None,
         endpoint: str = "api.chat",
-        info: dict[str, Any] | None = None,
+        context: RequestContext | None = None,
         deadline_ms: float | None = None,
         client_ip: str | None = None,
     ) -> ChatResult:
@@ -159,7 +159,7 @@ class AgentService:
             agent=name,
             endpoint=endpoint,
             session_id=session_id,
-            info=info if info is not None else {},
+            context=context,
             deadline=self._deadline(agent.model, name, deadline_ms),
             client_ip=client_ip,
         )

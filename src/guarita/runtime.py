@@ -290,6 +290,7 @@ class Runtime:
         if self.role == "api":
             await self.revocations.aclose()
             await self.tasks.aclose()
+        await self.recording.aclose()  # settlements of streams that ended
         await self.rate_limits.aclose()
         await self.economy.aclose()
         await self.state.aclose()

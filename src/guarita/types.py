@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import secrets
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime
 from typing import Any, Literal
 
+import structlog
+
 from guarita.settings import TierLimits
+
+_log = structlog.get_logger("guarita.pipeline")
+_UNOWNED: set[asyncio.Task[None]] = set()
+"""Hook tasks of replies without a ``spawn``, held until done (the loop keeps weak refs)."""
 
 Chunk = dict[str, Any]
 """One OpenAI ``chat.completion.chunk`` object."""
@@ -63,13 +72,126 @@ class Caller:
         return cls(key_id=None, name="anonymous", tier="local")
 
 
+def new_record_id() -> str:
+    return secrets.token_hex(16)
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    """One model call, as the store, the events and the log line all see it.
+
+    Made with its :class:`Call` (so ``created_at`` is when the call began), annotated by
+    the stages it passes (``tokens_saved``, ``route``, ``economy``, ``reserved_usd``,
+    ``cache``), and completed once by Recording with the outcome. Its fields other than
+    ``error_detail`` are the columns of the ``requests`` table; ``error_detail`` (what the
+    caller was not told: upstream URL, status, exception) goes to the log line only.
+    """
+
+    request_id: str
+    endpoint: str
+    model: str
+    """The model that was called: the requested one, or what routing or economy mode
+    chose instead (``requested_model`` keeps what was asked)."""
+    requested_model: str
+    key_id: str | None = None
+    agent: str | None = None
+    stream: bool = False
+    session_id: str | None = None
+    record_id: str = field(default_factory=new_record_id)
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    status: str = "success"
+    status_code: int = 200
+    error_type: str | None = None
+    provider: str | None = None
+    upstream_model: str | None = None
+    served_by: str | None = None
+    deployment: str | None = None
+    fallback_level: str | None = None
+    quality: float | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    reserved_usd: float = 0.0
+    """The most the call could have cost, held against its budgets at admission."""
+    latency_ms: float = 0.0
+    tokens_saved: int = 0
+    route: str | None = None
+    """The complexity level that chose the model (``simple``, ``medium``, ``complex``)."""
+    complexity: float | None = None
+    economy: str | None = None
+    """The budget scope whose economy mode the call ran in."""
+    cache: str | None = None
+    """``hit``, ``semantic-hit``, ``miss`` or ``bypass`` when a cache stage saw the call."""
+    error_detail: str | None = None
+
+    def row(self) -> dict[str, Any]:
+        """The ``requests`` table's columns."""
+        row = {name: getattr(self, name) for name in _RECORD_COLUMNS}
+        return row
+
+    def event(self) -> dict[str, Any]:
+        """The data of a ``guarita.request.completed`` event (JSON-ready)."""
+        data = self.row()
+        data["created_at"] = self.created_at.isoformat()
+        return data
+
+    def log_fields(self) -> dict[str, Any]:
+        """What the request's log line adds about its model call: the outcome, and the
+        annotations that are set."""
+        fields_ = {
+            "agent": self.agent,
+            "model": self.model,
+            "provider": self.provider,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "tokens": self.input_tokens + self.output_tokens,
+            "cost_usd": self.cost_usd,
+            "fallback_level": self.fallback_level,
+        }
+        if self.requested_model != self.model:
+            fields_["requested_model"] = self.requested_model
+        for name in _RECORD_NOTES:
+            value = getattr(self, name)
+            if value:
+                fields_[name] = value
+        return fields_
+
+
+_RECORD_COLUMNS = tuple(f.name for f in fields(RequestRecord) if f.name != "error_detail")
+_RECORD_NOTES = ("tokens_saved", "route", "complexity", "economy", "reserved_usd", "cache",
+                 "error_detail")  # fmt: skip
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """What one HTTP request knows about itself for its log line: made by the middleware,
+    told the caller and the task by the handler, and the record of its model call by
+    Recording (the last one, for a request that makes several)."""
+
+    request_id: str
+    key_id: str | None = None
+    task_id: str | None = None
+    record: RequestRecord | None = None
+
+    def log_fields(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"request_id": self.request_id}
+        if self.key_id is not None:
+            out["key_id"] = self.key_id
+        if self.task_id is not None:
+            out["task_id"] = self.task_id
+        if self.record is not None:
+            out.update(self.record.log_fields())
+        return out
+
+
 @dataclass(slots=True)
 class Call:
     """One model call: an OpenAI-shaped request plus the context it runs in.
 
     ``body`` is the request minus ``model`` and ``stream``: the fields a provider sends on
-    (for ``operation="embeddings"``: ``{"input": [str, ...]}``). ``info`` collects what the
-    per-request log line and the request record report.
+    (for ``operation="embeddings"``: ``{"input": [str, ...]}``). ``record`` is the call's
+    :class:`RequestRecord`, made with it; ``context``, when the call serves an HTTP request,
+    is that request's, and learns the record when the call is over.
     """
 
     request_id: str
@@ -85,7 +207,7 @@ class Call:
     deadline: float | None = None
     """When the whole call must be over, in ``time.monotonic()`` seconds."""
     started: float = field(default_factory=time.perf_counter)
-    info: dict[str, Any] = field(default_factory=dict)
+    context: RequestContext | None = None
     requested_max_tokens: int | None = None
     """What the caller itself asked for (``max_tokens`` or ``max_completion_tokens``),
     as opposed to an agent's default."""
@@ -95,6 +217,19 @@ class Call:
     """In economy mode (a budget is used up): the cache stage lengthens its TTLs."""
     response_headers: dict[str, str] = field(default_factory=dict)
     """Headers stages add to the answer (OpenAI's ``x-ratelimit-*``)."""
+    record: RequestRecord = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.record = RequestRecord(
+            request_id=self.request_id,
+            endpoint=self.endpoint,
+            model=self.model,
+            requested_model=self.model,
+            key_id=self.caller.key_id,
+            agent=self.agent,
+            stream=self.stream,
+            session_id=self.session_id,
+        )
 
     @property
     def messages(self) -> list[dict[str, Any]]:
@@ -128,6 +263,8 @@ class Completion:
 
 
 FinishHook = Callable[["Reply", BaseException | None], None]
+AsyncFinishHook = Callable[["Reply", BaseException | None], Awaitable[None]]
+Spawn = Callable[[Coroutine[Any, Any, None]], None]
 
 
 @dataclass(slots=True)
@@ -136,7 +273,8 @@ class Reply:
 
     Stages that need the whole answer of a stream (accounting, recording) register a
     ``on_finish`` hook; it runs once, when the stream ends or fails, without holding back
-    the chunks the client is waiting for.
+    the chunks the client is waiting for. A stage whose follow-up awaits (settling a
+    reservation in the shared state) registers it with :meth:`after` instead.
     """
 
     model: str
@@ -148,6 +286,10 @@ class Reply:
     text: str = ""
     finish_reason: str | None = None
     hooks: list[FinishHook] = field(default_factory=list)
+    async_hooks: list[AsyncFinishHook] = field(default_factory=list)
+    spawn: Spawn | None = None
+    """Runs the async hooks of a stream when it ends, as a task that the runtime waits for
+    at shutdown (Recording hands it in)."""
     finished: bool = False
     served_by: str | None = None
     """The configured model that answered (differs from the call's after a fallback)."""
@@ -167,12 +309,37 @@ class Reply:
         else:
             self.hooks.append(hook)
 
+    async def after(self, hook: AsyncFinishHook) -> None:
+        """Await ``hook`` once the answer is complete: now, for a complete answer; for a
+        stream, when it ends, after the ``on_finish`` hooks, in a task of its own (``spawn``),
+        so that the end of the stream never waits for it and a client that goes away cannot
+        cut it short."""
+        if self.finished:
+            await hook(self, None)
+        else:
+            self.async_hooks.append(hook)
+
     def finish(self, error: BaseException | None = None) -> None:
         if self.finished:
             return
         self.finished = True
         for hook in self.hooks:
             hook(self, error)
+        if self.async_hooks:
+            run = self._run_async_hooks(error)
+            if self.spawn is not None:
+                self.spawn(run)
+            else:  # a reply that did not pass Recording (a stage tested alone)
+                task = asyncio.get_running_loop().create_task(run)
+                _UNOWNED.add(task)
+                task.add_done_callback(_UNOWNED.discard)
+
+    async def _run_async_hooks(self, error: BaseException | None) -> None:
+        for hook in self.async_hooks:
+            try:
+                await hook(self, error)
+            except Exception:  # noqa: BLE001 - one failing hook must not skip the others
+                _log.exception("finish_hook_failed", hook=getattr(hook, "__qualname__", "?"))
 
     async def chunks(self) -> AsyncIterator[Chunk]:
         """Iterate the stream, collecting text and usage, then run the finish hooks."""

@@ -85,3 +85,48 @@ async def test_a_failing_stream_reports_its_error_to_the_hooks() -> None:
             pass
     assert len(errors) == 1 and isinstance(errors[0], ConnectionError)
     assert reply.text == "partial"
+
+
+# -- async finish hooks -------------------------------------------------------------------
+
+
+async def test_an_async_hook_on_a_complete_answer_is_awaited_at_once() -> None:
+    reply = Reply.complete("p", Completion(body={}, usage=Usage(1, 1), model="m"))
+    seen: list[str] = []
+
+    async def hook(done: Reply, error: BaseException | None) -> None:
+        seen.append(f"{done.usage.total_tokens} {error}")
+
+    await reply.after(hook)
+    assert seen == ["2 None"]
+
+
+async def test_async_hooks_of_a_stream_run_after_it_ends_in_the_background() -> None:
+    """Through Recording: the hooks run in its background set, after the sync hooks, even
+    one after a failing one, and ``aclose`` waits for them."""
+    from guarita.pipeline import Background
+
+    background = Background()
+
+    async def source() -> AsyncIterator[dict[str, Any]]:
+        yield chunk(cid="c", model="m", content="Hello")
+        yield chunk(cid="c", model="m", usage=Usage(3, 1))
+
+    reply = Reply(model="m", provider="p", source=source(), spawn=background.spawn)
+    order: list[str] = []
+    reply.on_finish(lambda done, error: order.append("sync"))
+
+    async def failing(done: Reply, error: BaseException | None) -> None:
+        order.append("failing")
+        raise RuntimeError("boom")
+
+    async def settle(done: Reply, error: BaseException | None) -> None:
+        order.append(f"settle {done.usage.total_tokens}")
+
+    await reply.after(failing)
+    await reply.after(settle)
+    assert order == []
+    assert [c async for c in reply.chunks()]
+    assert order == ["sync"] and len(background) == 1  # the stream's end does not wait
+    await background.aclose()
+    assert order == ["sync", "failing", "settle 4"] and len(background) == 0

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import text
 
 from guarita.store.database import Database
-from guarita.store.models import RequestRecord
+from guarita.store.models import RequestRow
 from guarita.store.records import RecordWriter, new_record_id
 from tests.helpers import query
 
@@ -78,7 +78,7 @@ async def drop_table(db: Database) -> None:
 
 async def create_table(db: Database) -> None:
     async with db.engine.begin() as conn:
-        await conn.run_sync(lambda c: RequestRecord.__table__.create(c))  # type: ignore[attr-defined]
+        await conn.run_sync(lambda c: RequestRow.__table__.create(c))  # type: ignore[attr-defined]
 
 
 async def test_records_are_flushed_on_close(db: Database, store_url: str, tmp_path: Path) -> None:

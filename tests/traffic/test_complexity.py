@@ -144,8 +144,8 @@ async def test_the_stage_routes_and_reports() -> None:
         assert call.model == model and seen[-1] == model
         assert call.response_headers == {"x-guarita-route": level,
                                          "x-guarita-routed-model": model}  # fmt: skip
-        assert call.info["route"] == level
-        assert call.info["complexity"] == score(call.messages).score
+        assert call.record.route == level
+        assert call.record.complexity == score(call.messages).score
 
 
 async def test_calls_without_routing_are_untouched() -> None:
@@ -159,7 +159,7 @@ async def test_calls_without_routing_are_untouched() -> None:
     for call in (other_agent, direct, embeddings):
         await stage(call, provider)
         assert call.model == "mid"
-        assert call.response_headers == {} and "route" not in call.info
+        assert call.response_headers == {} and call.record.route is None
 
 
 def test_routing_settings_name_the_unknown_model() -> None:

@@ -211,8 +211,10 @@ def test_the_input_is_left_unchanged_and_content_parts_are_compressed() -> None:
 # -- the stage --------------------------------------------------------------------------
 
 
-def chat_call(messages: list[dict[str, Any]], agent: str | None = "support") -> Call:
-    return Call(request_id="c-1", model="m", body={"messages": messages},
+def chat_call(
+    messages: list[dict[str, Any]], agent: str | None = "support", request_id: str = "c-1"
+) -> Call:
+    return Call(request_id=request_id, model="m", body={"messages": messages},
                 caller=Caller.anonymous(), agent=agent)  # fmt: skip
 
 
@@ -230,11 +232,11 @@ async def test_agents_without_compression_are_untouched() -> None:
     for agent in ("other", "paused", None):
         call = chat_call(list(messages), agent)
         await stage(call, answer)
-        assert call.messages == messages and "tokens_saved" not in call.info
+        assert call.messages == messages and call.record.tokens_saved == 0
     call = chat_call(list(messages))
     await stage(call, answer)
     assert call.messages == [user("Check.")]
-    assert saved == [("support", call.info["tokens_saved"])]
+    assert saved == [("support", call.record.tokens_saved)]
 
 
 async def test_a_long_prompt_is_compressed_off_the_event_loop(
@@ -285,22 +287,21 @@ async def test_the_stage_end_to_end_counts_and_records_the_saving(
         )
         direct = chat_call([SYSTEM, *history, last])
         await runtime.pipeline(direct)
-        plain = chat_call([SYSTEM, last], agent="plain")
-        plain.request_id = "plain"
+        plain = chat_call([SYSTEM, last], agent="plain", request_id="plain")
         await runtime.pipeline(plain)
     finally:
         await runtime.aclose()
     assert reply.response == "echo: Hi, tell me where my order is?"
     assert direct.messages == [SYSTEM, user("Hi, tell me where my order is?")]  # history gone
     in_chat = estimate_tokens(str(last["content"])) - estimate_tokens(reply.response[6:])
-    assert in_chat == 10 and direct.info["tokens_saved"] == in_chat + tokens(history)
+    assert in_chat == 10 and direct.record.tokens_saved == in_chat + tokens(history)
     saved = runtime.metrics.registry.get_sample_value(
         "guarita_tokens_saved_total", {"agent_name": "support"}
     )
-    assert saved == in_chat + direct.info["tokens_saved"]
+    assert saved == in_chat + direct.record.tokens_saved
     rows = await query(store_url, "SELECT request_id, tokens_saved FROM requests")
     assert {r["request_id"]: r["tokens_saved"] for r in rows} == {
         "compressed": in_chat,
-        "c-1": direct.info["tokens_saved"],
+        "c-1": direct.record.tokens_saved,
         "plain": 0,
     }

@@ -9,7 +9,13 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from guarita.api.deps import CallerDep, RuntimeDep, client_ip, request_id, request_info
+from guarita.api.deps import (
+    CallerDep,
+    RuntimeDep,
+    client_ip,
+    request_context,
+    request_id,
+)
 from guarita.api.openai import requested_deadline_ms
 from guarita.api.openapi import (
     DEADLINE_HEADER,
@@ -65,7 +71,7 @@ async def chat(
         request_id=request_id(request),
         agent_name=payload.agent,
         session_id=payload.session_id,
-        info=request_info(request),
+        context=request_context(request),
         deadline_ms=requested_deadline_ms(request),
         client_ip=client_ip(request),
     )
@@ -125,7 +131,7 @@ async def create_task(
     task = await runtime.submit_task(
         agent=agent, payload=body, key_id=caller.key_id, request_id=request_id(request)
     )
-    request_info(request)["task_id"] = task.id
+    request_context(request).task_id = task.id
     return Response(
         orjson.dumps({"task_id": task.id, "status": task.status}),
         status_code=202,

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, cast
+from typing import Annotated, cast
 
 from fastapi import Depends, Request
 
 from guarita.runtime import Runtime
 from guarita.traffic.ratelimit import client_address
-from guarita.types import Caller
+from guarita.types import Caller, RequestContext
 
 
 async def get_runtime(request: Request) -> Runtime:
@@ -27,25 +27,24 @@ async def get_caller(request: Request) -> Caller:
             caller = await runtime.auth.authenticate(request.headers.get("authorization"), client)
     else:
         caller = await runtime.auth.authenticate(request.headers.get("authorization"), client)
-    info = request_info(request)
-    info["key_id"] = caller.key_id
+    request_context(request).key_id = caller.key_id
     return caller
 
 
 CallerDep = Annotated[Caller, Depends(get_caller)]
 
 
-def request_info(request: Request) -> dict[str, Any]:
-    """The per-request dict the access log line is built from (set by the middleware)."""
-    info = request.scope.get("state", {}).get("info")
-    if info is None:
-        info = {}
-        request.scope.setdefault("state", {})["info"] = info
-    return cast(dict[str, Any], info)
+def request_context(request: Request) -> RequestContext:
+    """What the request's log line is built from (made by the middleware)."""
+    state = request.scope.setdefault("state", {})
+    context = state.get("context")
+    if context is None:  # an app mounted without the middleware
+        context = state["context"] = RequestContext("")
+    return cast(RequestContext, context)
 
 
 def request_id(request: Request) -> str:
-    return str(request_info(request).get("request_id") or "")
+    return request_context(request).request_id
 
 
 def client_ip(request: Request) -> str | None:

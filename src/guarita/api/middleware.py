@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any
 
 import orjson
 import structlog
@@ -15,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from guarita.errors import GuaritaError, PayloadTooLarge
 from guarita.store.models import REQUEST_ID_MAX
 from guarita.telemetry.metrics import Metrics
+from guarita.types import RequestContext
 
 REQUEST_ID_HEADER = b"x-request-id"
 _SECURITY_HEADERS = [
@@ -58,7 +58,7 @@ class RequestContextMiddleware:
                 span.set_attribute("http.route", route)
             span.set_attribute("http.request.method", scope["method"])
             span.set_attribute("http.response.status_code", status)
-            span.set_attribute("guarita.request_id", scope["state"]["info"]["request_id"])
+            span.set_attribute("guarita.request_id", scope["state"]["context"].request_id)
             if status >= 500:
                 span.set_status(trace.StatusCode.ERROR)
 
@@ -72,8 +72,8 @@ class RequestContextMiddleware:
                 break
         if not _valid_request_id(request_id):
             request_id = uuid.uuid4().hex.encode()
-        info: dict[str, Any] = {"request_id": request_id.decode()}
-        scope.setdefault("state", {})["info"] = info
+        context = RequestContext(request_id.decode())
+        scope.setdefault("state", {})["context"] = context
         status = 500
         response_started = False
 
@@ -98,17 +98,17 @@ class RequestContextMiddleware:
             if not isinstance(exc, GuaritaError):
                 self.log.exception(
                     "unhandled_error",
-                    request_id=info["request_id"],
+                    request_id=context.request_id,
                     path=scope["path"],
                     error_type=type(exc).__name__,
                 )
                 exc = GuaritaError("internal error; see the server log for this request id")
             await _send_error(send_with_headers, exc)
         finally:
-            self._finish(scope, info, status, started)
+            self._finish(scope, context, status, started)
         return status
 
-    def _finish(self, scope: Scope, info: dict[str, Any], status: int, started: float) -> None:
+    def _finish(self, scope: Scope, context: RequestContext, status: int, started: float) -> None:
         elapsed = time.perf_counter() - started
         route = scope.get("route")
         template = getattr(route, "path", "unmatched")
@@ -116,13 +116,12 @@ class RequestContextMiddleware:
         path = scope["path"]
         if path in _QUIET_PATHS:
             return
-        info["method"] = scope["method"]
-        info["path"] = path
-        info["status"] = status
-        info["duration_ms"] = round(elapsed * 1000, 3)
-        if "input_tokens" in info:
-            info["tokens"] = info["input_tokens"] + info["output_tokens"]
-        self.log.info("request", **info)
+        fields = context.log_fields()
+        fields["method"] = scope["method"]
+        fields["path"] = path
+        fields["status"] = status
+        fields["duration_ms"] = round(elapsed * 1000, 3)
+        self.log.info("request", **fields)
 
 
 class BodySizeLimitMiddleware:

@@ -22,8 +22,8 @@ from guarita.api.deps import (
     RuntimeDep,
     client_ip,
     get_caller,
+    request_context,
     request_id,
-    request_info,
 )
 from guarita.api.openapi import (
     DEADLINE_HEADER,
@@ -138,7 +138,7 @@ async def chat_completions(payload: ChatCompletionRequest, request: Request) -> 
         stream=payload.stream,
         include_usage=include_usage,
         agent=agent,
-        info=request_info(request),
+        context=request_context(request),
         deadline=runtime.deadline(model, agent, requested_deadline_ms(request)),
         requested_max_tokens=asked,
         client_ip=client_ip(request),
@@ -228,7 +228,7 @@ async def embeddings(
         agent=agent,
         endpoint="embeddings",
         operation="embeddings",
-        info=request_info(request),
+        context=request_context(request),
         deadline=runtime.deadline(model, agent, requested_deadline_ms(request)),
         client_ip=client_ip(request),
     )

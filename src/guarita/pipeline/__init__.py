@@ -7,9 +7,10 @@ in handlers. No handler calls a provider or a stage by hand.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+import asyncio
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from functools import partial
-from typing import Protocol
+from typing import Any, Protocol
 
 from opentelemetry import trace
 
@@ -42,3 +43,23 @@ def compose(stages: Sequence[Stage], terminal: Next, *, tracer: trace.Tracer | N
         wrapped: Stage = _Traced(stage, tracer) if tracer is not None else stage
         handler = partial(wrapped, next=handler)
     return handler
+
+
+class Background:
+    """The tasks that finish what calls started after their answers went out (a stream's
+    settlement): held until done, and waited for at shutdown."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    async def aclose(self) -> None:
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)

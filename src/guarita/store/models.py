@@ -43,8 +43,9 @@ class ApiKey(Base):
     updated_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
-class RequestRecord(Base):
-    """One answered (or failed) model call: the source of truth for usage and cost."""
+class RequestRow(Base):
+    """One answered (or failed) model call: the source of truth for usage and cost. Written
+    from a :class:`guarita.types.RequestRecord`, whose fields document the columns."""
 
     __tablename__ = "requests"
     __table_args__ = (UniqueConstraint("record_id", name="uq_requests_record_id"),)
@@ -76,6 +77,13 @@ class RequestRecord(Base):
     fallback_level: Mapped[str | None] = mapped_column(String(20), default=None)
     tokens_saved: Mapped[int] = mapped_column(Integer, default=0)
     """Prompt tokens (estimated) that prompt compression removed before the call."""
+    requested_model: Mapped[str | None] = mapped_column(String(200), default=None)
+    quality: Mapped[float | None] = mapped_column(Float, default=None)
+    reserved_usd: Mapped[float] = mapped_column(Float, default=0.0)
+    route: Mapped[str | None] = mapped_column(String(20), default=None)
+    complexity: Mapped[float | None] = mapped_column(Float, default=None)
+    economy: Mapped[str | None] = mapped_column(String(200), default=None)
+    cache: Mapped[str | None] = mapped_column(String(20), default=None)
 
 
 class ChatSession(Base):

@@ -40,11 +40,14 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 
 from guarita.store.database import Database
-from guarita.store.models import RequestRecord
+from guarita.store.models import RequestRow
+from guarita.types import new_record_id
+
+__all__ = ["RecordWriter", "new_record_id", "normalize", "refused_by_store"]
 
 log = structlog.get_logger("guarita.records")
 
-_TABLE: Table = RequestRecord.__table__  # type: ignore[assignment]
+_TABLE: Table = RequestRow.__table__  # type: ignore[assignment]
 _COLUMNS = [c for c in _TABLE.columns if c.name != "id"]
 
 
@@ -59,10 +62,6 @@ _LIMITS: dict[str, int] = {
     for c in _COLUMNS
     if isinstance(c.type, String) and c.type.length is not None
 }
-
-
-def new_record_id() -> str:
-    return secrets.token_hex(16)
 
 
 def refused_by_store(exc: BaseException) -> bool:
@@ -200,7 +199,7 @@ class RecordWriter:
                 await conn.execute(self._insert, [normalize(r) for r in rows])
 
     def add(self, record: dict[str, Any]) -> None:
-        """Queue one record (a dict of ``RequestRecord`` columns). Never blocks."""
+        """Queue one record (a dict of ``RequestRow`` columns). Never blocks."""
         self._pending.append(record)
         if len(self._pending) >= self._batch_size:
             self._wakeup.set()

@@ -18,7 +18,7 @@ from sqlalchemy import Date, Select, String, Table, case, func, literal_column, 
 from sqlalchemy.sql.elements import ColumnElement
 
 from guarita.store.database import Database
-from guarita.store.models import RequestRecord
+from guarita.store.models import RequestRow
 
 Grouping = Literal["key", "agent", "model", "day"]
 GROUPINGS: tuple[Grouping, ...] = get_args(Grouping)
@@ -26,7 +26,7 @@ FIELDS: dict[Grouping, str] = {"key": "key_id", "agent": "agent", "model": "mode
 """The field that holds each grouping in a row's JSON form."""
 DEFAULT_DAYS = 30
 
-_TABLE: Table = RequestRecord.__table__  # type: ignore[assignment]
+_TABLE: Table = RequestRow.__table__  # type: ignore[assignment]
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _DATE_TIME = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2})?"

@@ -244,10 +244,10 @@ class ComplexityRouting:
             return await next(call)
         result = score(call.messages, medium_at=routing.medium_at, complex_at=routing.complex_at)
         model = routing.model_for(result.level)
-        # in place: Recording (outside) builds the record from this call's model
+        # in place: Recording (outside) records the model called; the record keeps the asked one
         call.model = model
         call.response_headers["x-guarita-route"] = result.level
         call.response_headers["x-guarita-routed-model"] = model
-        call.info["route"] = result.level
-        call.info["complexity"] = result.score
+        call.record.route = result.level
+        call.record.complexity = result.score
         return await next(call)

@@ -389,7 +389,7 @@ def _newest_within(
 
 class PromptCompression:
     """The pipeline stage: compress the prompts of agents with ``compression`` enabled, count
-    the tokens saved (``on_saved(agent, tokens)``) and report them in ``call.info``."""
+    the tokens saved (``on_saved(agent, tokens)``) and report them in the call's record."""
 
     def __init__(
         self,
@@ -412,7 +412,7 @@ class PromptCompression:
         else:
             result = compress(messages, budget, filler=filler)
         call.body["messages"] = result.messages
-        call.info["tokens_saved"] = result.tokens_saved
+        call.record.tokens_saved = result.tokens_saved
         if result.tokens_saved and self._on_saved is not None:
             self._on_saved(call.agent or "", result.tokens_saved)
         return await next(call)

@@ -117,7 +117,7 @@ class EconomyMode:
             call.model = cheaper
         call.economy = True
         call.response_headers["x-guarita-economy"] = scope
-        call.info["economy"] = scope
+        call.record.economy = scope
         self._on_call(scope)
         return self.settings.limit_factor
 
