@@ -25,7 +25,7 @@ from guarita.pipeline.account import Accounting
 from guarita.pipeline.provider_call import ProviderCall
 from guarita.pipeline.record import Recording
 from guarita.providers.base import ProviderRegistry
-from guarita.resilience.breaker import BreakerStore, MemoryBreakerStore, RedisBreakerStore
+from guarita.resilience.breaker import SharedBreakerStore
 from guarita.resilience.build import build_groups
 from guarita.resilience.fallback import FallbackChain
 from guarita.resilience.group import ModelGroup
@@ -85,23 +85,19 @@ class Runtime:
         )
         self.sessions = self._session_store()
         self.task_store = TaskStore(self.db)
-        # Building providers reads their keys: a missing one stops the start here.
-        self.breakers: BreakerStore = (
-            RedisBreakerStore(self.redis, prefix=settings.redis_prefix)
+        self.state: SharedState = (
+            RedisSharedState(self.redis, prefix=settings.redis_prefix)
             if self.redis is not None
-            else MemoryBreakerStore()
+            else MemorySharedState()
         )
+        self.breakers = SharedBreakerStore(self.state)
+        # Building providers reads their keys: a missing one stops the start here.
         self.models: dict[str, ModelGroup] = build_groups(
             settings, registry or ProviderRegistry(), self.breakers, self.metrics
         )
         self.prices: dict[str, Price] = {
             name: price_for(name, m) for name, m in settings.models.items()
         }
-        self.state: SharedState = (
-            RedisSharedState(self.redis, prefix=settings.redis_prefix)
-            if self.redis is not None
-            else MemorySharedState()
-        )
         budgets = settings.limits.budgets
         alerts = BudgetAlerts(
             self.state,
@@ -225,6 +221,7 @@ class Runtime:
             await self.db.migrate()
         await self.records.start()
         await self.events.start()
+        await self.breakers.start()
         for group in self.models.values():
             for deployment in group.deployments:
                 await deployment.provider.start()
@@ -293,6 +290,7 @@ class Runtime:
         await self.recording.aclose()  # settlements of streams that ended
         await self.rate_limits.aclose()
         await self.economy.aclose()
+        await self.breakers.aclose()
         await self.state.aclose()
         await self.records.aclose()
         await self.events.aclose()

@@ -13,12 +13,13 @@ import httpx
 
 from guarita.app import create_app
 from guarita.providers.base import ProviderRegistry
-from guarita.resilience.breaker import BreakerStore, MemoryBreakerStore
+from guarita.resilience.breaker import BreakerStore, SharedBreakerStore
 from guarita.resilience.build import build_groups
 from guarita.resilience.group import ModelGroup
 from guarita.resilience.quality import Scorer
 from guarita.runtime import Runtime
 from guarita.settings import Settings
+from guarita.state.memory import MemorySharedState
 from guarita.telemetry.metrics import Metrics
 from guarita.types import Call, Caller
 from tests.helpers import REDIS_URL, FakeUpstream, Leftovers, scale_out
@@ -67,7 +68,7 @@ async def groups(
     """The model groups of ``config``, built as the runtime builds them; providers closed
     at the end."""
     metrics = Metrics()
-    store = breakers or MemoryBreakerStore()
+    store = breakers or SharedBreakerStore(MemorySharedState())
     built = build_groups(config, ProviderRegistry(), store, metrics, scorer=scorer)
     try:
         for group in built.values():

@@ -1,14 +1,17 @@
-"""Circuit breakers: the pure state machine (``step``), then ``CircuitBreaker`` over both
-stores (in-process and Redis) with a fake clock, and two Redis stores (two clients, as two
-API processes would have) failing the same breaker at the same time."""
+"""Circuit breakers: the pure state machine (``step``), then ``CircuitBreaker`` over the
+shared breaker store on both shared states (in-process and Redis) with a fake clock, and
+two stores (on Redis: two clients, as two API processes would have) moving the same
+breaker: trips told by publish, half-open probes counted across both, failing at once."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -23,12 +26,15 @@ from guarita.resilience.breaker import (
     BreakerStore,
     CircuitBreaker,
     Event,
-    MemoryBreakerStore,
-    RedisBreakerStore,
+    SharedBreakerStore,
     Step,
     step,
 )
+from guarita.runtime import Runtime
+from guarita.state.memory import MemorySharedState
+from guarita.state.redis import RedisSharedState
 from tests.helpers import REDIS_URL, FakeClock
+from tests.resilience.support import settings
 
 POLICY = BreakerPolicy()  # the defaults: 5 consecutive, 50% of >= 20 calls, 60 s open, 3 probes
 
@@ -136,15 +142,15 @@ class Harness:
 
 
 @pytest.fixture(params=["memory", "redis"])
-def make_store(
-    request: pytest.FixtureRequest, redis_prefix: str, redis_clients: Callable[[], Any]
-) -> Callable[[FakeClock], BreakerStore]:
-    def make(clock: FakeClock) -> BreakerStore:
-        if request.param == "memory":
-            return MemoryBreakerStore(clock=clock)
-        return RedisBreakerStore(redis_clients(), prefix=redis_prefix, clock=clock)
+def make_store(request: pytest.FixtureRequest) -> Callable[[FakeClock], BreakerStore]:
+    """A store on a shared state of its own: in-process (no Redis needed), or a Redis
+    client and a key prefix of the test's own."""
 
-    return make
+    if request.param == "memory":
+        return lambda clock: SharedBreakerStore(MemorySharedState(), clock=clock)
+    prefix = request.getfixturevalue("redis_prefix")
+    clients = request.getfixturevalue("redis_clients")
+    return lambda clock: SharedBreakerStore(RedisSharedState(clients(), prefix=prefix), clock=clock)
 
 
 @pytest.fixture
@@ -248,94 +254,153 @@ async def test_successes_while_open_change_nothing(harness: Harness) -> None:
     assert await harness.acquire(1) == [False]
 
 
-# -- Redis: one breaker, several processes ----------------------------------------------
+# -- One breaker, several processes ------------------------------------------------------
 
 
-def two_processes(
-    prefix: str, make_client: Callable[[], Any], clock: FakeClock, **options: Any
-) -> tuple[CircuitBreaker, CircuitBreaker, list[tuple[str, str, str]]]:
-    """One breaker as two API processes see it: two stores, two Redis clients; the
-    transitions each reports, as (process, from, to)."""
+@pytest.fixture(params=["memory", "redis"])
+def shared_states(request: pytest.FixtureRequest) -> Callable[[], Any]:
+    """A factory of shared states, one per simulated process: on Redis, each on a client
+    of its own (as each API process has), under the test's prefix; in-process, one state
+    every store shares."""
+    if request.param == "memory":
+        memory = MemorySharedState()
+        return lambda: memory
+    prefix = request.getfixturevalue("redis_prefix")
+    clients = request.getfixturevalue("redis_clients")
+    return lambda: RedisSharedState(clients(), prefix=prefix)
+
+
+@contextlib.asynccontextmanager
+async def two_processes(
+    make_state: Callable[[], Any], clock: FakeClock, **options: Any
+) -> AsyncIterator[tuple[CircuitBreaker, CircuitBreaker, list[tuple[str, str, str]]]]:
+    """One breaker as two API processes see it: two stores, listening (started), each on
+    its own shared state; the transitions each reports, as (process, from, to)."""
     transitions: list[tuple[str, str, str]] = []
+    stores: list[SharedBreakerStore] = []
 
     def breaker(process: str) -> CircuitBreaker:
         def seen(_name: str, before: str, after: str) -> None:
             transitions.append((process, before, after))
 
-        store = RedisBreakerStore(make_client(), prefix=prefix, clock=clock, **options)
+        store = SharedBreakerStore(make_state(), clock=clock, **options)
+        stores.append(store)
         return CircuitBreaker("shared", store, BreakerPolicy(), on_transition=seen)
 
-    return breaker("a"), breaker("b"), transitions
+    a, b = breaker("a"), breaker("b")
+    try:
+        for store in stores:
+            await store.start()
+        yield a, b, transitions
+    finally:
+        for store in stores:
+            await store.aclose()
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], *, within: float) -> None:
+    """Poll ``check`` until it is true; fail after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while not await check():
+        assert time.monotonic() < deadline, f"not true after {within} s"
+        await asyncio.sleep(0.01)
 
 
 async def test_a_trip_in_one_process_stops_the_others(
-    redis_prefix: str, redis_clients: Callable[[], Any], clock: FakeClock
+    shared_states: Callable[[], Any], clock: FakeClock
 ) -> None:
-    a, b, transitions = two_processes(redis_prefix, redis_clients, clock, refresh_s=0)
-    assert await b.allow_request()
-    for _ in range(5):
-        await a.record_failure()
-    assert not await b.allow_request()  # opened by a, seen by b
-    assert await b.state() == OPEN
-    assert transitions == [("a", CLOSED, OPEN)]
-    clock.advance(60)
-    # the three half-open probes are shared, however they are spread over the processes
-    assert [await b.allow_request(), await a.allow_request(), await b.allow_request()] == [
-        True,
-        True,
-        True,
-    ]
-    assert not await a.allow_request()
-    for breaker in (a, b, a):
-        await breaker.record_success()
-    assert await a.state() == CLOSED
-    assert await a.allow_request() and await b.allow_request()
-    assert [t[1:] for t in transitions] == [(CLOSED, OPEN), (OPEN, HALF_OPEN), (HALF_OPEN, CLOSED)]
+    async with two_processes(shared_states, clock, refresh_s=0) as (a, b, transitions):
+        assert await b.allow_request()
+        for _ in range(5):
+            await a.record_failure()
+        assert not await b.allow_request()  # opened by a, seen by b
+        assert await b.state() == OPEN
+        assert transitions == [("a", CLOSED, OPEN)]
+        clock.advance(60)
+        # the three half-open probes are shared, however they are spread over the processes
+        assert [await b.allow_request(), await a.allow_request(), await b.allow_request()] == [
+            True,
+            True,
+            True,
+        ]
+        assert not await a.allow_request()
+        for breaker in (a, b, a):
+            await breaker.record_success()
+        assert await a.state() == CLOSED
+        assert await a.allow_request() and await b.allow_request()
+        moves = [t[1:] for t in transitions]
+        assert moves == [(CLOSED, OPEN), (OPEN, HALF_OPEN), (HALF_OPEN, CLOSED)]
 
 
 async def test_a_failing_probe_in_any_process_reopens_it(
-    redis_prefix: str, redis_clients: Callable[[], Any], clock: FakeClock
+    shared_states: Callable[[], Any], clock: FakeClock
 ) -> None:
-    a, b, transitions = two_processes(redis_prefix, redis_clients, clock, refresh_s=0)
-    for _ in range(5):
+    async with two_processes(shared_states, clock, refresh_s=0) as (a, b, transitions):
+        for _ in range(5):
+            await b.record_failure()
+        clock.advance(60)
+        assert await a.allow_request() and await b.allow_request()
+        await a.record_success()
         await b.record_failure()
-    clock.advance(60)
-    assert await a.allow_request() and await b.allow_request()
-    await a.record_success()
-    await b.record_failure()
-    assert not await a.allow_request()
-    assert transitions[-1] == ("b", HALF_OPEN, OPEN)
+        assert not await a.allow_request()
+        assert transitions[-1] == ("b", HALF_OPEN, OPEN)
 
 
-async def test_other_processes_see_a_trip_within_refresh_s(
-    redis_prefix: str, redis_clients: Callable[[], Any], clock: FakeClock
+async def test_a_trip_is_published_to_the_others_before_their_refresh(
+    shared_states: Callable[[], Any], clock: FakeClock
 ) -> None:
-    a, b, _ = two_processes(redis_prefix, redis_clients, clock, refresh_s=0.2)
-    assert await b.allow_request()  # b has read (and cached) the closed state
-    for _ in range(5):
-        await a.record_failure()
-    started = time.monotonic()  # b's cached view expires after refresh_s
+    """b caches the closed state for 30 s: only a's publish can make it refuse sooner."""
+    async with two_processes(shared_states, clock, refresh_s=30) as (a, b, _):
+        assert await b.allow_request()  # b has read (and cached) the closed state
+        for _ in range(5):
+            await a.record_failure()
 
-    async def refused() -> bool:
-        return not await b.allow_request()
+        async def refused() -> bool:
+            return not await b.allow_request()
 
-    while not await refused():
-        assert time.monotonic() - started < 10, "b never saw the breaker open"
-        await asyncio.sleep(0.02)
+        await eventually(refused, within=10)
+
+
+async def test_half_open_probes_across_processes_never_exceed_the_limit(
+    shared_states: Callable[[], Any], clock: FakeClock
+) -> None:
+    async with two_processes(shared_states, clock) as (a, b, transitions):
+        for _ in range(5):
+            await a.record_failure()
+        clock.advance(60)
+        allowed = await asyncio.gather(*(p.allow_request() for p in (a, b) * 20))
+        assert sum(allowed) == BreakerPolicy().half_open_probes
+        assert [t[1:] for t in transitions] == [(CLOSED, OPEN), (OPEN, HALF_OPEN)]
 
 
 async def test_failures_are_counted_in_each_process(
-    redis_prefix: str, redis_clients: Callable[[], Any], clock: FakeClock
+    shared_states: Callable[[], Any], clock: FakeClock
 ) -> None:
-    """By design (no Redis write per call), each process counts its own failures: the
+    """By design (no shared write per call), each process counts its own failures: the
     threshold applies per process, the open state to all."""
-    a, b, _ = two_processes(redis_prefix, redis_clients, clock, refresh_s=0)
-    for _ in range(4):
-        await a.record_failure()
+    async with two_processes(shared_states, clock, refresh_s=0) as (a, b, _):
+        for _ in range(4):
+            await a.record_failure()
+            await b.record_failure()
+        assert await a.allow_request() and await b.allow_request()
         await b.record_failure()
-    assert await a.allow_request() and await b.allow_request()
-    await b.record_failure()
-    assert not await a.allow_request()
+        assert not await a.allow_request()
+
+
+async def test_the_embedded_runtime_keeps_its_breakers_in_process(tmp_path: Path) -> None:
+    """No ``redis_url``: the breakers live on the in-process state, and work without Redis."""
+    model = {"provider": "scripted", "options": {"reply": "hi"}}
+    runtime = Runtime(settings(tmp_path, {"m": model}, shared=False))
+    await runtime.start()
+    try:
+        assert isinstance(runtime.state, MemorySharedState)
+        breaker = runtime.models["m"].primary.breaker
+        assert breaker is not None and await breaker.allow_request()
+        for _ in range(5):
+            await breaker.record_failure()
+        assert not await breaker.allow_request()
+        assert (await runtime.breakers.snapshot(["m"]))["m"].state == OPEN
+    finally:
+        await runtime.aclose()
 
 
 def hammer_from_two_processes(
@@ -358,7 +423,7 @@ def hammer_from_two_processes(
     async def hammer() -> None:
         client = redis.from_url(REDIS_URL)
         try:
-            store = RedisBreakerStore(client, prefix=prefix, clock=clock)
+            store = SharedBreakerStore(RedisSharedState(client, prefix=prefix), clock=clock)
             breaker = CircuitBreaker(name, store, policy, on_transition=seen)
             await client.ping()
             start.wait(timeout=10)
@@ -387,7 +452,7 @@ def stored_state(prefix: str, name: str) -> BreakerState:
 
     client = sync_redis.Redis.from_url(REDIS_URL)
     try:
-        raw = client.get(prefix + "breaker:" + name)
+        raw = client.get(prefix + "v:breaker:" + name)  # the value breaker:<name>
     finally:
         client.close()
     assert raw is not None

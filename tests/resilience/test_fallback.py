@@ -15,8 +15,9 @@ import orjson
 import pytest
 
 from guarita.errors import QualityRejected
-from guarita.resilience.breaker import CLOSED, OPEN, BreakerState, MemoryBreakerStore
+from guarita.resilience.breaker import CLOSED, OPEN, BreakerState, SharedBreakerStore
 from guarita.runtime import Runtime
+from guarita.state.memory import MemorySharedState
 from guarita.telemetry.metrics import Metrics
 from guarita.types import Call
 from tests.helpers import FakeUpstream
@@ -292,7 +293,7 @@ async def test_a_slow_answer_is_returned_but_counts_against_the_breaker(tmp_path
             )
             == 2
         )
-        assert (await runtime.breakers.snapshot())["slowpoke"].state == OPEN
+        assert (await runtime.breakers.snapshot(["slowpoke"]))["slowpoke"].state == OPEN
         assert sample(runtime.metrics, "guarita_circuit_state", deployment="slowpoke") == 2
         assert (
             sample(
@@ -489,7 +490,7 @@ async def test_a_caller_closing_a_stream_early_is_not_a_deployment_failure(
             "a b c d e f", options={"chunk_delay_s": 0.01}, breaker={"failure_threshold": 1}
         )
     }
-    store = MemoryBreakerStore()
+    store = SharedBreakerStore(MemorySharedState())
     async with groups(settings(tmp_path, models), store) as (built, _):
         group = built["m"]
         reply = await group(call(stream=True))
@@ -502,7 +503,7 @@ async def test_a_caller_closing_a_stream_early_is_not_a_deployment_failure(
 
         async def recorded() -> BreakerState:
             while True:
-                state = (await store.snapshot()).get("m", BreakerState())
+                state = (await store.snapshot(["m"]))["m"]
                 if state.window_calls or state.state != CLOSED:
                     return state
                 await asyncio.sleep(0.01)

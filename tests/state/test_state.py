@@ -401,6 +401,78 @@ async def test_values_expire(live_state: SharedState) -> None:
     assert await live_state.incr("n") == 1
 
 
+async def test_compare_and_set(state: SharedState) -> None:
+    assert await state.compare_and_set("cas", None, b"1")  # None: create only if absent
+    assert not await state.compare_and_set("cas", None, b"2")
+    assert not await state.compare_and_set("cas", b"0", b"2")  # not the value: refused
+    assert await state.get("cas") == b"1"
+    assert await state.compare_and_set("cas", b"1", b"2")
+    assert await state.get("cas") == b"2"
+    assert not await state.compare_and_set("other", b"", b"x")  # absent is not empty
+    await state.set("empty", b"")
+    assert not await state.compare_and_set("empty", None, b"x")
+    assert await state.compare_and_set("empty", b"", b"x")
+    assert await state.get("empty") == b"x"
+
+
+async def test_compare_and_set_applies_its_ttl(live_state: SharedState) -> None:
+    assert await live_state.compare_and_set("cas", None, b"1", ttl_s=60)
+    assert await live_state.compare_and_set("cas", b"1", b"2", ttl_s=0.1)  # the new TTL
+
+    async def gone() -> bool:
+        return await live_state.get("cas") is None
+
+    await eventually(gone)
+    assert not await live_state.compare_and_set("cas", b"2", b"3")  # expired: absent
+    assert await live_state.compare_and_set("cas", None, b"3")
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def updaters(
+    request: pytest.FixtureRequest, redis_prefix: str
+) -> AsyncIterator[list[SharedState]]:
+    """Four updaters of one shared value: four Redis clients (as four processes would
+    have), or four users of one in-process state."""
+    if request.param == "memory":
+        shared = MemorySharedState()
+        yield [shared] * 4
+        return
+    clients = [redis.from_url(REDIS_URL) for _ in range(4)]
+    try:
+        yield [RedisSharedState(c, prefix=redis_prefix) for c in clients]
+    finally:
+        for client in clients:
+            await client.aclose()
+
+
+async def test_exactly_one_concurrent_compare_and_set_wins_per_round(
+    updaters: list[SharedState],
+) -> None:
+    current: bytes | None = None
+    for round_ in range(20):
+        proposals = [f"{round_}:{i}".encode() for i in range(len(updaters))]
+        tries = zip(updaters, proposals, strict=True)
+        wins = await asyncio.gather(*(u.compare_and_set("cas", current, p) for u, p in tries))
+        assert sum(wins) == 1, wins
+        current = proposals[wins.index(True)]
+        assert await updaters[0].get("cas") == current
+
+
+async def test_compare_and_set_loses_no_update_under_contention(
+    updaters: list[SharedState],
+) -> None:
+    """Read, add one, write if unchanged, else read again: 4 x 25 updaters at once, 100."""
+
+    async def add_one(shared: SharedState) -> None:
+        while True:
+            raw = await shared.get("n")
+            if await shared.compare_and_set("n", raw, str(int(raw or 0) + 1).encode()):
+                return
+
+    await asyncio.gather(*(add_one(u) for u in updaters for _ in range(25)))
+    assert await updaters[0].get("n") == b"100"
+
+
 async def test_publish_reaches_every_subscriber(state: SharedState) -> None:
     async with (
         state.subscribe("keys") as first,

@@ -20,7 +20,6 @@ from guarita.api.deps import CallerDep, RuntimeDep
 from guarita.api.openapi import SECURED, errors, ok
 from guarita.api.schemas import BreakerReport, EconomyLift, EconomyReport, UsageReport
 from guarita.errors import InvalidRequest, PermissionDenied
-from guarita.resilience.breaker import BreakerState
 from guarita.store.usage import (
     GROUPINGS,
     Grouping,
@@ -55,7 +54,9 @@ def require_admin(caller: Caller) -> None:
 async def breakers(runtime: RuntimeDep, caller: CallerDep) -> Response:
     """Every deployment's breaker (state, counters), load and retry budget."""
     require_admin(caller)
-    states = await runtime.breakers.snapshot()
+    states = await runtime.breakers.snapshot(
+        d.name for g in runtime.models.values() for d in g.deployments if d.breaker
+    )
     models: dict[str, Any] = {}
     for name, group in runtime.models.items():
         models[name] = {
@@ -68,7 +69,7 @@ async def breakers(runtime: RuntimeDep, caller: CallerDep) -> Response:
                     "weight": d.weight,
                     "outstanding": d.outstanding,
                     "retries_refused_by_budget": d.budget.refused,
-                    "breaker": asdict(states.get(d.name, BreakerState())) if d.breaker else None,
+                    "breaker": asdict(states[d.name]) if d.breaker else None,
                 }
                 for d in group.deployments
             ],

@@ -6,22 +6,51 @@ failure is an error *or* a quality failure (slow, empty, truncated, invalid JSON
 refusal, low score: see ``quality.py``). After ``open_s`` it lets at most
 ``half_open_probes`` probe calls through; all succeeding closes it, any failing reopens it.
 
-The state machine is one pure function, :func:`step`. Where the state lives is a backend:
-a dict in the embedded default, a Redis hash updated with optimistic transactions in
-scale-out mode, so every API process sees and moves the same breaker.
+The state machine is one pure function, :func:`step`. :class:`SharedBreakerStore` keeps
+the breakers on the shared-state layer (``guarita.state``: in-process in the embedded
+mode, Redis in scale-out mode), so every API process sees and moves the same breaker:
+
+* **Calls and failures are counted in each process**: no cross-process write per call (an
+  optimistic transaction per call collapsed under load, see ``bench/README.md``), so the
+  thresholds apply per process.
+* **The breaker's state lives in the shared state** (a value ``breaker:<name>``): the
+  process whose counts trip a breaker writes it open, and every process stops calling the
+  deployment; half-open probes are counted across all processes, each move an atomic
+  :meth:`~guarita.state.Values.compare_and_set` (read, step, write if unchanged, else again).
+* **Invalidation by publish**: a process that changes a breaker's shared state publishes
+  its name on the ``breaker`` channel, and every process's listener
+  (:meth:`SharedBreakerStore.start`, owned by the runtime) drops its cached copy at once.
+  Otherwise the hot path reads the shared state at most every ``refresh_s``: the backstop,
+  since delivery is at most once. An open breaker refuses without reading it at all until
+  its ``open_s`` is over.
+
+The state layer has no key scan, so :meth:`BreakerStore.snapshot` takes the breakers'
+names (the deployments are known from the configuration).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 import orjson
 import structlog
 
+from guarita.state import Broadcast, Values
+
 log = structlog.get_logger("guarita.breaker")
+
+KEY_PREFIX = "breaker:"
+"""A breaker's shared state is the value ``breaker:<name>`` (JSON of a BreakerState)."""
+CHANNEL = "breaker"
+"""Where a process that changed a breaker's shared state publishes its name."""
+SUBSCRIBE_WAIT_S = 5.0
+RESUBSCRIBE_S = 1.0
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 STATE_VALUE = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}
@@ -119,125 +148,177 @@ def step(s: BreakerState, event: Event, now: float, p: BreakerPolicy) -> Step:
 
 
 class BreakerStore(Protocol):
-    async def apply(self, name: str, event: Event, policy: BreakerPolicy) -> Step: ...
-
-    async def snapshot(self) -> dict[str, BreakerState]: ...
-
-
-class MemoryBreakerStore:
-    """Breaker states of one process. Each ``apply`` runs without awaiting, so it is atomic."""
-
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
-        self._states: dict[str, BreakerState] = {}
-        self._clock = clock
-
     async def apply(self, name: str, event: Event, policy: BreakerPolicy) -> Step:
-        result = step(self._states.get(name, BreakerState()), event, self._clock(), policy)
-        self._states[name] = result.state
-        return result
+        """Step breaker ``name`` by ``event`` under ``policy``."""
+        ...
 
-    async def snapshot(self) -> dict[str, BreakerState]:
-        return dict(self._states)
-
-    def reset(self, name: str, state: BreakerState) -> None:
-        self._states[name] = state
-
-    def state(self, name: str) -> BreakerState:
-        return self._states.get(name, BreakerState())
+    async def snapshot(self, names: Iterable[str]) -> dict[str, BreakerState]:
+        """The breakers ``names`` as this process sees them now (the shared state read
+        afresh); a closed breaker with this process's counts."""
+        ...
 
 
-class RedisBreakerStore:
-    """Breakers shared by all processes of a deployment.
+class BreakerBackend(Values, Broadcast, Protocol):
+    """What the breakers need of the shared state: values, and publish for invalidation."""
 
-    Calls and failures are counted in each process (no cross-process write per call: an
-    optimistic transaction per call collapsed under load, see ``bench/README.md``), but the
-    breaker's *state* lives in Redis: when any process trips a breaker, every process stops
-    calling that deployment, and the half-open probes are counted across all of them with
-    WATCH/MULTI/EXEC. The shared state is read at most every ``refresh_s`` on the hot path.
+
+class SharedBreakerStore:
+    """Breakers shared by every process on one shared state (see the module docstring).
+
+    ``clock`` (epoch seconds) drives the state machine; ``refresh_s`` bounds how long a
+    cached shared state is used when no invalidation arrives; ``ttl_s`` is how long an
+    untouched breaker's shared state is kept (then it is closed afresh).
     """
 
     def __init__(
         self,
-        client: Any,
+        state: BreakerBackend,
         *,
-        prefix: str,
         clock: Callable[[], float] = time.time,
         refresh_s: float = 0.25,
+        ttl_s: float = 86400.0,
     ) -> None:
-        self._redis = client
-        self._prefix = prefix + "breaker:"
+        self._state = state
         self._clock = clock
         self._refresh_s = refresh_s
-        self._local = MemoryBreakerStore(clock)
-        self._cache: dict[str, tuple[float, BreakerState]] = {}
+        self._ttl_s = ttl_s
+        self._origin = secrets.token_hex(8)  # to skip our own messages
+        self._local: dict[str, BreakerState] = {}  # this process's counts
+        self._cache: dict[str, tuple[float, BreakerState]] = {}  # name: (read at, shared)
+        self._invalidations = 0  # a read that overlaps one is not cached
+        self._listener: asyncio.Task[None] | None = None
 
-    async def _shared(self, name: str) -> BreakerState:
-        cached = self._cache.get(name)
-        now = time.monotonic()
-        if cached is not None and now - cached[0] < self._refresh_s:
-            return cached[1]
-        raw = await self._redis.get(self._prefix + name)
-        state = BreakerState(**orjson.loads(raw)) if raw else BreakerState()
-        self._cache[name] = (now, state)
-        return state
+    async def start(self) -> None:
+        """Listen for other processes' changes; returns once subscribed (or after
+        ``SUBSCRIBE_WAIT_S``: then ``refresh_s`` alone bounds how stale a copy gets)."""
+        ready = asyncio.Event()
+        self._listener = asyncio.create_task(self._listen(ready), name="breaker-listener")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ready.wait(), timeout=SUBSCRIBE_WAIT_S)
+
+    async def aclose(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+            self._listener = None
 
     async def apply(self, name: str, event: Event, policy: BreakerPolicy) -> Step:
         shared = await self._shared(name)
         if shared.state == CLOSED:
-            if self._local.state(name).state != CLOSED:  # closed elsewhere: Redis has the last word
-                self._local.reset(name, shared)
-            result = await self._local.apply(name, event, policy)
+            local = self._local.get(name)
+            if local is None or local.state != CLOSED:  # closed elsewhere: start afresh
+                local = shared
+            result = step(local, event, self._clock(), policy)
+            self._local[name] = result.state
             if result.transition and result.state.state == OPEN:  # this process tripped it
-                return await self._transact(name, policy, lambda current: _trip(current, result))
+                return await self._transact(name, lambda current: _trip(current, result))
             return result
         if (
             event == "acquire"
             and shared.state == OPEN
             and self._clock() - shared.opened_at < policy.open_s
         ):
-            return Step(shared, allowed=False)  # still open: no need to ask Redis
+            return Step(shared, allowed=False)  # still open: no need to ask the shared state
         result = await self._transact(
-            name, policy, lambda current: step(current, event, self._clock(), policy)
+            name, lambda current: step(current, event, self._clock(), policy)
         )
         if result.state.state == CLOSED:
-            self._local.reset(name, result.state)
+            self._local[name] = result.state
         return result
 
-    async def _transact(
-        self, name: str, policy: BreakerPolicy, move: Callable[[BreakerState], Step]
-    ) -> Step:
-        from redis.exceptions import WatchError
-
-        key = self._prefix + name
-        async with self._redis.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    await pipe.watch(key)
-                    raw = await pipe.get(key)
-                    current = BreakerState(**orjson.loads(raw)) if raw else BreakerState()
-                    result = move(current)
-                    if result.state != current:
-                        pipe.multi()
-                        pipe.set(key, orjson.dumps(asdict(result.state)), ex=86400)
-                        await pipe.execute()
-                    else:
-                        await pipe.unwatch()
-                    self._cache[name] = (time.monotonic(), result.state)
-                    return result
-                except WatchError:
-                    continue
-
-    async def snapshot(self) -> dict[str, BreakerState]:
+    async def snapshot(self, names: Iterable[str]) -> dict[str, BreakerState]:
         states = {}
-        async for key in self._redis.scan_iter(match=self._prefix + "*"):
-            raw = await self._redis.get(key)
-            if raw:
-                states[key.decode().removeprefix(self._prefix)] = BreakerState(**orjson.loads(raw))
+        for name in names:
+            state = await self._read(name)
+            local = self._local.get(name)
+            if state.state == CLOSED and local is not None and local.state == CLOSED:
+                state = local  # closed everywhere: this process's counts
+            states[name] = state
         return states
+
+    async def _shared(self, name: str) -> BreakerState:
+        cached = self._cache.get(name)
+        if cached is not None and time.monotonic() - cached[0] < self._refresh_s:
+            return cached[1]
+        return await self._read(name)
+
+    async def _read(self, name: str) -> BreakerState:
+        seen = self._invalidations
+        state = _decode(await self._state.get(KEY_PREFIX + name))
+        self._remember(name, state, seen)
+        return state
+
+    def _remember(self, name: str, state: BreakerState, seen: int) -> None:
+        """Cache what was read, unless an invalidation arrived meanwhile (it may be newer)."""
+        if self._invalidations == seen:
+            self._cache[name] = (time.monotonic(), state)
+
+    async def _transact(self, name: str, move: Callable[[BreakerState], Step]) -> Step:
+        """Read the shared state, step it, write it if it changed and nobody wrote in
+        between (else read again); tell the other processes of a change."""
+        key = KEY_PREFIX + name
+        while True:
+            seen = self._invalidations
+            raw = await self._state.get(key)
+            current = _decode(raw)
+            result = move(current)
+            if result.state == current:
+                self._remember(name, current, seen)
+                return result
+            new = orjson.dumps(asdict(result.state))
+            if await self._state.compare_and_set(key, raw, new, ttl_s=self._ttl_s):
+                self._remember(name, result.state, seen)
+                await self._tell(name)
+                return result
+
+    async def _tell(self, name: str) -> None:
+        message = orjson.dumps({"breaker": name, "by": self._origin})
+        try:
+            await self._state.publish(CHANNEL, message)
+        except Exception as exc:  # noqa: BLE001 - the others see it within refresh_s
+            log.warning("breaker_publish_failed", deployment=name, error_type=type(exc).__name__)
+
+    async def _listen(self, ready: asyncio.Event) -> None:
+        while True:
+            try:
+                async with self._state.subscribe(CHANNEL) as messages:
+                    self._drop(None)  # what was published while we were away is lost
+                    ready.set()
+                    async for message in messages:
+                        self._on_message(message)
+                return  # the state was closed
+            except Exception as exc:  # noqa: BLE001 - keep listening; refresh_s still holds
+                ready.set()
+                log.warning("breaker_listener_failed", error_type=type(exc).__name__)
+                await asyncio.sleep(RESUBSCRIBE_S)
+
+    def _on_message(self, message: bytes) -> None:
+        try:
+            body = orjson.loads(message)
+        except orjson.JSONDecodeError:
+            body = None
+        if not isinstance(body, dict) or not isinstance(body.get("breaker"), str):
+            log.warning("breaker_message_malformed")
+        elif body.get("by") != self._origin:  # our own change is cached already
+            self._drop(body["breaker"])
+
+    def _drop(self, name: str | None) -> None:
+        """Forget the cached shared state of ``name`` (of every breaker if None)."""
+        self._invalidations += 1
+        if name is None:
+            self._cache.clear()
+        else:
+            self._cache.pop(name, None)
+
+
+def _decode(raw: bytes | None) -> BreakerState:
+    return BreakerState(**orjson.loads(raw)) if raw else BreakerState()
 
 
 def _trip(current: BreakerState, local: Step) -> Step:
-    """Publish a trip seen in one process; if another process opened it first, no transition."""
+    """The shared state after a trip seen in this process: open, with the transition; if
+    another process opened it first, as it is, and no transition."""
     if current.state != CLOSED:
         return Step(current, local.allowed, None)
     return Step(local.state, local.allowed, local.transition)
@@ -262,7 +343,7 @@ class CircuitBreaker:
         self._seen(await self.store.apply(self.name, "failure", self.policy))
 
     async def state(self) -> str:
-        return (await self.store.snapshot()).get(self.name, BreakerState()).state
+        return (await self.store.snapshot([self.name]))[self.name].state
 
     def _seen(self, result: Step) -> Step:
         if result.transition is not None:

@@ -1,5 +1,6 @@
 """The shared-state layer: what several API processes must agree on (limits, budgets,
-invalidation), behind one small protocol with an in-process and a Redis implementation.
+breakers, invalidation), behind one small protocol with an in-process and a Redis
+implementation.
 
 The model, in four parts (``docs/shared-state.md`` has the guarantees and the Redis keys):
 
@@ -19,7 +20,10 @@ The model, in four parts (``docs/shared-state.md`` has the guarantees and the Re
   to the window in which the reservation was admitted (a call counts when it is made): a
   new window starts empty, and settling a reservation of a past window does not charge
   the new one.
-* **Values.** Bytes with an optional TTL, and integer counters (``incr``).
+* **Values.** Bytes with an optional TTL, integer counters (``incr``), and
+  :meth:`~Values.compare_and_set`: a value several processes update atomically (read it,
+  compute the next one, write it only if nobody wrote in between; else read again), which
+  is how a circuit breaker's shared state moves.
 * **Broadcast.** ``publish`` / ``subscribe`` for invalidation (Redis pub/sub, or an
   in-process broadcast). Delivery is at most once, to subscribers present at the time;
   a consumer keeps a TTL as the backstop.
@@ -147,7 +151,7 @@ class Reservations(Protocol):
 
 
 class Values(Protocol):
-    """Shared values with an optional TTL (cache entries, assignment counters)."""
+    """Shared values with an optional TTL (cache entries, assignment counters, breakers)."""
 
     async def get(self, key: str) -> bytes | None: ...
 
@@ -159,6 +163,15 @@ class Values(Protocol):
         ...
 
     async def delete(self, key: str) -> bool: ...
+
+    async def compare_and_set(
+        self, key: str, expected: bytes | None, new: bytes, ttl_s: float | None = None
+    ) -> bool:
+        """Write ``new`` (with ``ttl_s``, or no TTL, as :meth:`set` does) only if the value
+        is ``expected`` now; ``expected=None`` creates the key only if it is absent (or
+        expired). One atomic step: of several processes comparing against the same value,
+        exactly one writes, the others get ``False`` and read again."""
+        ...
 
 
 class Broadcast(Protocol):

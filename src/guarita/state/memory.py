@@ -156,9 +156,7 @@ class MemorySharedState:
         return None if entry is None else entry[0]
 
     async def set(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
-        now = self._now_ms()
-        self._sweep(now)
-        self._values[key] = (bytes(value), None if ttl_s is None else now + ttl_ms(ttl_s))
+        self._put(key, value, ttl_s, self._now_ms())
 
     async def incr(self, key: str, by: int = 1, ttl_s: float | None = None) -> int:
         now = self._now_ms()
@@ -175,6 +173,16 @@ class MemorySharedState:
         found = self._value(key, self._now_ms()) is not None
         self._values.pop(key, None)
         return found
+
+    async def compare_and_set(
+        self, key: str, expected: bytes | None, new: bytes, ttl_s: float | None = None
+    ) -> bool:
+        now = self._now_ms()
+        entry = self._value(key, now)
+        if (None if entry is None else entry[0]) != expected:
+            return False
+        self._put(key, new, ttl_s, now)
+        return True
 
     async def publish(self, channel: str, message: bytes) -> int:
         subscribers = self._subscribers.get(channel, set())
@@ -238,6 +246,10 @@ class MemorySharedState:
             if key[1] != "concurrent":
                 counter.used += actual.get(key[0], amount)
         return live
+
+    def _put(self, key: str, value: bytes, ttl_s: float | None, now_ms: int) -> None:
+        self._sweep(now_ms)
+        self._values[key] = (bytes(value), None if ttl_s is None else now_ms + ttl_ms(ttl_s))
 
     def _value(self, key: str, now_ms: int) -> tuple[bytes, int | None] | None:
         entry = self._values.get(key)

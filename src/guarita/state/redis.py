@@ -91,6 +91,7 @@ class RedisSharedState:
         self._finish = client.register_script(_script("finish"))
         self._usage = client.register_script(_script("usage"))
         self._incr = client.register_script(_script("incr", prelude=False))
+        self._compare_and_set = client.register_script(_script("compare_and_set", prelude=False))
         self._subscriptions: set[_RedisSubscription] = set()
 
     @classmethod
@@ -166,6 +167,13 @@ class RedisSharedState:
 
     async def delete(self, key: str) -> bool:
         return bool(await self._redis.delete(self._prefix + "v:" + key))
+
+    async def compare_and_set(
+        self, key: str, expected: bytes | None, new: bytes, ttl_s: float | None = None
+    ) -> bool:
+        absent = "1" if expected is None else "0"
+        args = [absent, expected or b"", new, 0 if ttl_s is None else ttl_ms(ttl_s)]
+        return bool(await self._compare_and_set(keys=[self._prefix + "v:" + key], args=args))
 
     async def publish(self, channel: str, message: bytes) -> int:
         return int(await self._redis.publish(self._prefix + channel, message))
