@@ -88,6 +88,49 @@ async def test_a_revocation_elsewhere_empties_the_cache(keys: KeyStore, tmp_path
         await elsewhere.aclose()
 
 
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+async def test_an_announced_change_empties_the_cache_at_once(
+    keys: KeyStore, backend: str, redis_prefix: str, tmp_path: Path
+) -> None:
+    """A change announced on the shared state (what the CLI does in scale-out mode) drops
+    the cached lookups of every process that listens, without waiting for the store poll
+    (an hour here)."""
+    from guarita.state.memory import MemorySharedState
+    from guarita.state.redis import RedisSharedState
+    from guarita.store.keys import announce_key_change
+    from tests.helpers import REDIS_URL
+
+    if backend == "memory":
+        here = elsewhere = MemorySharedState()
+    else:
+        here = RedisSharedState.from_url(REDIS_URL, prefix=redis_prefix)
+        elsewhere = RedisSharedState.from_url(REDIS_URL, prefix=redis_prefix)
+    secret, info = await keys.create("svc", "pro")
+    auth = Authenticator(keys, AuthSettings())
+    watch = RevocationWatch(keys, interval_s=3600, broadcast=here)
+    await watch.start()  # subscribed (which empties the cache: it may have missed messages)
+    try:
+        await auth.authenticate(f"Bearer {secret}", None)  # cached now
+        other_process = Database(f"sqlite+aiosqlite:///{tmp_path / 'k.db'}")
+        assert await KeyStore(other_process).revoke(info.id)
+        await other_process.aclose()
+        assert (await auth.authenticate(f"Bearer {secret}", None)).key_id == info.id, "cached"
+        await announce_key_change(elsewhere, info.id)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                await auth.authenticate(f"Bearer {secret}", None)
+            except AuthenticationFailed:
+                break
+            assert time.monotonic() < deadline, "the announcement never reached this process"
+            await asyncio.sleep(0.02)
+    finally:
+        await watch.aclose()
+        await here.aclose()
+        if elsewhere is not here:
+            await elsewhere.aclose()
+
+
 @pytest.mark.slow
 def test_a_key_revoked_by_the_cli_stops_working_on_every_process(tmp_path: Path) -> None:
     """Two API processes with the default 30 s key cache: both refuse a key the CLI

@@ -149,8 +149,13 @@ def migrate() -> None:
     out.print("store schema is up to date")
 
 
-def _with_keys(action: Callable[[KeyStore], Coroutine[Any, Any, T]]) -> T:
-    """Run ``action`` on the key store of the configured database (migrated first)."""
+def _with_keys(
+    action: Callable[[KeyStore], Coroutine[Any, Any, T]], *, changes: str | None = None
+) -> T:
+    """Run ``action`` on the key store of the configured database (migrated first). When it
+    ``changes`` a key and succeeds, announce it on the shared state (scale-out mode), so
+    every API process drops the key from its cache at once (else within
+    ``auth.revocation_check_s``, when it sees the store change)."""
 
     async def go(settings: Settings) -> T:
         from guarita.store.database import Database
@@ -158,9 +163,12 @@ def _with_keys(action: Callable[[KeyStore], Coroutine[Any, Any, T]]) -> T:
         db = Database(settings.store_url)
         try:
             await db.migrate()
-            return await action(KeyStore(db))
+            result = await action(KeyStore(db))
         finally:
             await db.aclose()
+        if changes is not None and result and settings.redis_url:
+            await _announce_key_change(settings, changes)
+        return result
 
     return _run(go, _settings())
 
@@ -272,7 +280,8 @@ def keys_update(
                          max_tokens=max_tokens, models=models, daily_budget=daily_budget_usd,
                          monthly_budget=monthly_budget_usd)  # fmt: skip
     info = _with_keys(
-        lambda keys: keys.update(key_id, tier=tier, limits=limits, replace_limits=reset_limits)
+        lambda keys: keys.update(key_id, tier=tier, limits=limits, replace_limits=reset_limits),
+        changes=key_id,
     )
     if info is None:
         err.print(f"[red]error:[/red] no active key {key_id}", highlight=False)
@@ -303,10 +312,28 @@ def keys_list(
     Console(width=max(out.width, 120)).print(table)
 
 
+async def _announce_key_change(settings: Settings, key_id: str) -> None:
+    from guarita.state.redis import RedisSharedState
+    from guarita.store.keys import announce_key_change
+
+    try:
+        async with RedisSharedState.from_url(
+            settings.redis_url or "", prefix=settings.redis_prefix, max_connections=2
+        ) as state:
+            await announce_key_change(state, key_id)
+    except Exception as exc:  # noqa: BLE001 - the processes see it in the store anyway
+        err.print(
+            f"[yellow]warning:[/yellow] could not announce the change on Redis "
+            f"({type(exc).__name__}); API processes see it within auth.revocation_check_s",
+            highlight=False,
+        )
+
+
 @keys_app.command("revoke")
 def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (key_…).")]) -> None:
-    """Revoke a key: every API process refuses it within `auth.revocation_check_s` (0.5 s)."""
-    if not _with_keys(lambda keys: keys.revoke(key_id)):
+    """Revoke a key: every API process refuses it at once with Redis, and in any case within
+    `auth.revocation_check_s` (0.5 s)."""
+    if not _with_keys(lambda keys: keys.revoke(key_id), changes=key_id):
         err.print(f"[red]error:[/red] no active key {key_id}", highlight=False)
         raise typer.Exit(1)
     out.print(f"revoked {key_id}")

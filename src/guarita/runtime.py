@@ -72,7 +72,6 @@ class Runtime:
             settings.events, settings.redis_url, on_drop=self.metrics.events_dropped.inc
         )
         self.keys = KeyStore(self.db, cache_ttl_s=settings.auth.key_cache_ttl_s)
-        self.revocations = RevocationWatch(self.keys, interval_s=settings.auth.revocation_check_s)
         self.auth = Authenticator(self.keys, settings.auth)
         self.records = RecordWriter(
             self.db,
@@ -89,6 +88,9 @@ class Runtime:
             RedisSharedState(self.redis, prefix=settings.redis_prefix)
             if self.redis is not None
             else MemorySharedState()
+        )
+        self.revocations = RevocationWatch(
+            self.keys, interval_s=settings.auth.revocation_check_s, broadcast=self.state
         )
         self.breakers = SharedBreakerStore(self.state)
         # Building providers reads their keys: a missing one stops the start here.

@@ -30,8 +30,6 @@ names (the deployments are known from the configuration).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import secrets
 import time
 from collections.abc import Callable, Iterable
@@ -42,6 +40,7 @@ import orjson
 import structlog
 
 from guarita.state import Broadcast, Values
+from guarita.state.listener import Listener
 
 log = structlog.get_logger("guarita.breaker")
 
@@ -49,8 +48,6 @@ KEY_PREFIX = "breaker:"
 """A breaker's shared state is the value ``breaker:<name>`` (JSON of a BreakerState)."""
 CHANNEL = "breaker"
 """Where a process that changed a breaker's shared state publishes its name."""
-SUBSCRIBE_WAIT_S = 5.0
-RESUBSCRIBE_S = 1.0
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 STATE_VALUE = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}
@@ -186,22 +183,17 @@ class SharedBreakerStore:
         self._local: dict[str, BreakerState] = {}  # this process's counts
         self._cache: dict[str, tuple[float, BreakerState]] = {}  # name: (read at, shared)
         self._invalidations = 0  # a read that overlaps one is not cached
-        self._listener: asyncio.Task[None] | None = None
+        self._listener = Listener(
+            state, CHANNEL, self._on_message, on_subscribed=lambda: self._drop(None)
+        )
 
     async def start(self) -> None:
-        """Listen for other processes' changes; returns once subscribed (or after
-        ``SUBSCRIBE_WAIT_S``: then ``refresh_s`` alone bounds how stale a copy gets)."""
-        ready = asyncio.Event()
-        self._listener = asyncio.create_task(self._listen(ready), name="breaker-listener")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(ready.wait(), timeout=SUBSCRIBE_WAIT_S)
+        """Listen for other processes' changes; returns once subscribed (or after a few
+        seconds: then ``refresh_s`` alone bounds how stale a copy gets)."""
+        await self._listener.start()
 
     async def aclose(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
-            self._listener = None
+        await self._listener.aclose()
 
     async def apply(self, name: str, event: Event, policy: BreakerPolicy) -> Step:
         shared = await self._shared(name)
@@ -278,20 +270,6 @@ class SharedBreakerStore:
             await self._state.publish(CHANNEL, message)
         except Exception as exc:  # noqa: BLE001 - the others see it within refresh_s
             log.warning("breaker_publish_failed", deployment=name, error_type=type(exc).__name__)
-
-    async def _listen(self, ready: asyncio.Event) -> None:
-        while True:
-            try:
-                async with self._state.subscribe(CHANNEL) as messages:
-                    self._drop(None)  # what was published while we were away is lost
-                    ready.set()
-                    async for message in messages:
-                        self._on_message(message)
-                return  # the state was closed
-            except Exception as exc:  # noqa: BLE001 - keep listening; refresh_s still holds
-                ready.set()
-                log.warning("breaker_listener_failed", error_type=type(exc).__name__)
-                await asyncio.sleep(RESUBSCRIBE_S)
 
     def _on_message(self, message: bytes) -> None:
         try:

@@ -23,6 +23,8 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from guarita.settings import TierLimits
+from guarita.state import Broadcast
+from guarita.state.listener import Listener
 from guarita.store.database import Database
 from guarita.store.models import ApiKey
 
@@ -165,17 +167,37 @@ class KeyStore:
         return info
 
 
-class RevocationWatch:
-    """Empties the key cache when the store's revocation mark moves: a key revoked by the
-    CLI or another process stops working here within ``interval_s``, not the cache TTL."""
+CHANNEL = "keys"
+"""Where a change to a key (revoked, new tier or limits) is announced to every process."""
 
-    def __init__(self, keys: KeyStore, *, interval_s: float) -> None:
+
+class RevocationWatch:
+    """Empties the key cache when a key changes: at once when the change is announced on
+    the shared state's ``keys`` channel (:func:`announce_key_change`, which the CLI calls
+    in scale-out mode), and in any case within ``interval_s``, when the store's revocation
+    mark moves (a change made where no announcement reaches: another process on the same
+    SQLite file, or a message lost, since publish delivers at most once)."""
+
+    def __init__(
+        self, keys: KeyStore, *, interval_s: float, broadcast: Broadcast | None = None
+    ) -> None:
         self._keys = keys
         self._interval = interval_s
         self._task: asyncio.Task[None] | None = None
+        self._listener = (
+            Listener(broadcast, CHANNEL, self._announced, on_subscribed=keys.invalidate)
+            if broadcast is not None
+            else None
+        )
 
     async def start(self) -> None:
+        if self._listener is not None:
+            await self._listener.start()
         self._task = asyncio.create_task(self._run(), name="key-revocations")
+
+    def _announced(self, _message: bytes) -> None:
+        self._keys.invalidate()
+        log.info("key_cache_invalidated", by="announcement")
 
     async def _run(self) -> None:
         mark: tuple[int, datetime | None, datetime | None] | None = None
@@ -188,15 +210,22 @@ class RevocationWatch:
             else:
                 if mark is not None and current != mark:
                     self._keys.invalidate()
-                    log.info("key_cache_invalidated", revoked_keys=current[0])
+                    log.info("key_cache_invalidated", by="store", revoked_keys=current[0])
                 mark = current
             await asyncio.sleep(self._interval)
 
     async def aclose(self) -> None:
+        if self._listener is not None:
+            await self._listener.aclose()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+
+async def announce_key_change(broadcast: Broadcast, key_id: str) -> None:
+    """Tell every process that ``key_id`` changed (their caches drop it at once)."""
+    await broadcast.publish(CHANNEL, key_id.encode())
 
 
 def _stored(limits: TierLimits | None) -> dict[str, Any] | None:
