@@ -18,7 +18,7 @@ from guarita.pipeline import Next
 from guarita.settings import AgentSettings, ModelSettings, Settings
 from guarita.store.sessions import SessionStore, Turn
 from guarita.store.tasks import TaskInfo
-from guarita.types import Call, Caller, RequestContext, Usage
+from guarita.types import Call, Caller, FallbackLevel, RequestContext, Usage
 
 _TOKENS_PER_MESSAGE = 4
 
@@ -61,7 +61,7 @@ class ChatResult:
     usage: Usage
     cost_usd: float
     request_id: str
-    fallback_level: str = "primary"
+    fallback_level: FallbackLevel = FallbackLevel.PRIMARY
     quality: float = 1.0
     response_headers: Mapping[str, str] = field(default_factory=dict)
     """For the HTTP answer (rate-limit headers), not part of the body."""

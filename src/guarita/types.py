@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any, Literal
 
 import structlog
@@ -106,7 +107,7 @@ class RequestRecord:
     upstream_model: str | None = None
     served_by: str | None = None
     deployment: str | None = None
-    fallback_level: str | None = None
+    fallback_level: FallbackLevel | None = None
     quality: float | None = None
     input_tokens: int = 0
     output_tokens: int = 0
@@ -262,6 +263,22 @@ class Completion:
         return content if isinstance(content, str) else ""
 
 
+class FallbackLevel(StrEnum):
+    """Where an answer came from, best first (docs/resilience.md)."""
+
+    PRIMARY = "primary"
+    """The model's first deployment."""
+    DEPLOYMENT = "deployment"
+    """Another deployment of the same model."""
+    MODEL = "model"
+    """A fallback model."""
+    CACHE = "cache"
+    RULES = "rules"
+    """A configured rule's canned answer."""
+    STATIC = "static"
+    """The configured static reply."""
+
+
 FinishHook = Callable[["Reply", BaseException | None], None]
 AsyncFinishHook = Callable[["Reply", BaseException | None], Awaitable[None]]
 Spawn = Callable[[Coroutine[Any, Any, None]], None]
@@ -294,7 +311,7 @@ class Reply:
     served_by: str | None = None
     """The configured model that answered (differs from the call's after a fallback)."""
     deployment: str | None = None
-    fallback_level: str = "primary"
+    fallback_level: FallbackLevel = FallbackLevel.PRIMARY
     quality: float = 1.0
     embeddings: Embeddings | None = None
 

@@ -26,15 +26,15 @@ from guarita.errors import DeadlineExceeded, GuaritaError, InvalidRequest
 from guarita.pipeline import Next
 from guarita.providers.common import chunk, completion_body, completion_id, message_text
 from guarita.settings import ModelSettings, RuleSettings
-from guarita.types import Call, Chunk, Completion, Reply, Usage
+from guarita.types import Call, Chunk, Completion, FallbackLevel, Reply, Usage
 
 QUALITY = {
-    "primary": 1.0,
-    "deployment": 0.9,
-    "model": 0.7,
-    "cache": 0.6,
-    "rules": 0.4,
-    "static": 0.1,
+    FallbackLevel.PRIMARY: 1.0,
+    FallbackLevel.DEPLOYMENT: 0.9,
+    FallbackLevel.MODEL: 0.7,
+    FallbackLevel.CACHE: 0.6,
+    FallbackLevel.RULES: 0.4,
+    FallbackLevel.STATIC: 0.1,
 }
 
 
@@ -95,12 +95,12 @@ class FallbackChain:
             except GuaritaError as exc:
                 error = exc
                 continue
-            return _at_level(reply, "model")
+            return _at_level(reply, FallbackLevel.MODEL)
         answer = self._rule_answer(call)
         if answer is not None:
-            return _at_level(canned(call, answer, "rules"), "rules")
+            return _at_level(canned(call, answer, "rules"), FallbackLevel.RULES)
         if self._static is not None:
-            return _at_level(canned(call, self._static, "static"), "static")
+            return _at_level(canned(call, self._static, "static"), FallbackLevel.STATIC)
         raise error
 
     def _rule_answer(self, call: Call) -> str | None:
@@ -126,7 +126,7 @@ async def _within(deadline: float | None, awaitable: asyncio.Future[Reply] | obj
         raise DeadlineExceeded("the request's deadline expired before a model answered") from None
 
 
-def _at_level(reply: Reply, level: str) -> Reply:
+def _at_level(reply: Reply, level: FallbackLevel) -> Reply:
     reply.fallback_level = level
     reply.quality = QUALITY[level]
     return reply

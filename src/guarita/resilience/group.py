@@ -30,7 +30,7 @@ from guarita.resilience.breaker import CircuitBreaker
 from guarita.resilience.quality import QualityPolicy, Scorer, judge
 from guarita.resilience.retry import RetryBudget, RetryPolicy, backoff_delay, is_retryable
 from guarita.settings import ModelSettings
-from guarita.types import Call, Chunk, Reply
+from guarita.types import Call, Chunk, FallbackLevel, Reply
 
 
 @dataclass
@@ -115,7 +115,7 @@ class ModelGroup:
                 continue
             reply.served_by = self.name
             reply.deployment = deployment.name
-            reply.fallback_level = "primary" if tried == 0 else "deployment"
+            reply.fallback_level = FallbackLevel.PRIMARY if tried == 0 else FallbackLevel.DEPLOYMENT
             return reply
         assert last_error is not None
         raise last_error
