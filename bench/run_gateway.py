@@ -344,9 +344,18 @@ def gateway_env(tmp: Path, config: Path) -> dict[str, str]:
 
 
 # --limits: a key whose every counter is checked and settled on every request (limits far
-# above what the load reaches, so nothing is refused and the figures stay comparable)
+# above what the load reaches, so nothing is refused and the figures stay comparable): every
+# rate limit, and a daily and a monthly budget of the key, its agent's and the total, so a
+# call reserves and settles ten counters
 LIMITED_KEY = ["--rpm", "10000000", "--rpd", "100000000", "--tpm", "1000000000",
-               "--concurrency", "100000", "--max-tokens", "4000"]  # fmt: skip
+               "--concurrency", "100000", "--max-tokens", "4000",
+               "--daily-budget-usd", "1000000", "--monthly-budget-usd", "10000000"]  # fmt: skip
+BUDGETS_CONFIG = """\
+limits:
+  budgets:
+    total: {daily_usd: 1000000, monthly_usd: 10000000}
+    agents: {bench-agent: {daily_usd: 1000000, monthly_usd: 10000000}}
+"""
 
 
 def create_key(env: dict[str, str], *, limits: bool = False) -> str:
@@ -557,7 +566,11 @@ def report(
             f"`guarita serve{f' --workers {args.workers}' if args.workers > 1 else ''}` "
             f"({source}), auth, metrics, "
             "JSON access log and store recording on"
-            + (", every rate limit of the key checked and settled " if args.limits else " ")
+            + (
+                ", every rate limit and budget (key, agent, total) checked and settled "
+                if args.limits
+                else " "
+            )
             + f"({STORES[args.scale_out]}).",
             "",
             table(rows),
@@ -604,7 +617,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--limits",
         action="store_true",
-        help="the bench key has every rate limit set (never reached): limits on the hot path",
+        help="the bench key has every rate limit and budget set, and its agent and the total a "
+        "budget (never reached): limits and budgets on the hot path",
     )
     parser.add_argument(
         "--workers",
@@ -650,7 +664,8 @@ def run(args: argparse.Namespace, tmp: Path) -> str:
             for n in connections
         }
         config = tmp / "guarita.yaml"
-        config.write_text(CONFIG_TEMPLATE.format(model=MODEL, upstream_port=upstream_port))
+        text = CONFIG_TEMPLATE.format(model=MODEL, upstream_port=upstream_port)
+        config.write_text(text + (BUDGETS_CONFIG if args.limits else ""))
         env = gateway_env(tmp, config)
         if args.scale_out:
             env.update(scale_out_env(args, tmp))

@@ -145,6 +145,18 @@ class Reservations(Protocol):
         """Drop the holds without usage (a refused or failed call)."""
         ...
 
+    def settle_soon(self, reservation_id: str, actual: Mapping[str, float] | None = None) -> None:
+        """:meth:`settle` without waiting for it (the hot path): in process it applies at
+        once; on Redis it goes with this process's next ``reserve`` (no round trip of its
+        own) or after a few milliseconds. Its holds count until then, so nothing is ever
+        admitted that a settled state would refuse. Once by id, like ``settle``; a process
+        that dies first leaves its holds to expire, like a call in flight."""
+        ...
+
+    async def flush(self) -> None:
+        """Send what ``settle_soon`` left waiting, and wait until it is applied."""
+        ...
+
     async def usage(self, limits: Sequence[Limit]) -> tuple[CounterState, ...]:
         """The counters of ``limits`` now (their amounts are ignored), for reporting."""
         ...

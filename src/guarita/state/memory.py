@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -19,13 +20,13 @@ from typing import Self
 
 from guarita.state import (
     NAMED_WINDOWS_S,
+    UNITS_PER_ONE,
     Admission,
     CounterState,
     Limit,
     ReservationExists,
     Window,
     check_reservation,
-    counter_state,
     settled_units,
     to_units,
     ttl_ms,
@@ -48,6 +49,12 @@ def window_bounds(window: Window, now_ms: int) -> tuple[int, int | None]:
     length = (NAMED_WINDOWS_S[window] if isinstance(window, str) else window) * 1000
     start = now_ms - now_ms % length
     return start, start + length
+
+
+def _capacity_units(limit: Limit) -> int:
+    """The capacity in units, or -1 when unlimited (as ``counter_state`` reads it)."""
+    capacity = limit.capacity
+    return -1 if capacity is None or math.isinf(capacity) else to_units(capacity)
 
 
 @dataclass(slots=True)
@@ -77,12 +84,6 @@ class _Counter:
             heapq.heapify(self.expiries)
         return hold[0]
 
-    def fits(self, limit: Limit) -> bool:
-        capacity = limit.capacity
-        if limit.unlimited or capacity is None:
-            return True
-        return self.used + self.held + to_units(limit.amount) <= to_units(capacity)
-
     def wait_ms(self, limit: Limit, now_ms: int) -> int | None:
         """How long until a refused amount may fit: ``None`` if it never can."""
         assert limit.capacity is not None  # only limited counters refuse
@@ -109,6 +110,7 @@ class MemorySharedState:
         self._values: dict[str, tuple[bytes, int | None]] = {}
         self._subscribers: dict[str, set[_MemorySubscription]] = {}
         self._next_sweep_ms = 0
+        self._bounds: dict[Window, tuple[int, int | None]] = {}  # the last window of each
 
     async def reserve(
         self, reservation_id: str, limits: Sequence[Limit], ttl_s: float
@@ -120,32 +122,46 @@ class MemorySharedState:
         if existing is not None and existing.expires_ms > now:
             raise ReservationExists(f"reservation {reservation_id!r} is live")
         counters = [self._counter(limit, now) for limit in limits]
-        refused = [(lim, c) for lim, c in zip(limits, counters, strict=True) if not c.fits(lim)]
+        amounts = [to_units(limit.amount) for limit in limits]
+        capacities = [_capacity_units(limit) for limit in limits]  # -1: unlimited
+        refused = [
+            (limit, counter)
+            for limit, counter, amount, capacity in zip(
+                limits, counters, amounts, capacities, strict=True
+            )
+            if capacity >= 0 and counter.used + counter.held + amount > capacity
+        ]
         if refused:
             waits = [counter.wait_ms(limit, now) for limit, counter in refused]
             return Admission(
                 allowed=False,
                 reservation_id=reservation_id,
-                counters=self._states(limits, counters, now),
+                counters=self._states(limits, counters, now, capacities),
                 refused_by=refused[0][0].counter,
                 retry_after_s=None if None in waits else max(w or 0 for w in waits) / 1000,
             )
         expires = now + ttl_ms(ttl_s)
-        for limit, counter in zip(limits, counters, strict=True):
-            amount = to_units(limit.amount)
+        for counter, amount in zip(counters, amounts, strict=True):
             counter.holds[reservation_id] = (amount, expires)
             counter.held += amount
             heapq.heappush(counter.expiries, (expires, reservation_id))
         self._reservations[reservation_id] = _Reservation(
             expires, [(limit.counter, limit.window) for limit in limits]
         )
-        return Admission(True, reservation_id, self._states(limits, counters, now))
+        return Admission(True, reservation_id, self._states(limits, counters, now, capacities))
 
     async def settle(self, reservation_id: str, actual: Mapping[str, float] | None = None) -> bool:
         return self._finish(reservation_id, settled_units(actual))
 
     async def release(self, reservation_id: str) -> bool:
         return self._finish(reservation_id, None)
+
+    def settle_soon(self, reservation_id: str, actual: Mapping[str, float] | None = None) -> None:
+        """:meth:`settle`, applied at once (nothing to wait for in process)."""
+        self._finish(reservation_id, settled_units(actual))
+
+    async def flush(self) -> None:
+        """Nothing waits: ``settle_soon`` applies at once."""
 
     async def usage(self, limits: Sequence[Limit]) -> tuple[CounterState, ...]:
         now = self._now_ms()
@@ -216,7 +232,10 @@ class MemorySharedState:
     def _counter(self, limit: Limit, now_ms: int) -> _Counter:
         """The counter in the window holding ``now_ms``: a new window starts empty."""
         key = (limit.counter, limit.window)
-        start, end = window_bounds(limit.window, now_ms)
+        bounds = self._bounds.get(limit.window)
+        if bounds is None or now_ms < bounds[0] or (bounds[1] is not None and now_ms >= bounds[1]):
+            bounds = self._bounds[limit.window] = window_bounds(limit.window, now_ms)
+        start, end = bounds
         counter = self._counters.get(key)
         if counter is None or counter.start != start:
             counter = self._counters[key] = _Counter(start, end)
@@ -225,11 +244,26 @@ class MemorySharedState:
         return counter
 
     def _states(
-        self, limits: Sequence[Limit], counters: Sequence[_Counter], now_ms: int
+        self,
+        limits: Sequence[Limit],
+        counters: Sequence[_Counter],
+        now_ms: int,
+        capacities: Sequence[int] | None = None,
     ) -> tuple[CounterState, ...]:
+        if capacities is None:
+            capacities = [_capacity_units(limit) for limit in limits]
         return tuple(
-            counter_state(limit, counter.used, counter.held, counter.end, now_ms)
-            for limit, counter in zip(limits, counters, strict=True)
+            CounterState(
+                limit,
+                counter.used / UNITS_PER_ONE,
+                counter.held / UNITS_PER_ONE,
+                math.inf
+                if capacity < 0
+                else max(0, capacity - counter.used - counter.held) / UNITS_PER_ONE,
+                None if counter.end is None else counter.end / 1000,
+                None if counter.end is None else (counter.end - now_ms) / 1000,
+            )
+            for limit, counter, capacity in zip(limits, counters, capacities, strict=True)
         )
 
     def _finish(self, reservation_id: str, actual: dict[str, int] | None) -> bool:

@@ -11,6 +11,10 @@ where a minute ends. Keys (``docs/shared-state.md`` draws them):
 * ``{prefix}r:{<reservation id>}`` — what a reservation holds, until its expiry.
 * ``{prefix}v:<key>`` — values; pub/sub channels are ``{prefix}<channel>``.
 
+:meth:`RedisSharedState.settle_soon` costs no round trip of its own: the settlement waits
+in the process (its holds still count meanwhile) and goes with the next ``reserve`` of the
+process, inside the same script, or after ``settle_delay_s`` if no reserve comes first.
+
 A name that carries a Redis hash tag of its own (``{key:k1}:rpm``) keeps it; others are
 wrapped in braces whole, so a counter's two keys share a Cluster slot.
 """
@@ -18,11 +22,14 @@ wrapped in braces whole, so a counter's two keys share a Cluster slot.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from importlib.resources import files
 from types import TracebackType
 from typing import Any, Self
+
+import structlog
 
 from guarita.providers.base import missing_extra
 from guarita.state import (
@@ -38,7 +45,15 @@ from guarita.state import (
     ttl_ms,
 )
 
+log = structlog.get_logger("guarita.state")
+
 SUBSCRIBE_TIMEOUT_S = 10.0
+SETTLE_DELAY_S = 0.01
+"""How long a settlement of ``settle_soon`` waits for a ``reserve`` to carry it."""
+SETTLE_ATTEMPTS = 3
+"""Tries of a waiting settlement on Redis errors; then its holds expire by themselves."""
+CARRIED_PER_RESERVE = 64
+"""At most this many waiting settlements go with one ``reserve``."""
 
 
 def _script(name: str, *, prelude: bool = True) -> str:
@@ -82,11 +97,17 @@ class RedisSharedState:
         prefix: str = "guarita:",
         clock: Callable[[], float] | None = None,
         owns_client: bool = False,
+        settle_delay_s: float = SETTLE_DELAY_S,
     ) -> None:
         self._redis = client
         self._prefix = prefix
         self._clock = clock
         self._owns_client = owns_client
+        self._settle_delay_s = settle_delay_s
+        self._waiting: list[_Settlement] = []  # settle_soon's, not sent yet
+        self._timer: asyncio.TimerHandle | None = None
+        self._sending: set[asyncio.Task[None]] = set()
+        self._keys: dict[tuple[str, Any], tuple[str, str, str, int]] = {}
         self._reserve = client.register_script(_script("reserve"))
         self._finish = client.register_script(_script("finish"))
         self._usage = client.register_script(_script("usage"))
@@ -112,14 +133,25 @@ class RedisSharedState:
         keys: list[str] = []
         args: list[str | int] = [self._now_arg(), reservation_id, ttl_ms(ttl_s), len(limits)]
         for limit in limits:
-            kind, length, _ = _window_code(limit)
-            counter_key = self._counter_key(limit)
+            counter_key, index_key, kind, length = self._counter_keys(limit)
             capacity = limit.capacity
             capacity_units = -1 if capacity is None or limit.unlimited else to_units(capacity)
-            keys += [counter_key, counter_key + ":x"]
-            args += [limit.counter, kind, length, capacity_units, to_units(limit.amount)]
+            keys += (counter_key, index_key)
+            args += (limit.counter, kind, length, capacity_units, to_units(limit.amount))
         keys.append(self._reservation_key(reservation_id))
-        reply = [int(value) for value in (await self._reserve(keys=keys, args=args)).split()]
+        carried = self._waiting[:CARRIED_PER_RESERVE]  # settled in the same script, first
+        if carried:
+            del self._waiting[:CARRIED_PER_RESERVE]
+            for settlement in carried:
+                keys.append(self._reservation_key(settlement.reservation_id))
+                args += settlement.args
+        try:
+            text = await self._reserve(keys=keys, args=args)
+        except BaseException:
+            if carried:
+                self._retry(carried)  # applied or not: settling is idempotent by id
+            raise
+        reply = [int(value) for value in text.split()]
         status, refused, retry_ms, now = reply[:4]
         if status == -1:
             raise ReservationExists(f"reservation {reservation_id!r} is live")
@@ -135,21 +167,40 @@ class RedisSharedState:
         )
 
     async def settle(self, reservation_id: str, actual: Mapping[str, float] | None = None) -> bool:
-        pairs: list[str | int] = []
-        for counter, units in settled_units(actual).items():
-            pairs += [counter, units]
-        return await self._finish_reservation(reservation_id, "settle", pairs)
+        settlement = _Settlement.of(reservation_id, actual)
+        return await self._finish_reservations("settle", [settlement]) == 1
 
     async def release(self, reservation_id: str) -> bool:
-        return await self._finish_reservation(reservation_id, "release", [])
+        return await self._finish_reservations("release", [_Settlement.of(reservation_id)]) == 1
+
+    def settle_soon(self, reservation_id: str, actual: Mapping[str, float] | None = None) -> None:
+        """Like :meth:`settle`, without a round trip of its own (see the module docstring):
+        the next ``reserve`` of this process carries it, or a send after
+        ``settle_delay_s``. Once by id like ``settle``; lost only with the process (then
+        its holds expire, as for a call in flight)."""
+        self._waiting.append(_Settlement.of(reservation_id, actual))
+        if self._timer is None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(self._settle_delay_s, self._send_waiting)
+
+    async def flush(self) -> None:
+        """Send the settlements waiting now, and wait for those being sent."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        while self._waiting:
+            batch, self._waiting = self._waiting, []
+            await self._send(batch)
+        if self._sending:
+            await asyncio.gather(*self._sending, return_exceptions=True)
 
     async def usage(self, limits: Sequence[Limit]) -> tuple[CounterState, ...]:
         keys: list[str] = []
         args: list[str | int] = [self._now_arg(), len(limits)]
         for limit in limits:
-            kind, length, _ = _window_code(limit)
-            keys += [self._counter_key(limit), self._counter_key(limit) + ":x"]
-            args += [kind, length]
+            counter_key, index_key, kind, length = self._counter_keys(limit)
+            keys += (counter_key, index_key)
+            args += (kind, length)
         reply = [int(value) for value in (await self._usage(keys=keys, args=args)).split()]
         return self._states(limits, reply[1:], reply[0])
 
@@ -182,7 +233,10 @@ class RedisSharedState:
         return _RedisSubscription(self._redis, self._prefix + channel, self._subscriptions)
 
     async def aclose(self) -> None:
-        """End the subscriptions still open, and close the client if it is ours."""
+        """Send the settlements waiting, end the subscriptions still open, and close the
+        client if it is ours."""
+        with contextlib.suppress(Exception):  # logged; the holds then expire by themselves
+            await self.flush()
         for subscription in list(self._subscriptions):
             await subscription.aclose()
         if self._owns_client:
@@ -203,17 +257,60 @@ class RedisSharedState:
         return "" if self._clock is None else str(int(self._clock() * 1000))
 
     def _counter_key(self, limit: Limit) -> str:
-        return f"{self._prefix}c:{_tagged(limit.counter)}:{_window_code(limit)[2]}"
+        return self._counter_keys(limit)[0]
+
+    def _counter_keys(self, limit: Limit) -> tuple[str, str, str, int]:
+        """A counter's hash and expiry index keys, window kind and length (cached)."""
+        cached = self._keys.get((limit.counter, limit.window))
+        if cached is None:
+            if len(self._keys) > 10_000:
+                self._keys.clear()
+            kind, length, name = _window_code(limit)
+            key = f"{self._prefix}c:{_tagged(limit.counter)}:{name}"
+            cached = self._keys[(limit.counter, limit.window)] = (key, key + ":x", kind, length)
+        return cached
 
     def _reservation_key(self, reservation_id: str) -> str:
         return f"{self._prefix}r:{_tagged(reservation_id)}"
 
-    async def _finish_reservation(
-        self, reservation_id: str, mode: str, pairs: list[str | int]
-    ) -> bool:
-        keys = [self._reservation_key(reservation_id)]
-        args = [self._now_arg(), reservation_id, mode, *pairs]
-        return bool(await self._finish(keys=keys, args=args))
+    async def _finish_reservations(self, mode: str, batch: Sequence[_Settlement]) -> int:
+        """Settle or release ``batch`` in one script; how many were live."""
+        keys = [self._reservation_key(settlement.reservation_id) for settlement in batch]
+        args: list[str | int] = [self._now_arg(), mode]
+        for settlement in batch:
+            args += settlement.args
+        return int(await self._finish(keys=keys, args=args))
+
+    def _send_waiting(self) -> None:
+        """The timer of ``settle_soon``: no reserve carried the settlements, send them."""
+        self._timer = None
+        if not self._waiting:
+            return
+        batch, self._waiting = self._waiting, []
+        task = asyncio.get_running_loop().create_task(self._send(batch))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(self, batch: list[_Settlement]) -> None:
+        try:
+            await self._finish_reservations("settle", batch)
+        except Exception:  # noqa: BLE001 - retried; applied or not, settling is idempotent
+            self._retry(batch)
+
+    def _retry(self, batch: list[_Settlement]) -> None:
+        """Settlements whose script failed (or whose answer was lost) wait again, up to
+        ``SETTLE_ATTEMPTS`` tries; after that their holds expire by themselves."""
+        again = [s for s in batch if s.attempts + 1 < SETTLE_ATTEMPTS]
+        if len(again) < len(batch):
+            log.warning("limit_settle_failed", settlements=len(batch) - len(again))
+        if not again:
+            return
+        for settlement in again:
+            settlement.attempts += 1
+        self._waiting[:0] = again
+        if self._timer is None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(self._settle_delay_s, self._send_waiting)
 
     @staticmethod
     def _states(limits: Sequence[Limit], values: list[int], now: int) -> tuple[CounterState, ...]:
@@ -224,6 +321,25 @@ class RedisSharedState:
                 limits, zip(values[0::3], values[1::3], values[2::3], strict=True), strict=True
             )
         )
+
+
+class _Settlement:
+    """A settlement waiting to be sent: the reservation and its script arguments."""
+
+    __slots__ = ("args", "attempts", "reservation_id")
+
+    def __init__(self, reservation_id: str, args: list[str | int]) -> None:
+        self.reservation_id = reservation_id
+        self.args = args
+        self.attempts = 0
+
+    @classmethod
+    def of(cls, reservation_id: str, actual: Mapping[str, float] | None = None) -> _Settlement:
+        units = settled_units(actual)  # checked now: a bad amount fails its caller
+        args: list[str | int] = [reservation_id, len(units)]
+        for counter, amount in units.items():
+            args += (counter, amount)
+        return cls(reservation_id, args)
 
 
 class _RedisSubscription:

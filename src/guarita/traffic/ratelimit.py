@@ -14,7 +14,6 @@ leaks nothing, its holds expire. The counters' state after admission becomes Ope
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import math
 import secrets
@@ -34,7 +33,14 @@ from guarita.errors import (
 )
 from guarita.pipeline import Next
 from guarita.settings import BudgetSettings, LimitSettings, TierLimits
-from guarita.state import MAX_AMOUNT, Admission, CounterState, Limit, Reservations
+from guarita.state import (
+    MAX_AMOUNT,
+    Admission,
+    CounterState,
+    Limit,
+    Reservations,
+    check_amount,
+)
 from guarita.telemetry.prices import FREE, Price
 from guarita.traffic.alerts import BudgetAlerts
 from guarita.traffic.economy import EconomyMode
@@ -188,16 +194,51 @@ def _reset(seconds: float | None) -> str:
 
 def rate_limit_headers(plan: Plan, counters: Sequence[CounterState]) -> dict[str, str]:
     """OpenAI's ``x-ratelimit-limit|remaining|reset-requests|tokens`` for the counters."""
-    by_counter = {c.limit.counter: c for c in counters}
     headers: dict[str, str] = {}
     for kind, limit in (("requests", plan.requests), ("tokens", plan.tokens)):
-        state = by_counter.get(limit.counter) if limit is not None else None
-        if limit is None or state is None or limit.capacity is None:
+        if limit is None or limit.capacity is None:
+            continue
+        state = next((c for c in counters if c.limit.counter == limit.counter), None)
+        if state is None:
             continue
         headers[f"x-ratelimit-limit-{kind}"] = str(int(limit.capacity))
         headers[f"x-ratelimit-remaining-{kind}"] = str(max(0, int(state.remaining)))
         headers[f"x-ratelimit-reset-{kind}"] = _reset(state.reset_after_s)
     return headers
+
+
+def _with_amount(limit: Limit, amount: float) -> Limit:
+    """``limit`` holding ``amount``: a copy of a limit already checked, so only the amount
+    is (a call's plan is its key's cached one with its own tokens and cost)."""
+    check_amount(amount, f"amount of {limit.counter!r}")
+    copy = object.__new__(Limit)
+    object.__setattr__(copy, "counter", limit.counter)
+    object.__setattr__(copy, "capacity", limit.capacity)
+    object.__setattr__(copy, "window", limit.window)
+    object.__setattr__(copy, "amount", amount)
+    return copy
+
+
+@dataclass(frozen=True, slots=True)
+class _Template:
+    """A key's plan with amounts to fill in: which limits hold the call's tokens, which
+    its cost."""
+
+    plan: Plan
+    tokens_at: int | None
+    spend_from: int
+
+    def fill(self, tokens: int, max_cost: float) -> Plan:
+        plan = self.plan
+        if self.tokens_at is None and self.spend_from == len(plan.limits):
+            return plan
+        limits = list(plan.limits)
+        token_limit = plan.tokens
+        if self.tokens_at is not None:
+            token_limit = limits[self.tokens_at] = _with_amount(limits[self.tokens_at], tokens)
+        spend = [_with_amount(limit, max_cost) for limit in plan.spend]
+        limits[self.spend_from :] = spend
+        return Plan(tuple(limits), plan.requests, token_limit, tuple(spend))
 
 
 def client_address(
@@ -242,8 +283,9 @@ class RateLimits:
         self._prices = prices or {}
         self._alerts = alerts
         self._economy = economy if settings.budgets.action == "economy" else None
-        self._settling: set[asyncio.Task[None]] = set()
+        self._ip_endpoints = tuple(settings.per_ip_endpoints)
         self._merged: dict[tuple[str, int], tuple[TierLimits, TierLimits]] = {}
+        self._templates: dict[tuple[object, ...], tuple[TierLimits, _Template]] = {}
 
     def limits_for(self, call: Call) -> TierLimits | None:
         """The tier's limits with the key's own on top; None for a caller with no tier
@@ -275,13 +317,10 @@ class RateLimits:
                 limits = scaled(limits, self._economy.apply(call, economy))
         room = apply_max_tokens(call, limits.max_tokens)
         prompt = estimate_prompt_tokens(call)
-        plan = plan_for(call, limits, per_ip=self._settings.per_ip_per_minute,
-                        ip_endpoints=self._settings.per_ip_endpoints,
-                        tokens=prompt + room)  # fmt: skip
         max_cost = self._prices.get(call.model, FREE).cost(Usage(prompt, room))
-        spend = budget_limits(call, limits, self._settings.budgets, max_cost, lenient)
-        if spend:
-            plan = plan.with_spend(spend)
+        plan = self._template(call, limits, lenient, cache=economy is None).fill(
+            prompt + room, max_cost
+        )
         if not plan.limits:
             return await next(call)
         reservation = secrets.token_hex(16)
@@ -301,19 +340,40 @@ class RateLimits:
         try:
             reply = await next(call)
         except BaseException:
-            self._settle_later(reservation, self._actual(plan, 0, 0.0))
+            self._settle(reservation, self._actual(plan, 0, 0.0))
             raise
-        if reply.finished:  # a complete answer (its cost known): settle now, no task needed
-            actual = self._actual(plan, reply.usage.total_tokens, reply.cost_usd)
-            await self._settle_now(reservation, actual)
+        if reply.finished:  # a complete answer (its cost known): settle now
+            self._settle(reservation, self._actual(plan, reply.usage.total_tokens, reply.cost_usd))
             return reply
         # a stream: Accounting's hook (registered first, inside) has priced it by then
         reply.on_finish(
-            lambda done, _error: self._settle_later(
+            lambda done, _error: self._settle(
                 reservation, self._actual(plan, done.usage.total_tokens, done.cost_usd)
             )
         )
         return reply
+
+    def _template(
+        self, call: Call, limits: TierLimits, lenient: set[str], *, cache: bool
+    ) -> _Template:
+        """The counters of the call's key, agent and address, cached per limits object (a
+        key's merged limits live as long as its cached lookup) unless in economy mode."""
+        per_ip = self._settings.per_ip_per_minute
+        ip = call.client_ip if per_ip is not None and call.endpoint in self._ip_endpoints else None
+        key = (id(limits), call.caller.key_id, call.agent, ip, frozenset(lenient) or None)
+        cached = self._templates.get(key) if cache else None
+        if cached is not None and cached[0] is limits:
+            return cached[1]
+        plan = plan_for(call, limits, per_ip=per_ip, ip_endpoints=self._ip_endpoints, tokens=0)
+        tokens_at = None if plan.tokens is None else plan.limits.index(plan.tokens)
+        spend = budget_limits(call, limits, self._settings.budgets, 0.0, lenient)
+        template = _Template(plan.with_spend(spend) if spend else plan, tokens_at,
+                             len(plan.limits))  # fmt: skip
+        if cache:
+            if len(self._templates) > 10_000:
+                self._templates.clear()
+            self._templates[key] = (limits, template)
+        return template
 
     async def admit_submission(self, call: Call) -> dict[str, str]:
         """Count a task as one request of its caller (and, like an ``api.chat`` call, of its
@@ -359,15 +419,10 @@ class RateLimits:
             actual[limit.counter] = min(max(cost_usd, 0.0), MAX_AMOUNT)
         return actual
 
-    def _settle_later(self, reservation: str, actual: Mapping[str, float]) -> None:
-        """From a finish hook (a stream's end) or an error path: a task, held until done."""
-        task = asyncio.get_running_loop().create_task(self._settle_now(reservation, actual))
-        self._settling.add(task)
-        task.add_done_callback(self._settling.discard)
-
-    async def _settle_now(self, reservation: str, actual: Mapping[str, float]) -> None:
+    def _settle(self, reservation: str, actual: Mapping[str, float]) -> None:
+        """Settle without waiting (``settle_soon``: no round trip of its own on Redis)."""
         try:
-            await self._state.settle(reservation, actual)
+            self._state.settle_soon(reservation, actual)
         except Exception as exc:  # noqa: BLE001 - the hold then expires by itself
             log.warning("limit_settle_failed", error_type=type(exc).__name__)
 
@@ -392,9 +447,11 @@ class RateLimits:
         )
 
     async def aclose(self) -> None:
-        """Let settlements in flight finish (at shutdown)."""
-        if self._settling:
-            await asyncio.gather(*self._settling, return_exceptions=True)
+        """Send the settlements still waiting (at shutdown)."""
+        try:
+            await self._state.flush()
+        except Exception as exc:  # noqa: BLE001 - the holds then expire by themselves
+            log.warning("limit_settle_failed", error_type=type(exc).__name__)
         if self._alerts is not None:
             await self._alerts.aclose()
 

@@ -92,3 +92,46 @@ local function keep(k, ttl)
     redis.call('PEXPIRE', k, int(ttl))
   end
 end
+
+-- Settle (`settle` true) or release reservation `id`, whose hash is `rk`, once: its holds
+-- leave their counters and, when it is live and settled, become usage (`actual[counter]`,
+-- else the amount held; a concurrent hold is only released). Returns 1 if it was live.
+-- The counters are read from the reservation hash (they share its hash tag when the caller
+-- follows the Cluster rule in docs/shared-state.md).
+local function finish(rk, id, settle, actual, now)
+  local fields = redis.call('HGETALL', rk)
+  if #fields == 0 then
+    return 0
+  end
+  local record = {}
+  for i = 1, #fields, 2 do record[fields[i]] = fields[i + 1] end
+  local live = tonumber(record.e) > now
+  for i = 1, tonumber(record.n) do
+    local c = record['k' .. i]
+    local amount = redis.call('HGET', c, 'r:' .. id)
+    if amount then -- absent: the window rolled over, or the hold expired and was purged
+      redis.call('HDEL', c, 'r:' .. id)
+      redis.call('HINCRBY', c, 'h', int(-tonumber(amount)))
+      redis.call('ZREM', c .. ':x', id)
+      if live and settle and record['t' .. i] ~= 'c' then
+        redis.call('HINCRBY', c, 'u', actual[record['c' .. i]] or amount)
+      end
+    end
+  end
+  redis.call('DEL', rk)
+  return live and 1 or 0
+end
+
+-- Settle the reservations of KEYS[first..] named in ARGV[at..]: per reservation its id,
+-- the number of (counter, actual amount) pairs, then the pairs. Returns how many were live.
+local function settle_all(first, at, settle, now)
+  local live, k = 0, first
+  while at <= #ARGV do
+    local id, pairs = ARGV[at], tonumber(ARGV[at + 1])
+    local actual = {}
+    for j = at + 2, at + 1 + 2 * pairs, 2 do actual[ARGV[j]] = ARGV[j + 1] end
+    live = live + finish(KEYS[k], id, settle, actual, now)
+    at, k = at + 2 + 2 * pairs, k + 1
+  end
+  return live
+end

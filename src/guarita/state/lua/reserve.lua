@@ -1,7 +1,11 @@
 -- Check and reserve over several counters at once: all or none.
--- KEYS: counter hash and expiry index of each limit (2n), then the reservation hash.
+-- First settles the reservations this process finished since its last call (their holds
+-- leave before the check), as finish.lua does.
+-- KEYS: counter hash and expiry index of each limit (2n), the reservation hash, then the
+--       hashes of the reservations to settle.
 -- ARGV: now override ('' = TIME), id, ttl ms, n, then per limit:
---       counter name, window kind, window ms, capacity (-1 = unlimited), amount.
+--       counter name, window kind, window ms, capacity (-1 = unlimited), amount;
+--       then per reservation to settle: id, number of pairs, pairs (counter, actual).
 -- Returns, as one string of integers (cheaper for a client to read than an array):
 -- status (1 admitted, 0 refused, -1 id live), refused index, retry ms (-1 never), now,
 -- then used, held and window end (-1 none) per limit.
@@ -9,6 +13,7 @@ local now = now_ms(ARGV[1])
 local id, ttl, n = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local rk = KEYS[2 * n + 1]
 local expires = now + ttl
+settle_all(2 * n + 2, 5 + 5 * n, true, now)
 
 local existing = redis.call('HGET', rk, 'e')
 if existing and tonumber(existing) > now then
