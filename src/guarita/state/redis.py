@@ -29,6 +29,7 @@ from importlib.resources import files
 from types import TracebackType
 from typing import Any, Self
 
+import orjson
 import structlog
 
 from guarita.providers.base import missing_extra
@@ -53,7 +54,9 @@ SETTLE_DELAY_S = 0.01
 SETTLE_ATTEMPTS = 3
 """Tries of a waiting settlement on Redis errors; then its holds expire by themselves."""
 CARRIED_PER_RESERVE = 64
-"""At most this many waiting settlements go with one ``reserve``."""
+"""At most this many waiting settlements go with one ``reserve`` script."""
+RESERVES_PER_CALL = 64
+"""At most this many reserves asked for at the same moment share one script."""
 
 
 def _script(name: str, *, prelude: bool = True) -> str:
@@ -107,7 +110,9 @@ class RedisSharedState:
         self._waiting: list[_Settlement] = []  # settle_soon's, not sent yet
         self._timer: asyncio.TimerHandle | None = None
         self._sending: set[asyncio.Task[None]] = set()
-        self._keys: dict[tuple[str, Any], tuple[str, str, str, int]] = {}
+        self._asking: list[_Reserve] = []  # reserves of this loop iteration, not sent yet
+        self._asking_handle: asyncio.Handle | None = None
+        self._keys: dict[tuple[str, Any], tuple[str, str, int]] = {}
         self._reserve = client.register_script(_script("reserve"))
         self._finish = client.register_script(_script("finish"))
         self._usage = client.register_script(_script("usage"))
@@ -130,76 +135,125 @@ class RedisSharedState:
         self, reservation_id: str, limits: Sequence[Limit], ttl_s: float
     ) -> Admission:
         check_reservation(reservation_id, limits, ttl_s)
-        keys: list[str] = []
-        args: list[str | int] = [self._now_arg(), reservation_id, ttl_ms(ttl_s), len(limits)]
+        wanted: list[list[str | int]] = []
         for limit in limits:
-            counter_key, index_key, kind, length = self._counter_keys(limit)
+            counter_key, kind, length = self._counter_keys(limit)
             capacity = limit.capacity
             capacity_units = -1 if capacity is None or limit.unlimited else to_units(capacity)
-            keys += (counter_key, index_key)
-            args += (limit.counter, kind, length, capacity_units, to_units(limit.amount))
-        keys.append(self._reservation_key(reservation_id))
+            wanted.append(
+                [limit.counter, counter_key, kind, length, capacity_units, to_units(limit.amount)]
+            )
+        key = self._reservation_key(reservation_id)
+        loop = asyncio.get_running_loop()
+        entry = [reservation_id, ttl_ms(ttl_s), key, wanted]
+        request = _Reserve(reservation_id, key, limits, entry, loop.create_future())
+        self._asking.append(request)
+        if self._asking_handle is None:
+            self._asking_handle = loop.call_soon(self._send_reserves)
+        return await request.answer
+
+    def _send_reserves(self) -> None:
+        """The reserves asked for since the last loop iteration go in one script."""
+        self._asking_handle = None
+        while self._asking:
+            batch = self._asking[:RESERVES_PER_CALL]
+            del self._asking[:RESERVES_PER_CALL]
+            task = asyncio.get_running_loop().create_task(self._reserve_batch(batch))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+
+    async def _reserve_batch(self, batch: list[_Reserve]) -> None:
         carried = self._waiting[:CARRIED_PER_RESERVE]  # settled in the same script, first
         if carried:
             del self._waiting[:CARRIED_PER_RESERVE]
-            for settlement in carried:
-                keys.append(self._reservation_key(settlement.reservation_id))
-                args += settlement.args
+        argument = orjson.dumps(
+            [self._now_arg(), [r.entry for r in batch], [s.entry for s in carried]]
+        )
         try:
-            text = await self._reserve(keys=keys, args=args)
-        except BaseException:
+            text = await self._reserve(args=[argument])
+        except BaseException as exc:
             if carried:
                 self._retry(carried)  # applied or not: settling is idempotent by id
-            raise
+            for request in batch:
+                if not request.answer.done():
+                    request.answer.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
         reply = [int(value) for value in text.split()]
-        status, refused, retry_ms, now = reply[:4]
-        if status == -1:
-            raise ReservationExists(f"reservation {reservation_id!r} is live")
-        counters = self._states(limits, reply[4:], now)
-        if status == 1:
-            return Admission(True, reservation_id, counters)
-        return Admission(
-            allowed=False,
-            reservation_id=reservation_id,
-            counters=counters,
-            refused_by=limits[refused - 1].counter,
-            retry_after_s=None if retry_ms < 0 else retry_ms / 1000,
-        )
+        now, at = reply[0], 1
+        for request in batch:
+            n = len(request.limits)
+            status, refused, retry_ms = reply[at : at + 3]
+            values = reply[at + 3 : at + 3 + 3 * n]
+            at += 3 + 3 * n
+            if request.answer.cancelled():  # its caller went away: drop what it got
+                if status == 1:
+                    self._waiting.append(_Settlement.release(request.key, request.id))
+                    self._arm_timer()
+                continue
+            if status == -1:
+                request.answer.set_exception(
+                    ReservationExists(f"reservation {request.id!r} is live")
+                )
+                continue
+            counters = self._states(request.limits, values, now)
+            if status == 1:
+                request.answer.set_result(Admission(True, request.id, counters))
+                continue
+            request.answer.set_result(
+                Admission(
+                    allowed=False,
+                    reservation_id=request.id,
+                    counters=counters,
+                    refused_by=request.limits[refused - 1].counter,
+                    retry_after_s=None if retry_ms < 0 else retry_ms / 1000,
+                )
+            )
 
     async def settle(self, reservation_id: str, actual: Mapping[str, float] | None = None) -> bool:
-        settlement = _Settlement.of(reservation_id, actual)
+        settlement = _Settlement.of(self._reservation_key(reservation_id), reservation_id, actual)
         return await self._finish_reservations("settle", [settlement]) == 1
 
     async def release(self, reservation_id: str) -> bool:
-        return await self._finish_reservations("release", [_Settlement.of(reservation_id)]) == 1
+        settlement = _Settlement.of(self._reservation_key(reservation_id), reservation_id)
+        return await self._finish_reservations("release", [settlement]) == 1
 
     def settle_soon(self, reservation_id: str, actual: Mapping[str, float] | None = None) -> None:
         """Like :meth:`settle`, without a round trip of its own (see the module docstring):
         the next ``reserve`` of this process carries it, or a send after
         ``settle_delay_s``. Once by id like ``settle``; lost only with the process (then
         its holds expire, as for a call in flight)."""
-        self._waiting.append(_Settlement.of(reservation_id, actual))
+        key = self._reservation_key(reservation_id)
+        self._waiting.append(_Settlement.of(key, reservation_id, actual))
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
         if self._timer is None:
             loop = asyncio.get_running_loop()
             self._timer = loop.call_later(self._settle_delay_s, self._send_waiting)
 
     async def flush(self) -> None:
-        """Send the settlements waiting now, and wait for those being sent."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        while self._waiting:
-            batch, self._waiting = self._waiting, []
-            await self._send(batch)
-        if self._sending:
-            await asyncio.gather(*self._sending, return_exceptions=True)
+        """Send the settlements waiting now, and wait for those being sent (and for the
+        reserves in flight, whose callers may have gone: their holds are released)."""
+        while True:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            if self._waiting:
+                batch, self._waiting = self._waiting, []
+                await self._send(batch)
+            elif self._sending:
+                await asyncio.gather(*self._sending, return_exceptions=True)
+            else:
+                return
 
     async def usage(self, limits: Sequence[Limit]) -> tuple[CounterState, ...]:
         keys: list[str] = []
         args: list[str | int] = [self._now_arg(), len(limits)]
         for limit in limits:
-            counter_key, index_key, kind, length = self._counter_keys(limit)
-            keys += (counter_key, index_key)
+            counter_key, kind, length = self._counter_keys(limit)
+            keys += (counter_key, counter_key + ":x")
             args += (kind, length)
         reply = [int(value) for value in (await self._usage(keys=keys, args=args)).split()]
         return self._states(limits, reply[1:], reply[0])
@@ -259,15 +313,16 @@ class RedisSharedState:
     def _counter_key(self, limit: Limit) -> str:
         return self._counter_keys(limit)[0]
 
-    def _counter_keys(self, limit: Limit) -> tuple[str, str, str, int]:
-        """A counter's hash and expiry index keys, window kind and length (cached)."""
+    def _counter_keys(self, limit: Limit) -> tuple[str, str, int]:
+        """A counter's hash key (its expiry index is that + ``:x``), window kind and
+        length (cached)."""
         cached = self._keys.get((limit.counter, limit.window))
         if cached is None:
             if len(self._keys) > 10_000:
                 self._keys.clear()
             kind, length, name = _window_code(limit)
             key = f"{self._prefix}c:{_tagged(limit.counter)}:{name}"
-            cached = self._keys[(limit.counter, limit.window)] = (key, key + ":x", kind, length)
+            cached = self._keys[(limit.counter, limit.window)] = (key, kind, length)
         return cached
 
     def _reservation_key(self, reservation_id: str) -> str:
@@ -275,11 +330,8 @@ class RedisSharedState:
 
     async def _finish_reservations(self, mode: str, batch: Sequence[_Settlement]) -> int:
         """Settle or release ``batch`` in one script; how many were live."""
-        keys = [self._reservation_key(settlement.reservation_id) for settlement in batch]
-        args: list[str | int] = [self._now_arg(), mode]
-        for settlement in batch:
-            args += settlement.args
-        return int(await self._finish(keys=keys, args=args))
+        argument = orjson.dumps([self._now_arg(), mode, [s.entry for s in batch]])
+        return int(await self._finish(args=[argument]))
 
     def _send_waiting(self) -> None:
         """The timer of ``settle_soon``: no reserve carried the settlements, send them."""
@@ -324,22 +376,46 @@ class RedisSharedState:
 
 
 class _Settlement:
-    """A settlement waiting to be sent: the reservation and its script arguments."""
+    """A settlement waiting to be sent: its entry in a script's argument (the reservation's
+    hash key, its id, the actual amounts in units by counter)."""
 
-    __slots__ = ("args", "attempts", "reservation_id")
+    __slots__ = ("attempts", "entry", "reservation_id")
 
-    def __init__(self, reservation_id: str, args: list[str | int]) -> None:
+    def __init__(self, reservation_id: str, entry: list[Any]) -> None:
         self.reservation_id = reservation_id
-        self.args = args
+        self.entry = entry
         self.attempts = 0
 
     @classmethod
-    def of(cls, reservation_id: str, actual: Mapping[str, float] | None = None) -> _Settlement:
+    def of(
+        cls, key: str, reservation_id: str, actual: Mapping[str, float] | None = None
+    ) -> _Settlement:
         units = settled_units(actual)  # checked now: a bad amount fails its caller
-        args: list[str | int] = [reservation_id, len(units)]
-        for counter, amount in units.items():
-            args += (counter, amount)
-        return cls(reservation_id, args)
+        return cls(reservation_id, [key, reservation_id, units])
+
+    @classmethod
+    def release(cls, key: str, reservation_id: str) -> _Settlement:
+        return cls(reservation_id, [key, reservation_id, False])
+
+
+class _Reserve:
+    """A reserve waiting for the script that carries it."""
+
+    __slots__ = ("answer", "entry", "id", "key", "limits")
+
+    def __init__(
+        self,
+        reservation_id: str,
+        key: str,
+        limits: Sequence[Limit],
+        entry: list[Any],
+        answer: asyncio.Future[Admission],
+    ) -> None:
+        self.id = reservation_id
+        self.key = key
+        self.limits = limits
+        self.entry = entry
+        self.answer = answer
 
 
 class _RedisSubscription:

@@ -1,5 +1,8 @@
 -- Settle or release reservations, each once (`finish` in prelude.lua).
--- KEYS: the reservation hashes. ARGV: now override, 'settle' or 'release', then per
--- reservation: its id, the number of pairs, and pairs of counter name and actual amount.
+-- ARGV[1]: JSON [now override ('' = TIME), 'settle' or 'release', [[reservation hash key,
+-- id, {counter: actual amount}], ...]]. The keys travel in the argument, not in KEYS:
+-- encoding dozens of separate arguments cost the client more than the script itself
+-- (docs/shared-state.md, "Redis Cluster").
 -- Returns how many of the reservations were live.
-return settle_all(1, 3, ARGV[2] == 'settle', now_ms(ARGV[1]))
+local a = cjson.decode(ARGV[1])
+return settle_all(a[3], a[2] == 'settle', now_ms(a[1]))

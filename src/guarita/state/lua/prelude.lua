@@ -114,7 +114,7 @@ local function finish(rk, id, settle, actual, now)
       redis.call('HINCRBY', c, 'h', int(-tonumber(amount)))
       redis.call('ZREM', c .. ':x', id)
       if live and settle and record['t' .. i] ~= 'c' then
-        redis.call('HINCRBY', c, 'u', actual[record['c' .. i]] or amount)
+        redis.call('HINCRBY', c, 'u', int(tonumber(actual[record['c' .. i]] or amount)))
       end
     end
   end
@@ -122,16 +122,14 @@ local function finish(rk, id, settle, actual, now)
   return live and 1 or 0
 end
 
--- Settle the reservations of KEYS[first..] named in ARGV[at..]: per reservation its id,
--- the number of (counter, actual amount) pairs, then the pairs. Returns how many were live.
-local function settle_all(first, at, settle, now)
-  local live, k = 0, first
-  while at <= #ARGV do
-    local id, pairs = ARGV[at], tonumber(ARGV[at + 1])
-    local actual = {}
-    for j = at + 2, at + 1 + 2 * pairs, 2 do actual[ARGV[j]] = ARGV[j + 1] end
-    live = live + finish(KEYS[k], id, settle, actual, now)
-    at, k = at + 2 + 2 * pairs, k + 1
+-- Settle the reservations listed in `batch` (decoded JSON): per reservation its hash
+-- key, its id and a map of counter name to actual amount, or false to release it (as
+-- all of them are when `settle` is false). Returns how many were live.
+local function settle_all(batch, settle, now)
+  local live = 0
+  for _, entry in ipairs(batch) do
+    local actual = entry[3]
+    live = live + finish(entry[1], entry[2], settle and actual ~= false, actual or {}, now)
   end
   return live
 end

@@ -1,75 +1,83 @@
--- Check and reserve over several counters at once: all or none.
--- First settles the reservations this process finished since its last call (their holds
--- leave before the check), as finish.lua does.
--- KEYS: counter hash and expiry index of each limit (2n), the reservation hash, then the
---       hashes of the reservations to settle.
--- ARGV: now override ('' = TIME), id, ttl ms, n, then per limit:
---       counter name, window kind, window ms, capacity (-1 = unlimited), amount;
---       then per reservation to settle: id, number of pairs, pairs (counter, actual).
--- Returns, as one string of integers (cheaper for a client to read than an array):
--- status (1 admitted, 0 refused, -1 id live), refused index, retry ms (-1 never), now,
--- then used, held and window end (-1 none) per limit.
-local now = now_ms(ARGV[1])
-local id, ttl, n = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-local rk = KEYS[2 * n + 1]
-local expires = now + ttl
-settle_all(2 * n + 2, 5 + 5 * n, true, now)
+-- Check and reserve over several counters at once, all or none, for each of several
+-- reservations in turn (the ones a process asked for at the same moment: one round trip
+-- for all of them). First settles or releases the reservations this process finished
+-- since its last call (their holds leave before the checks), as finish.lua does.
+-- ARGV[1]: JSON [now override ('' = TIME),
+--   [[id, ttl ms, reservation hash key,
+--     [[counter name, counter hash key, window kind, window ms, capacity (-1 = unlimited),
+--       amount], ...]], ...],
+--   [[reservation hash key, id, {counter: actual} or false to release], ...]].
+-- One argument, not KEYS and dozens of ARGV: see finish.lua. A counter's expiry index is
+-- its hash key .. ':x'.
+-- Returns, as one string of integers (cheaper for a client to read than an array): now,
+-- then per reservation: status (1 admitted, 0 refused, -1 id live), refused index, retry
+-- ms (-1 never), then used, held and window end (-1 none) per limit.
+local a = cjson.decode(ARGV[1])
+local now = now_ms(a[1])
+settle_all(a[3], true, now)
 
-local existing = redis.call('HGET', rk, 'e')
-if existing and tonumber(existing) > now then
-  return '-1 0 0 ' .. int(now)
-end
-
-local counters, refused, retry = {}, 0, 0
-for i = 1, n do
-  local a = 4 + (i - 1) * 5
-  local kind, len = ARGV[a + 2], tonumber(ARGV[a + 3])
-  local cap, amount = tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5])
-  local c, x = KEYS[2 * i - 1], KEYS[2 * i]
-  local start, stop = bounds(kind, len, now)
-  local used, held = touch(c, x, start, now)
-  counters[i] = {c = c, x = x, start = start, stop = stop, used = used, held = held}
-  if cap >= 0 and used + held + amount > cap then
-    if refused == 0 then refused = i end
-    local wait
-    if amount > cap then
-      wait = -1
-    elseif kind == 'c' then
-      local first = redis.call('ZRANGE', x, 0, 0, 'WITHSCORES')
-      wait = first[2] and tonumber(first[2]) - now or 0
-    else
-      wait = stop - now
-    end
-    if wait == -1 or retry == -1 then retry = -1 else retry = math.max(retry, wait) end
+local function reserve(id, ttl, rk, limits, reply)
+  local n = #limits
+  local expires = now + ttl
+  local existing = redis.call('HGET', rk, 'e')
+  if existing and tonumber(existing) > now then
+    reply[#reply + 1] = '-1 0 0'
+    for _ = 1, n do reply[#reply + 1] = '0 0 -1' end
+    return
   end
-end
-
-if refused == 0 then
-  redis.call('DEL', rk)
-  local record = {'e', int(expires), 'n', n}
+  local counters, refused, retry = {}, 0, 0
   for i = 1, n do
-    local a = 4 + (i - 1) * 5
-    local s, amount = counters[i], tonumber(ARGV[a + 5])
-    s.held = s.held + amount
-    redis.call('HSET', s.c, 'w', int(s.start), 'h', int(s.held), 'r:' .. id, int(amount))
-    redis.call('ZADD', s.x, int(expires), id)
-    local life = ttl + MARGIN_MS
-    if s.stop >= 0 then life = math.max(life, s.stop - now + MARGIN_MS) end
-    keep(s.c, life)
-    keep(s.x, life)
-    local j = #record
-    record[j + 1], record[j + 2] = 'c' .. i, ARGV[a + 1]
-    record[j + 3], record[j + 4] = 'k' .. i, s.c
-    record[j + 5], record[j + 6] = 't' .. i, ARGV[a + 2]
+    local l = limits[i]
+    local kind, len, cap, amount = l[3], l[4], l[5], l[6]
+    local c = l[2]
+    local x = c .. ':x'
+    local start, stop = bounds(kind, len, now)
+    local used, held = touch(c, x, start, now)
+    counters[i] = {c = c, x = x, start = start, stop = stop, used = used, held = held}
+    if cap >= 0 and used + held + amount > cap then
+      if refused == 0 then refused = i end
+      local wait
+      if amount > cap then
+        wait = -1
+      elseif kind == 'c' then
+        local first = redis.call('ZRANGE', x, 0, 0, 'WITHSCORES')
+        wait = first[2] and tonumber(first[2]) - now or 0
+      else
+        wait = stop - now
+      end
+      if wait == -1 or retry == -1 then retry = -1 else retry = math.max(retry, wait) end
+    end
   end
-  redis.call('HSET', rk, unpack(record))
-  redis.call('PEXPIRE', rk, int(ttl + MARGIN_MS))
+  if refused == 0 then
+    redis.call('DEL', rk)
+    local record = {'e', int(expires), 'n', n}
+    for i = 1, n do
+      local l = limits[i]
+      local s, amount = counters[i], l[6]
+      s.held = s.held + amount
+      redis.call('HSET', s.c, 'w', int(s.start), 'h', int(s.held), 'r:' .. id, int(amount))
+      redis.call('ZADD', s.x, int(expires), id)
+      local life = ttl + MARGIN_MS
+      if s.stop >= 0 then life = math.max(life, s.stop - now + MARGIN_MS) end
+      keep(s.c, life)
+      keep(s.x, life)
+      local j = #record
+      record[j + 1], record[j + 2] = 'c' .. i, l[1]
+      record[j + 3], record[j + 4] = 'k' .. i, s.c
+      record[j + 5], record[j + 6] = 't' .. i, l[3]
+    end
+    redis.call('HSET', rk, unpack(record))
+    redis.call('PEXPIRE', rk, int(ttl + MARGIN_MS))
+  end
+  reply[#reply + 1] = (refused == 0 and '1 ' or '0 ') .. refused .. ' ' .. int(retry)
+  for i = 1, n do
+    local s = counters[i]
+    reply[#reply + 1] = int(s.used) .. ' ' .. int(s.held) .. ' ' .. int(s.stop)
+  end
 end
 
-local reply = {refused == 0 and 1 or 0, refused, int(retry), int(now)}
-for i = 1, n do
-  local s = counters[i]
-  local j = #reply
-  reply[j + 1], reply[j + 2], reply[j + 3] = int(s.used), int(s.held), int(s.stop)
+local reply = {int(now)}
+for _, r in ipairs(a[2]) do
+  reserve(r[1], r[2], r[3], r[4], reply)
 end
 return table.concat(reply, ' ')
