@@ -37,11 +37,11 @@ in Redis's ``INCRBYFLOAT`` would not promise).
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Literal, Protocol, Self
+from typing import Literal, NamedTuple, Protocol, Self
 
 Window = Literal["minute", "hour", "day", "month", "concurrent"] | int
 """A named window, ``"concurrent"`` (holds only), or a fixed window of that many seconds."""
@@ -61,16 +61,20 @@ class ReservationExists(ValueError):
     caller-supplied request id, which a client may repeat)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Limit:
     """One counter a reservation must fit in: ``amount`` out of ``capacity`` per window.
 
-    A ``capacity`` of ``None`` (or infinity) admits everything but still counts."""
+    A ``capacity`` of ``None`` (or infinity) admits everything but still counts. Treat it
+    as immutable (it is not frozen only so that :meth:`holding` copies it fast)."""
 
     counter: str
     capacity: float | None
     window: Window
     amount: float = 1.0
+    capacity_units: int = field(default=-1, init=False, repr=False, compare=False)
+    """The capacity in units, -1 when unlimited (computed once, for the hot path)."""
+    amount_units: int = field(default=0, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.counter:
@@ -86,16 +90,35 @@ class Limit:
         check_amount(self.amount, f"amount of {self.counter!r}")
         if self.capacity is not None and not math.isinf(self.capacity):
             check_amount(self.capacity, f"capacity of {self.counter!r}")
+            self.capacity_units = to_units(self.capacity)
+        self.amount_units = to_units(self.amount)
+
+    def holding(self, amount: float, units: int | None = None) -> Limit:
+        """This limit holding ``amount`` instead (``units``: the same in units, when the
+        caller has it): a copy that checks only the amount (a call's plan is its key's
+        cached one with its own tokens and cost)."""
+        if units is None:
+            check_amount(amount, f"amount of {self.counter!r}")
+            units = round(amount * UNITS_PER_ONE)
+        copy = object.__new__(Limit)
+        copy.counter = self.counter
+        copy.capacity = self.capacity
+        copy.window = self.window
+        copy.capacity_units = self.capacity_units
+        copy.amount = amount
+        copy.amount_units = units
+        return copy
 
     @property
     def unlimited(self) -> bool:
         return self.capacity is None or math.isinf(self.capacity)
 
 
-@dataclass(frozen=True, slots=True)
-class CounterState:
+class CounterState(NamedTuple):
     """A counter in its current window, as the state's clock sees it: what a caller needs
-    for OpenAI's ``x-ratelimit-limit-*``, ``-remaining-*`` and ``-reset-*`` headers."""
+    for OpenAI's ``x-ratelimit-limit-*``, ``-remaining-*`` and ``-reset-*`` headers. (A
+    named tuple: a call makes one per counter, and a tuple is made in a fifth of the time
+    of a frozen dataclass.)"""
 
     limit: Limit
     used: float
@@ -239,33 +262,34 @@ def to_units(value: float) -> int:
     return round(value * UNITS_PER_ONE)
 
 
-def from_units(units: int) -> float:
-    return units / UNITS_PER_ONE
-
-
 def settled_units(actual: Mapping[str, float] | None) -> dict[str, int]:
-    """The real amounts of a settlement, checked and in units."""
+    """The real amounts of a settlement, checked and in units (a value several counters
+    share, as a call's cost on each of its budgets, is converted once)."""
     result = {}
+    last: float | None = None
+    units = 0
     for counter, value in (actual or {}).items():
-        check_amount(value, f"actual amount of {counter!r}")
-        result[counter] = to_units(value)
+        if value is not last:
+            check_amount(value, f"actual amount of {counter!r}")
+            last, units = value, to_units(value)
+        result[counter] = units
     return result
 
 
-def counter_state(
-    limit: Limit, used: int, held: int, end_ms: int | None, now_ms: int
-) -> CounterState:
-    """A :class:`CounterState` from the units and milliseconds both implementations keep."""
-    capacity = limit.capacity
-    if capacity is None or math.isinf(capacity):
-        remaining = math.inf
-    else:
-        remaining = from_units(max(0, to_units(capacity) - used - held))
-    return CounterState(
-        limit=limit,
-        used=from_units(used),
-        held=from_units(held),
-        remaining=remaining,
-        reset_at=None if end_ms is None else end_ms / 1000,
-        reset_after_s=None if end_ms is None else (end_ms - now_ms) / 1000,
-    )
+def counter_states(
+    limits: Sequence[Limit], counts: Iterable[tuple[int, int, int | None]], now_ms: int
+) -> tuple[CounterState, ...]:
+    """:class:`CounterState` of each limit from the units and milliseconds both
+    implementations keep: used, held and window end (None: concurrent) per limit. On the
+    hot path (one per counter of every call): a plain loop, tuples made directly."""
+    make = tuple.__new__
+    states = []
+    for limit, (used, held, end) in zip(limits, counts, strict=True):
+        capacity = limit.capacity_units
+        remaining = math.inf if capacity < 0 else max(0, capacity - used - held) / UNITS_PER_ONE
+        states.append(make(CounterState, (
+            limit, used / UNITS_PER_ONE, held / UNITS_PER_ONE, remaining,
+            None if end is None else end / 1000,
+            None if end is None else (end - now_ms) / 1000,
+        )))  # fmt: skip
+    return tuple(states)

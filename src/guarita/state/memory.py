@@ -9,26 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-import math
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Self
 
 from guarita.state import (
     NAMED_WINDOWS_S,
-    UNITS_PER_ONE,
     Admission,
     CounterState,
     Limit,
     ReservationExists,
     Window,
     check_reservation,
+    counter_states,
     settled_units,
-    to_units,
     ttl_ms,
 )
 
@@ -51,53 +49,25 @@ def window_bounds(window: Window, now_ms: int) -> tuple[int, int | None]:
     return start, start + length
 
 
-def _capacity_units(limit: Limit) -> int:
-    """The capacity in units, or -1 when unlimited (as ``counter_state`` reads it)."""
-    capacity = limit.capacity
-    return -1 if capacity is None or math.isinf(capacity) else to_units(capacity)
-
-
 @dataclass(slots=True)
 class _Counter:
+    """A counter in one window: what is settled, and the sum of the live holds (the holds
+    themselves belong to their reservations)."""
+
     start: int
     end: int | None
     used: int = 0
     held: int = 0
-    holds: dict[str, tuple[int, int]] = field(default_factory=dict)  # id: (amount, expires)
-    expiries: list[tuple[int, str]] = field(default_factory=list)  # heap of (expires, id)
-
-    def purge(self, now_ms: int) -> None:
-        """Holds past their expiry stop counting (heap entries of settled holds are stale)."""
-        while self.expiries and self.expiries[0][0] <= now_ms:
-            expires, reservation_id = heapq.heappop(self.expiries)
-            hold = self.holds.get(reservation_id)
-            if hold is not None and hold[1] == expires:
-                self.drop(reservation_id)
-
-    def drop(self, reservation_id: str) -> int | None:
-        hold = self.holds.pop(reservation_id, None)
-        if hold is None:
-            return None
-        self.held -= hold[0]
-        if len(self.expiries) > 2 * len(self.holds) + 64:  # mostly settled: rebuild
-            self.expiries = [(expires, rid) for rid, (_, expires) in self.holds.items()]
-            heapq.heapify(self.expiries)
-        return hold[0]
-
-    def wait_ms(self, limit: Limit, now_ms: int) -> int | None:
-        """How long until a refused amount may fit: ``None`` if it never can."""
-        assert limit.capacity is not None  # only limited counters refuse
-        if to_units(limit.amount) > to_units(limit.capacity):
-            return None
-        if self.end is None:
-            return min((expires for _, expires in self.holds.values()), default=now_ms) - now_ms
-        return self.end - now_ms
+    holders: int = 0
+    """Live reservations holding some of it (an idle concurrent counter is forgotten)."""
 
 
 @dataclass(slots=True)
 class _Reservation:
     expires_ms: int
-    counters: list[tuple[str, Window]]
+    holds: list[tuple[_Counter, int, str, bool]]
+    """Per limit: its counter (of the window it was admitted in), the amount held, the
+    counter's name, and whether it is a concurrent one (released, never used)."""
 
 
 class MemorySharedState:
@@ -107,6 +77,7 @@ class MemorySharedState:
         self._clock = clock
         self._counters: dict[tuple[str, Window], _Counter] = {}
         self._reservations: dict[str, _Reservation] = {}
+        self._expiries: list[tuple[int, str]] = []  # heap of (expires, id); some settled
         self._values: dict[str, tuple[bytes, int | None]] = {}
         self._subscribers: dict[str, set[_MemorySubscription]] = {}
         self._next_sweep_ms = 0
@@ -118,12 +89,13 @@ class MemorySharedState:
         check_reservation(reservation_id, limits, ttl_s)
         now = self._now_ms()
         self._sweep(now)
+        self._expire(now)
         existing = self._reservations.get(reservation_id)
-        if existing is not None and existing.expires_ms > now:
+        if existing is not None:
             raise ReservationExists(f"reservation {reservation_id!r} is live")
         counters = [self._counter(limit, now) for limit in limits]
-        amounts = [to_units(limit.amount) for limit in limits]
-        capacities = [_capacity_units(limit) for limit in limits]  # -1: unlimited
+        amounts = [limit.amount_units for limit in limits]
+        capacities = [limit.capacity_units for limit in limits]  # -1: unlimited
         refused = [
             (limit, counter)
             for limit, counter, amount, capacity in zip(
@@ -132,23 +104,26 @@ class MemorySharedState:
             if capacity >= 0 and counter.used + counter.held + amount > capacity
         ]
         if refused:
-            waits = [counter.wait_ms(limit, now) for limit, counter in refused]
+            waits = [self._wait_ms(limit, counter, now) for limit, counter in refused]
             return Admission(
                 allowed=False,
                 reservation_id=reservation_id,
-                counters=self._states(limits, counters, now, capacities),
+                counters=self._states(limits, counters, now),
                 refused_by=refused[0][0].counter,
                 retry_after_s=None if None in waits else max(w or 0 for w in waits) / 1000,
             )
         expires = now + ttl_ms(ttl_s)
-        for counter, amount in zip(counters, amounts, strict=True):
-            counter.holds[reservation_id] = (amount, expires)
+        holds = []
+        for limit, counter, amount in zip(limits, counters, amounts, strict=True):
             counter.held += amount
-            heapq.heappush(counter.expiries, (expires, reservation_id))
-        self._reservations[reservation_id] = _Reservation(
-            expires, [(limit.counter, limit.window) for limit in limits]
-        )
-        return Admission(True, reservation_id, self._states(limits, counters, now, capacities))
+            counter.holders += 1
+            holds.append((counter, amount, limit.counter, limit.window == "concurrent"))
+        self._reservations[reservation_id] = _Reservation(expires, holds)
+        heapq.heappush(self._expiries, (expires, reservation_id))
+        if len(self._expiries) > 2 * len(self._reservations) + 1024:  # mostly settled
+            self._expiries = [(r.expires_ms, rid) for rid, r in self._reservations.items()]
+            heapq.heapify(self._expiries)
+        return Admission(True, reservation_id, self._states(limits, counters, now))
 
     async def settle(self, reservation_id: str, actual: Mapping[str, float] | None = None) -> bool:
         return self._finish(reservation_id, settled_units(actual))
@@ -165,6 +140,7 @@ class MemorySharedState:
 
     async def usage(self, limits: Sequence[Limit]) -> tuple[CounterState, ...]:
         now = self._now_ms()
+        self._expire(now)
         return self._states(limits, [self._counter(limit, now) for limit in limits], now)
 
     async def get(self, key: str) -> bytes | None:
@@ -235,51 +211,62 @@ class MemorySharedState:
         bounds = self._bounds.get(limit.window)
         if bounds is None or now_ms < bounds[0] or (bounds[1] is not None and now_ms >= bounds[1]):
             bounds = self._bounds[limit.window] = window_bounds(limit.window, now_ms)
-        start, end = bounds
         counter = self._counters.get(key)
-        if counter is None or counter.start != start:
-            counter = self._counters[key] = _Counter(start, end)
-        else:
-            counter.purge(now_ms)
+        if counter is None or counter.start != bounds[0]:
+            counter = self._counters[key] = _Counter(bounds[0], bounds[1])
         return counter
 
+    def _expire(self, now_ms: int) -> None:
+        """Holds past their expiry stop counting (heap entries of settled ones are stale)."""
+        expiries = self._expiries
+        while expiries and expiries[0][0] <= now_ms:
+            expires, reservation_id = heapq.heappop(expiries)
+            record = self._reservations.get(reservation_id)
+            if record is not None and record.expires_ms == expires:
+                del self._reservations[reservation_id]
+                self._drop(record)
+
+    @staticmethod
+    def _drop(record: _Reservation) -> None:
+        for counter, amount, _, _ in record.holds:
+            counter.held -= amount
+            counter.holders -= 1
+
+    def _wait_ms(self, limit: Limit, counter: _Counter, now_ms: int) -> int | None:
+        """How long until a refused amount may fit: ``None`` if it never can."""
+        assert limit.capacity is not None  # only limited counters refuse
+        if limit.amount_units > limit.capacity_units:
+            return None
+        if counter.end is not None:
+            return counter.end - now_ms
+        # concurrent: until the first of its holds expires (a refusal only: a scan is fine)
+        first = min(
+            (r.expires_ms for r in self._reservations.values()
+             if any(c is counter for c, _, _, _ in r.holds)),
+            default=now_ms,
+        )  # fmt: skip
+        return first - now_ms
+
+    @staticmethod
     def _states(
-        self,
-        limits: Sequence[Limit],
-        counters: Sequence[_Counter],
-        now_ms: int,
-        capacities: Sequence[int] | None = None,
+        limits: Sequence[Limit], counters: Sequence[_Counter], now_ms: int
     ) -> tuple[CounterState, ...]:
-        if capacities is None:
-            capacities = [_capacity_units(limit) for limit in limits]
-        return tuple(
-            CounterState(
-                limit,
-                counter.used / UNITS_PER_ONE,
-                counter.held / UNITS_PER_ONE,
-                math.inf
-                if capacity < 0
-                else max(0, capacity - counter.used - counter.held) / UNITS_PER_ONE,
-                None if counter.end is None else counter.end / 1000,
-                None if counter.end is None else (counter.end - now_ms) / 1000,
-            )
-            for limit, counter, capacity in zip(limits, counters, capacities, strict=True)
-        )
+        return counter_states(limits, [(c.used, c.held, c.end) for c in counters], now_ms)
 
     def _finish(self, reservation_id: str, actual: dict[str, int] | None) -> bool:
         """Settle (``actual`` given) or release the reservation's holds, once."""
         record = self._reservations.pop(reservation_id, None)
         if record is None:
             return False
-        live = record.expires_ms > self._now_ms()
-        for key in record.counters:
-            counter = self._counters.get(key)
-            amount = None if counter is None else counter.drop(reservation_id)
-            if counter is None or amount is None or not live or actual is None:
-                continue
-            if key[1] != "concurrent":
-                counter.used += actual.get(key[0], amount)
-        return live
+        if record.expires_ms <= self._now_ms():
+            self._drop(record)  # expired: its holds no longer count, and it settles nothing
+            return False
+        for counter, amount, name, concurrent in record.holds:
+            counter.held -= amount
+            counter.holders -= 1
+            if actual is not None and not concurrent:
+                counter.used += actual.get(name, amount)
+        return True
 
     def _put(self, key: str, value: bytes, ttl_s: float | None, now_ms: int) -> None:
         self._sweep(now_ms)
@@ -298,15 +285,12 @@ class MemorySharedState:
         if now_ms < self._next_sweep_ms:
             return
         self._next_sweep_ms = now_ms + SWEEP_EVERY_MS
+        self._expire(now_ms)
         for key, counter in list(self._counters.items()):
-            counter.purge(now_ms)
-            if (counter.end is None and not counter.holds) or (
+            if (counter.end is None and not counter.holders) or (
                 counter.end is not None and counter.end <= now_ms
             ):
                 del self._counters[key]
-        for reservation_id, record in list(self._reservations.items()):
-            if record.expires_ms <= now_ms:
-                del self._reservations[reservation_id]
         for value_key in list(self._values):
             self._value(value_key, now_ms)
 

@@ -40,9 +40,8 @@ from guarita.state import (
     Limit,
     ReservationExists,
     check_reservation,
-    counter_state,
+    counter_states,
     settled_units,
-    to_units,
     ttl_ms,
 )
 
@@ -138,11 +137,10 @@ class RedisSharedState:
         wanted: list[list[str | int]] = []
         for limit in limits:
             counter_key, kind, length = self._counter_keys(limit)
-            capacity = limit.capacity
-            capacity_units = -1 if capacity is None or limit.unlimited else to_units(capacity)
             wanted.append(
-                [limit.counter, counter_key, kind, length, capacity_units, to_units(limit.amount)]
-            )
+                [limit.counter, counter_key, kind, length, limit.capacity_units,
+                 limit.amount_units]
+            )  # fmt: skip
         key = self._reservation_key(reservation_id)
         loop = asyncio.get_running_loop()
         entry = [reservation_id, ttl_ms(ttl_s), key, wanted]
@@ -367,12 +365,8 @@ class RedisSharedState:
     @staticmethod
     def _states(limits: Sequence[Limit], values: list[int], now: int) -> tuple[CounterState, ...]:
         """Counter states from the scripts' triples of used, held and window end."""
-        return tuple(
-            counter_state(limit, used, held, None if end < 0 else end, now)
-            for limit, (used, held, end) in zip(
-                limits, zip(values[0::3], values[1::3], values[2::3], strict=True), strict=True
-            )
-        )
+        ends = [None if end < 0 else end for end in values[2::3]]
+        return counter_states(limits, zip(values[0::3], values[1::3], ends, strict=True), now)
 
 
 class _Settlement:

@@ -40,6 +40,7 @@ from guarita.state import (
     Limit,
     Reservations,
     check_amount,
+    to_units,
 )
 from guarita.telemetry.prices import FREE, Price
 from guarita.traffic.alerts import BudgetAlerts
@@ -99,6 +100,18 @@ class Plan:
     tokens: Limit | None
     spend: tuple[Limit, ...] = ()
     """Budgets in USD, holding the call's maximum cost; settled with its real cost."""
+    requests_at: int | None = None
+    """Where ``requests`` and ``tokens`` are in ``limits`` (their counters in an answer)."""
+    tokens_at: int | None = None
+    spend_counters: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.requests is not None and self.requests_at is None:
+            object.__setattr__(self, "requests_at", self.limits.index(self.requests))
+        if self.tokens is not None and self.tokens_at is None:
+            object.__setattr__(self, "tokens_at", self.limits.index(self.tokens))
+        if self.spend and not self.spend_counters:
+            object.__setattr__(self, "spend_counters", tuple(s.counter for s in self.spend))
 
     def with_spend(self, spend: Sequence[Limit]) -> Plan:
         return Plan((*self.limits, *spend), self.requests, self.tokens, tuple(spend))
@@ -195,28 +208,15 @@ def _reset(seconds: float | None) -> str:
 def rate_limit_headers(plan: Plan, counters: Sequence[CounterState]) -> dict[str, str]:
     """OpenAI's ``x-ratelimit-limit|remaining|reset-requests|tokens`` for the counters."""
     headers: dict[str, str] = {}
-    for kind, limit in (("requests", plan.requests), ("tokens", plan.tokens)):
-        if limit is None or limit.capacity is None:
+    for kind, limit, at in (("requests", plan.requests, plan.requests_at),
+                            ("tokens", plan.tokens, plan.tokens_at)):  # fmt: skip
+        if limit is None or limit.capacity is None or at is None or at >= len(counters):
             continue
-        state = next((c for c in counters if c.limit.counter == limit.counter), None)
-        if state is None:
-            continue
+        state = counters[at]
         headers[f"x-ratelimit-limit-{kind}"] = str(int(limit.capacity))
         headers[f"x-ratelimit-remaining-{kind}"] = str(max(0, int(state.remaining)))
         headers[f"x-ratelimit-reset-{kind}"] = _reset(state.reset_after_s)
     return headers
-
-
-def _with_amount(limit: Limit, amount: float) -> Limit:
-    """``limit`` holding ``amount``: a copy of a limit already checked, so only the amount
-    is (a call's plan is its key's cached one with its own tokens and cost)."""
-    check_amount(amount, f"amount of {limit.counter!r}")
-    copy = object.__new__(Limit)
-    object.__setattr__(copy, "counter", limit.counter)
-    object.__setattr__(copy, "capacity", limit.capacity)
-    object.__setattr__(copy, "window", limit.window)
-    object.__setattr__(copy, "amount", amount)
-    return copy
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,10 +235,15 @@ class _Template:
         limits = list(plan.limits)
         token_limit = plan.tokens
         if self.tokens_at is not None:
-            token_limit = limits[self.tokens_at] = _with_amount(limits[self.tokens_at], tokens)
-        spend = [_with_amount(limit, max_cost) for limit in plan.spend]
+            token_limit = limits[self.tokens_at] = limits[self.tokens_at].holding(tokens)
+        spend: list[Limit] = []
+        if plan.spend:
+            check_amount(max_cost, "the call's maximum cost")
+            units = to_units(max_cost)
+            spend = [limit.holding(max_cost, units) for limit in plan.spend]
         limits[self.spend_from :] = spend
-        return Plan(tuple(limits), plan.requests, token_limit, tuple(spend))
+        return Plan(tuple(limits), plan.requests, token_limit, tuple(spend), plan.requests_at,
+                    plan.tokens_at, plan.spend_counters)  # fmt: skip
 
 
 def client_address(
@@ -414,9 +419,10 @@ class RateLimits:
     @staticmethod
     def _actual(plan: Plan, tokens: int, cost_usd: float) -> Mapping[str, float]:
         """What a call really used: its tokens and its cost (its requests count as 1)."""
-        actual: dict[str, float] = {plan.tokens.counter: tokens} if plan.tokens else {}
-        for limit in plan.spend:
-            actual[limit.counter] = min(max(cost_usd, 0.0), MAX_AMOUNT)
+        cost = min(max(cost_usd, 0.0), MAX_AMOUNT)
+        actual: dict[str, float] = dict.fromkeys(plan.spend_counters, cost)
+        if plan.tokens is not None:
+            actual[plan.tokens.counter] = tokens
         return actual
 
     def _settle(self, reservation: str, actual: Mapping[str, float]) -> None:
