@@ -1,7 +1,8 @@
-"""What the rate-limit stage costs per call, in process: the bench profile of
-``run_gateway.py --limits`` (every rate limit of the key, a daily and a monthly budget of the
-key, its agent and the total: ten counters reserved and settled per call) around a terminal
-that answers at once, on the in-process state and on Redis.
+"""What the rate-limit stage costs per call, in process: the bench profiles of
+``run_gateway.py --limits`` (every rate limit of the key and its daily and monthly budget:
+six counters reserved and settled per call) and ``--limits all`` (a daily and a monthly
+budget of its agent and of the total too: ten counters) around a terminal that answers at
+once, on the in-process state and on Redis.
 
 Reports ``time.process_time`` per call over ``--calls`` calls, 50 at a time (what the
 gateway pays at 50 connections; the Redis server's own CPU is not counted), the same with
@@ -57,9 +58,12 @@ async def answer(call: Call) -> Reply:
     return reply
 
 
-async def measure(state: Reservations, limited: bool, calls: int, concurrency: int) -> float:
-    """CPU µs per call of the stage (and the terminal), ``concurrency`` calls at a time."""
-    budgets = BUDGETS if limited else BudgetSettings()
+async def measure(
+    state: Reservations, limited: bool, calls: int, concurrency: int, *, everything: bool = True
+) -> float:
+    """CPU µs per call of the stage (and the terminal), ``concurrency`` calls at a time;
+    ``everything``: the agent's and the total budgets too."""
+    budgets = BUDGETS if limited and everything else BudgetSettings()
     settings = LimitSettings(tiers={"bench": LIMITS, "none": TierLimits()}, budgets=budgets)
     prices = {"bench-model": Price(input_per_1m=3, output_per_1m=15)}
     stage = RateLimits(state, settings, max_deadline_s=60, prices=prices)
@@ -78,9 +82,10 @@ async def measure(state: Reservations, limited: bool, calls: int, concurrency: i
 
 
 async def main(calls: int, redis_url: str | None) -> None:
-    rows: list[tuple[str, float, float]] = []
+    rows: list[tuple[str, float, float, float]] = []
     rows.append(
         ("memory", await measure(MemorySharedState(), False, calls, 50),
+         await measure(MemorySharedState(), True, calls, 50, everything=False),
          await measure(MemorySharedState(), True, calls, 50))
     )  # fmt: skip
     if redis_url:
@@ -92,16 +97,19 @@ async def main(calls: int, redis_url: str | None) -> None:
         try:
             state = RedisSharedState(client, prefix=prefix)
             none = await measure(state, False, calls, 50)
-            rows.append(("redis", none, await measure(state, True, calls, 50)))
+            key = await measure(state, True, calls, 50, everything=False)
+            rows.append(("redis", none, key, await measure(state, True, calls, 50)))
         finally:
             async for key in client.scan_iter(match=prefix + "*"):
                 await client.delete(key)
             await client.aclose(close_connection_pool=True)
     print(f"rate-limit stage, {calls} calls 50 at a time, CPU µs per call (this process)")
-    print("| state | no limits | limits and budgets (10 counters) | the stage's cost |")
-    print("|---|---:|---:|---:|")
-    for name, none, limited in rows:
-        print(f"| {name} | {none:.1f} | {limited:.1f} | {limited - none:.1f} |")
+    print("| state | no limits | the key's limits and budgets (6 counters) | the stage's cost "
+          "| and its agent's and the total budgets (10) | the stage's cost |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, none, key, everything in rows:
+        print(f"| {name} | {none:.1f} | {key:.1f} | {key - none:.1f} | {everything:.1f} "
+              f"| {everything - none:.1f} |")  # fmt: skip
 
 
 if __name__ == "__main__":

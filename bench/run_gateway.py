@@ -345,8 +345,8 @@ def gateway_env(tmp: Path, config: Path) -> dict[str, str]:
 
 # --limits: a key whose every counter is checked and settled on every request (limits far
 # above what the load reaches, so nothing is refused and the figures stay comparable): every
-# rate limit, and a daily and a monthly budget of the key, its agent's and the total, so a
-# call reserves and settles ten counters
+# rate limit and a daily and a monthly budget of the key, so a call reserves and settles six
+# counters; --limits all adds a daily and a monthly budget of its agent and of the total: ten
 LIMITED_KEY = ["--rpm", "10000000", "--rpd", "100000000", "--tpm", "1000000000",
                "--concurrency", "100000", "--max-tokens", "4000",
                "--daily-budget-usd", "1000000", "--monthly-budget-usd", "10000000"]  # fmt: skip
@@ -567,7 +567,11 @@ def report(
             f"({source}), auth, metrics, "
             "JSON access log and store recording on"
             + (
-                ", every rate limit and budget (key, agent, total) checked and settled "
+                (
+                    ", every rate limit and budget (key, agent, total) checked and settled "
+                    if args.limits == "all"
+                    else ", every rate limit and budget of the key checked and settled "
+                )
                 if args.limits
                 else " "
             )
@@ -616,9 +620,13 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument(
         "--limits",
-        action="store_true",
-        help="the bench key has every rate limit and budget set, and its agent and the total a "
-        "budget (never reached): limits and budgets on the hot path",
+        nargs="?",
+        const="key",
+        choices=["key", "all"],
+        default=None,
+        help="the bench key has every rate limit and a daily and a monthly budget (never "
+        "reached): limits and budgets on the hot path; `--limits all`: its agent and the "
+        "total have budgets too",
     )
     parser.add_argument(
         "--workers",
@@ -665,11 +673,11 @@ def run(args: argparse.Namespace, tmp: Path) -> str:
         }
         config = tmp / "guarita.yaml"
         text = CONFIG_TEMPLATE.format(model=MODEL, upstream_port=upstream_port)
-        config.write_text(text + (BUDGETS_CONFIG if args.limits else ""))
+        config.write_text(text + (BUDGETS_CONFIG if args.limits == "all" else ""))
         env = gateway_env(tmp, config)
         if args.scale_out:
             env.update(scale_out_env(args, tmp))
-        key = create_key(env, limits=args.limits)
+        key = create_key(env, limits=args.limits is not None)
         source = source_of(env)
         serve = [str(VENV_BIN / "guarita"), "serve", "--port", str(gateway_port)]
         if args.workers > 1:

@@ -300,7 +300,7 @@ class Runtime:
             *(d.provider.aclose() for g in self.models.values() for d in g.deployments)
         )
         if self.redis is not None:
-            await self.redis.aclose()
+            await self.redis.aclose(close_connection_pool=True)
         await self.db.aclose()
         self.tracing.shutdown()
         self.metrics.process_exited()

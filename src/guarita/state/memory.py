@@ -93,16 +93,14 @@ class MemorySharedState:
         existing = self._reservations.get(reservation_id)
         if existing is not None:
             raise ReservationExists(f"reservation {reservation_id!r} is live")
-        counters = [self._counter(limit, now) for limit in limits]
-        amounts = [limit.amount_units for limit in limits]
-        capacities = [limit.capacity_units for limit in limits]  # -1: unlimited
-        refused = [
-            (limit, counter)
-            for limit, counter, amount, capacity in zip(
-                limits, counters, amounts, capacities, strict=True
-            )
-            if capacity >= 0 and counter.used + counter.held + amount > capacity
-        ]
+        counters = []
+        refused = []
+        for limit in limits:
+            counter = self._counter(limit, now)
+            counters.append(counter)
+            capacity = limit.capacity_units  # -1: unlimited
+            if capacity >= 0 and counter.used + counter.held + limit.amount_units > capacity:
+                refused.append((limit, counter))
         if refused:
             waits = [self._wait_ms(limit, counter, now) for limit, counter in refused]
             return Admission(
@@ -114,7 +112,8 @@ class MemorySharedState:
             )
         expires = now + ttl_ms(ttl_s)
         holds = []
-        for limit, counter, amount in zip(limits, counters, amounts, strict=True):
+        for limit, counter in zip(limits, counters, strict=True):
+            amount = limit.amount_units
             counter.held += amount
             counter.holders += 1
             holds.append((counter, amount, limit.counter, limit.window == "concurrent"))

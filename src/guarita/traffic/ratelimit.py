@@ -208,15 +208,19 @@ def _reset(seconds: float | None) -> str:
 def rate_limit_headers(plan: Plan, counters: Sequence[CounterState]) -> dict[str, str]:
     """OpenAI's ``x-ratelimit-limit|remaining|reset-requests|tokens`` for the counters."""
     headers: dict[str, str] = {}
-    for kind, limit, at in (("requests", plan.requests, plan.requests_at),
-                            ("tokens", plan.tokens, plan.tokens_at)):  # fmt: skip
+    for names, limit, at in ((_REQUEST_HEADERS, plan.requests, plan.requests_at),
+                             (_TOKEN_HEADERS, plan.tokens, plan.tokens_at)):  # fmt: skip
         if limit is None or limit.capacity is None or at is None or at >= len(counters):
             continue
         state = counters[at]
-        headers[f"x-ratelimit-limit-{kind}"] = str(int(limit.capacity))
-        headers[f"x-ratelimit-remaining-{kind}"] = str(max(0, int(state.remaining)))
-        headers[f"x-ratelimit-reset-{kind}"] = _reset(state.reset_after_s)
+        headers[names[0]] = str(int(limit.capacity))
+        headers[names[1]] = str(max(0, int(state.remaining)))
+        headers[names[2]] = _reset(state.reset_after_s)
     return headers
+
+
+_REQUEST_HEADERS = tuple(f"x-ratelimit-{part}-requests" for part in ("limit", "remaining", "reset"))
+_TOKEN_HEADERS = tuple(f"x-ratelimit-{part}-tokens" for part in ("limit", "remaining", "reset"))
 
 
 @dataclass(frozen=True, slots=True)
