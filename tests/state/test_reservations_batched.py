@@ -177,3 +177,45 @@ async def spend(prefix: str, count: int) -> None:
 
 if __name__ == "__main__":
     asyncio.run(spend(sys.argv[2], int(sys.argv[3])))
+
+
+async def test_reserves_asked_at_once_share_one_script(client: Any, redis_prefix: str) -> None:
+    """Fifty reserves asked in the same loop iteration go in one script, each all or none
+    on its own and in order: a capacity of 30 admits exactly the first 30."""
+    state = RedisSharedState(client, prefix=redis_prefix)
+    scripts = 0
+    original = state._reserve
+
+    async def counting(*args: Any, **kwargs: Any) -> Any:
+        nonlocal scripts
+        scripts += 1
+        return await original(*args, **kwargs)
+
+    state._reserve = counting  # type: ignore[method-assign]
+    seats = Limit("{batch}:seats", 30, "concurrent")
+    answers = await asyncio.gather(
+        *(state.reserve(f"at-once-{i}", [seats, TOKENS], ttl_s=60) for i in range(50))
+    )
+    assert scripts == 1
+    assert [a.allowed for a in answers] == [True] * 30 + [False] * 20
+    assert {a.refused_by for a in answers[30:]} == {seats.counter}
+    assert [c.held for c in await state.usage([seats, TOKENS])] == [30, 30 * 100]
+    await state.aclose()
+
+
+async def test_a_caller_gone_before_its_answer_holds_nothing(
+    client: Any, redis_prefix: str
+) -> None:
+    """A reserve whose caller is cancelled while the script runs is released when the
+    answer comes, so a client that went away leaves no hold behind."""
+    state = RedisSharedState(client, prefix=redis_prefix)
+    asked = asyncio.ensure_future(state.reserve("gone", [INFLIGHT, TOKENS], ttl_s=600))
+    await asyncio.sleep(0)  # asked: the script is scheduled
+    await asyncio.sleep(0)  # and sent
+    asked.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asked
+    await state.flush()  # the answer came back, and its release went out
+    assert [c.held for c in await state.usage([INFLIGHT, TOKENS])] == [0, 0]
+    assert (await state.reserve("gone", [INFLIGHT], ttl_s=1)).allowed  # the id is free again
+    await state.aclose()

@@ -73,6 +73,20 @@ async def test_concurrent_calls_never_overspend_a_daily_budget() -> None:
     assert error.error_type == "insufficient_quota" and "daily budget" in error.message
 
 
+async def test_the_record_says_what_was_held() -> None:
+    state = MemorySharedState()
+    stage, _ = limits_with(state, daily_budget_usd=1.0)
+    held = call(max_tokens=500)
+    await compose([stage], priced(Usage(100, 400)))(held)
+    assert (
+        held.record.reserved_usd == pytest.approx(max_cost(held, 500))
+        and held.record.reserved_usd > 0
+    )
+    unbudgeted = call(max_tokens=500)
+    await compose([limits_with(MemorySharedState())[0]], priced(Usage(1, 1)))(unbudgeted)
+    assert unbudgeted.record.reserved_usd == 0
+
+
 async def test_agent_and_total_budgets_apply_with_the_keys() -> None:
     state = MemorySharedState()
     budgets = BudgetSettings(total=Budget(monthly_usd=0.05))

@@ -15,8 +15,6 @@ lookup. An operator lifts it for the rest of the period (``guarita economy off``
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 from collections.abc import Callable
 
@@ -25,6 +23,7 @@ import structlog
 
 from guarita.settings import EconomySettings
 from guarita.state import Broadcast
+from guarita.state.listener import Listener
 from guarita.types import Call
 
 log = structlog.get_logger("guarita.economy")
@@ -58,26 +57,20 @@ class EconomyMode:
         self._clock = clock
         self._economy: dict[str, float] = {}  # scope: until (epoch s)
         self._lifted: dict[str, float] = {}  # scope: until; an operator lifted it
-        self._listener: asyncio.Task[None] | None = None
+        self._listener = Listener(broadcast, CHANNEL, self._on_message)
 
     async def start(self) -> None:
-        ready = asyncio.Event()
-        self._listener = asyncio.create_task(self._listen(ready), name="economy-listener")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(ready.wait(), timeout=5)
+        await self._listener.start()
 
-    async def _listen(self, ready: asyncio.Event) -> None:
-        while True:
-            try:
-                async with self._broadcast.subscribe(CHANNEL) as messages:
-                    ready.set()
-                    async for message in messages:
-                        self._apply(orjson.loads(message))
-                return  # the state was closed
-            except Exception as exc:  # noqa: BLE001 - keep listening; local decisions still hold
-                ready.set()
-                log.warning("economy_listener_failed", error_type=type(exc).__name__)
-                await asyncio.sleep(1)
+    def _on_message(self, raw: bytes) -> None:
+        try:
+            message = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            message = None
+        if not isinstance(message, dict):
+            log.warning("economy_message_malformed")
+            return
+        self._apply(message)
 
     def _apply(self, message: dict[str, object]) -> None:
         scope, until, kind = message.get("scope"), message.get("until"), message.get("kind")
@@ -149,7 +142,4 @@ class EconomyMode:
         }
 
     async def aclose(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
+        await self._listener.aclose()

@@ -346,6 +346,8 @@ class RateLimits:
                 return await self(call, next)
             raise self._refusal(admission, headers)
         call.response_headers.update(headers)
+        if plan.spend:
+            call.record.reserved_usd = max_cost
         try:
             reply = await next(call)
         except BaseException:
