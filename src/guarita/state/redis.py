@@ -15,8 +15,10 @@ where a minute ends. Keys (``docs/shared-state.md`` draws them):
 in the process (its holds still count meanwhile) and goes with the next ``reserve`` of the
 process, inside the same script, or after ``settle_delay_s`` if no reserve comes first.
 
-A name that carries a Redis hash tag of its own (``{key:k1}:rpm``) keeps it; others are
-wrapped in braces whole, so a counter's two keys share a Cluster slot.
+Reserves asked for in the same event-loop iteration share one script (one round trip),
+and every script takes one JSON argument instead of ``KEYS`` and ``ARGV`` lists (packing
+those cost redis-py more CPU than the rest of the call): a single Redis, or a primary with
+Sentinel, not a Redis Cluster (docs/shared-state.md).
 """
 
 from __future__ import annotations
