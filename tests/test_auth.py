@@ -63,6 +63,18 @@ async def test_keys_are_stored_hashed(keys: KeyStore, tmp_path: Path) -> None:
     assert secret.encode() not in (tmp_path / "k.db").read_bytes()
 
 
+async def refused_within(auth: Authenticator, secret: str, what: str) -> None:
+    """Poll until ``secret`` is refused (a deadline, no fixed sleep)."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            await auth.authenticate(f"Bearer {secret}", None)
+        except AuthenticationFailed:
+            return
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.02)
+
+
 async def test_a_revocation_elsewhere_empties_the_cache(keys: KeyStore, tmp_path: Path) -> None:
     """Another process (the CLI, another API process) revokes: this one's cached lookup is
     dropped by its watch, well before the cache TTL (60 s here)."""
@@ -75,14 +87,7 @@ async def test_a_revocation_elsewhere_empties_the_cache(keys: KeyStore, tmp_path
     try:
         await asyncio.sleep(0.1)  # the watch has read the mark before the revocation
         assert await KeyStore(elsewhere).revoke(info.id)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                await auth.authenticate(f"Bearer {secret}", None)
-            except AuthenticationFailed:
-                break
-            assert time.monotonic() < deadline, "the revocation never reached this process"
-            await asyncio.sleep(0.02)
+        await refused_within(auth, secret, "the revocation never reached this process")
     finally:
         await watch.aclose()
         await elsewhere.aclose()
@@ -116,14 +121,7 @@ async def test_an_announced_change_empties_the_cache_at_once(
         await other_process.aclose()
         assert (await auth.authenticate(f"Bearer {secret}", None)).key_id == info.id, "cached"
         await announce_key_change(elsewhere, info.id)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                await auth.authenticate(f"Bearer {secret}", None)
-            except AuthenticationFailed:
-                break
-            assert time.monotonic() < deadline, "the announcement never reached this process"
-            await asyncio.sleep(0.02)
+        await refused_within(auth, secret, "the announcement never reached this process")
     finally:
         await watch.aclose()
         await here.aclose()
