@@ -212,6 +212,9 @@ def test_a_budget_holds_under_concurrency_across_processes(tmp_path: Path) -> No
 
     try:
         codes = asyncio.run(fire())
+        # every answer is out; each process settles within its settle delay (10 ms)
+        wait_until(lambda: asyncio.run(_spend(prefix, key_id))[1] == 0, timeout=10,
+                   what="reserved minus settled back to 0")  # fmt: skip
         used, held = asyncio.run(_spend(prefix, key_id))
     finally:
         server.stop()
