@@ -600,6 +600,21 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _cache_policies_make_sense(self) -> Settings:
+        policies = [(f"models.{n}.cache", m.cache, False) for n, m in self.models.items()]
+        policies += [(f"agents.{n}.cache", a.cache, True) for n, a in self.agents.items()]
+        for where, policy, is_agent in policies:
+            if policy is None:
+                continue
+            if policy.mode == "semantic":
+                raise ValueError(f"{where}.mode: the semantic tier is not available yet; "
+                                 "use exact")  # fmt: skip
+            if policy.namespace == "agent" and not is_agent:
+                raise ValueError(f"{where}.namespace: agent is for an agent's cache; a "
+                                 "model's entries are each key's own")  # fmt: skip
+        return self
+
+    @model_validator(mode="after")
     def _routing_models_exist(self) -> Settings:
         for name, agent in self.agents.items():
             if agent.routing is None:
