@@ -69,6 +69,27 @@ def test_local_guarita_yaml_is_found(tmp_path: Path) -> None:
         ({"default_agent": "ghost"}, "default_agent"),
         ({"tasks": {"workers": 0}}, "tasks.workers"),
         ({"serverr": {}}, "serverr"),
+        (
+            {"models": {"m": {"provider": "scripted", "cache": {"mode": "always"}}}},
+            "models.m.cache.mode",
+        ),
+        (
+            {"models": {"m": {"provider": "scripted", "cache": {"mode": "exact", "ttl_s": -1}}}},
+            "models.m.cache.ttl_s",
+        ),
+        (
+            {
+                "models": {
+                    "m": {"provider": "scripted", "cache": {"mode": "exact", "namespace": "agent"}}
+                }
+            },
+            "models.m.cache.namespace",
+        ),
+        (
+            {"models": {"m": {"provider": "scripted", "cache": {"mode": "semantic"}}}},
+            "models.m.cache.mode",
+        ),
+        ({"cache": {"max_entries": 0}}, "cache.max_entries"),
     ],
 )
 def test_invalid_config_names_the_field(

@@ -20,8 +20,10 @@ from guarita.agents import AgentService
 from guarita.auth import Authenticator
 from guarita.backends import redis as redis_backend
 from guarita.backends.tasks import LocalTaskQueue, Outcome, TaskExecutor, TaskQueue
-from guarita.pipeline import Next, compose
+from guarita.cache.exact import Entries, LocalEntries, SharedEntries
+from guarita.pipeline import Next, Stage, compose
 from guarita.pipeline.account import Accounting
+from guarita.pipeline.cache import ResponseCache
 from guarita.pipeline.provider_call import ProviderCall
 from guarita.pipeline.record import Recording
 from guarita.providers.base import ProviderRegistry
@@ -136,15 +138,12 @@ class Runtime:
         routing = ComplexityRouting(
             {n: a.routing for n, a in settings.agents.items() if a.routing is not None}
         )
+        self.cache = self._response_cache()
+        stages: list[Stage] = [self.recording, compression, routing, self.rate_limits]
+        if self.cache.enabled:
+            stages.append(self.cache)
         self.pipeline: Next = compose(
-            [
-                self.recording,
-                compression,
-                routing,
-                self.rate_limits,
-                Accounting(self.prices),
-                fallback,
-            ],
+            [*stages, Accounting(self.prices), fallback],
             ProviderCall(self.models, tracer=tracer),
             tracer=tracer,
         )
@@ -165,6 +164,37 @@ class Runtime:
             listener=self._on_task_event,
         )
         self.tasks: TaskQueue = self._task_queue()
+
+    def _response_cache(self) -> ResponseCache:
+        """The cache stage: entries in this process (LRU), or in Redis for every process."""
+        s = self.settings
+        entries: Entries
+        if self.redis is not None:
+            entries = SharedEntries(self.state)
+        else:
+            local = LocalEntries(max_entries=s.cache.max_entries, max_bytes=s.cache.max_bytes)
+            self.metrics.cache_entries.set_function(lambda: len(local))
+            entries = local
+        lookups = {"hit": 0, "all": 0}
+
+        def seen(result: str) -> None:
+            self.metrics.cache_lookups.labels(result).inc()
+            if result != "bypass":
+                lookups["all"] += 1
+                lookups["hit"] += result != "miss"
+                self.metrics.cache_hit_ratio.set(lookups["hit"] / lookups["all"])
+
+        return ResponseCache(
+            models={n: m.cache for n, m in s.models.items() if m.cache is not None},
+            agents={n: a.cache for n, a in s.agents.items() if a.cache is not None},
+            entries=entries,
+            prices=self.prices,
+            stale_s=s.cache.stale_s,
+            max_entry_bytes=s.cache.max_entry_bytes,
+            economy_ttl_factor=s.limits.economy.cache_ttl_factor,
+            on_lookup=seen,
+            on_saved=self.metrics.cache_saved.inc,
+        )
 
     def _session_store(self) -> SessionStore:
         if self.redis is not None:

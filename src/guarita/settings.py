@@ -96,6 +96,29 @@ class DeploymentSettings(_Strict):
     chaos: ChaosSettings | None = None
 
 
+class ResponseCachePolicy(_Strict):
+    """The response cache for one model or agent (docs/cache.md)."""
+
+    mode: Literal["off", "exact", "semantic"] = Field(
+        default="off", description="exact: the same request; semantic: a verified similar one."
+    )
+    ttl_s: float = Field(
+        default=3600.0, gt=0, le=366 * 86400, description="How long an answer stays fresh."
+    )
+    max_temperature: float | None = Field(
+        default=None,
+        ge=0,
+        le=2,
+        description="Cache only calls at or below this temperature (an absent temperature "
+        "counts as 1.0); unset: any temperature.",
+    )
+    namespace: Literal["key", "agent"] = Field(
+        default="key",
+        description="Who shares entries: each API key its own (key), or every caller of the "
+        "agent (agent; for an agent only).",
+    )
+
+
 class ModelSettings(_Strict):
     """One model callers can name, and the deployment(s) that serve it."""
 
@@ -130,6 +153,9 @@ class ModelSettings(_Strict):
     deadline_s: float | None = Field(default=None, gt=0)
     ttft_timeout_s: float | None = Field(
         default=None, gt=0, description="Streams: time to the first token."
+    )
+    cache: ResponseCachePolicy | None = Field(
+        default=None, description="Cache direct calls of this model; unset: off."
     )
 
     @field_validator("api_key_env")
@@ -177,6 +203,24 @@ class CompressionSettings(_Strict):
     )
 
 
+class CacheSettings(_Strict):
+    """The response cache's storage: in process (embedded) or in Redis (with redis_url)."""
+
+    max_entries: int = Field(default=10_000, gt=0, description="In-process entries (LRU).")
+    max_bytes: int = Field(
+        default=64 * 1024 * 1024, gt=0, description="In-process entries' total size (LRU)."
+    )
+    max_entry_bytes: int = Field(
+        default=1024 * 1024, gt=0, description="Larger answers are not cached."
+    )
+    stale_s: float = Field(
+        default=86400.0,
+        ge=0,
+        description="How long an answer is kept after its TTL, to answer at the `cache` "
+        "fallback level when every model fails.",
+    )
+
+
 class AgentSettings(_Strict):
     """An agent declared in config: a model, a system prompt and sampling parameters."""
 
@@ -194,6 +238,9 @@ class AgentSettings(_Strict):
     )
     compression: CompressionSettings | None = Field(
         default=None, description="Compress prompts before they are sent; unset: off."
+    )
+    cache: ResponseCachePolicy | None = Field(
+        default=None, description="Cache this agent's answers; unset: off."
     )
 
 
@@ -497,6 +544,7 @@ class Settings(BaseSettings):
     events: EventSettings = EventSettings()
     tracing: TracingSettings = TracingSettings()
     resilience: ResilienceSettings = ResilienceSettings()
+    cache: CacheSettings = CacheSettings()
     redis_url: str | None = Field(
         default=None,
         description="Shared state (sessions, limits, breakers) in Redis; absent: in-process.",
@@ -549,6 +597,21 @@ class Settings(BaseSettings):
             for name in (model, cheaper):
                 if name not in self.models:
                     raise ValueError(f"limits.economy.models.{model}: unknown model {name!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _cache_policies_make_sense(self) -> Settings:
+        policies = [(f"models.{n}.cache", m.cache, False) for n, m in self.models.items()]
+        policies += [(f"agents.{n}.cache", a.cache, True) for n, a in self.agents.items()]
+        for where, policy, is_agent in policies:
+            if policy is None:
+                continue
+            if policy.mode == "semantic":
+                raise ValueError(f"{where}.mode: the semantic tier is not available yet; "
+                                 "use exact")  # fmt: skip
+            if policy.namespace == "agent" and not is_agent:
+                raise ValueError(f"{where}.namespace: agent is for an agent's cache; a "
+                                 "model's entries are each key's own")  # fmt: skip
         return self
 
     @model_validator(mode="after")

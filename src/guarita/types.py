@@ -123,6 +123,8 @@ class RequestRecord:
     """The budget scope whose economy mode the call ran in."""
     cache: str | None = None
     """``hit``, ``semantic-hit``, ``miss`` or ``bypass`` when a cache stage saw the call."""
+    cache_saved_usd: float = 0.0
+    """What a cache hit saved: the cached answer's cost at its model's prices."""
     error_detail: str | None = None
 
     def row(self) -> dict[str, Any]:
@@ -160,7 +162,7 @@ class RequestRecord:
 
 _RECORD_COLUMNS = tuple(f.name for f in fields(RequestRecord) if f.name != "error_detail")
 _RECORD_NOTES = ("tokens_saved", "route", "complexity", "economy", "reserved_usd", "cache",
-                 "error_detail")  # fmt: skip
+                 "cache_saved_usd", "error_detail")  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -218,6 +220,8 @@ class Call:
     """In economy mode (a budget is used up): the cache stage lengthens its TTLs."""
     response_headers: dict[str, str] = field(default_factory=dict)
     """Headers stages add to the answer (OpenAI's ``x-ratelimit-*``)."""
+    cache_bypass: bool = False
+    """The caller asked to skip the response cache's lookup (``Cache-Control: no-cache``)."""
     record: RequestRecord = field(init=False)
 
     def __post_init__(self) -> None:
@@ -314,6 +318,14 @@ class Reply:
     fallback_level: FallbackLevel = FallbackLevel.PRIMARY
     quality: float = 1.0
     embeddings: Embeddings | None = None
+    cache: str | None = None
+    """``hit`` (or ``semantic-hit``) for an answer from the response cache."""
+
+    @property
+    def billed_usage(self) -> Usage:
+        """The tokens this call consumed: none for a cache hit, whose usage is the cached
+        answer's."""
+        return Usage() if self.cache is not None else self.usage
 
     @property
     def is_stream(self) -> bool:

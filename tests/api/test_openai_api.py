@@ -58,6 +58,8 @@ def gateway_config(upstream_url: str) -> dict[str, Any]:
             "up-garbage": up("garbage"),
             "up-break": up("stream-break"),
             "up-cut": up("stream-cut"),
+            "up-cached": up("gpt-fake", cache={"mode": "exact"}),
+            "up-cut-cached": up("stream-cut", cache={"mode": "exact"}),
             "up-down": {**up("gpt-fake"), "base_url": f"http://127.0.0.1:{free_port()}/v1"},
         },
         "agents": {
@@ -265,6 +267,43 @@ async def test_a_stream_cut_off_cleanly_is_a_truncation_not_done(gateway: Guarit
     assert record["status"] == "error" and record["error_type"] == "upstream_error"
     text = httpx.get(gateway.base_url + "/metrics").text
     assert 'guarita_quality_failures_total{deployment="up-cut",reason="truncated"}' in text
+
+
+def test_a_repeated_request_is_a_cache_hit_the_sdk_reads(gateway: GuaritaServer) -> None:
+    """A model with the exact cache: the second call is a hit, complete or streamed (a
+    valid SSE stream with usage and ``[DONE]`` for the SDK); ``Cache-Control: no-cache``
+    skips the lookup."""
+    client = sdk(gateway)
+    question = [{"role": "user", "content": f"cache me {gateway.base_url}"}]
+    first = client.chat.completions.with_raw_response.create(model="up-cached", messages=question)
+    again = client.chat.completions.with_raw_response.create(model="up-cached", messages=question)
+    assert first.headers["x-guarita-cache"] == "miss" and again.headers["x-guarita-cache"] == "hit"
+    answer, hit = first.parse(), again.parse()
+    assert hit.choices[0].message.content == answer.choices[0].message.content
+    assert hit.id != answer.id and hit.usage is not None and hit.usage.total_tokens > 0
+    with client.chat.completions.with_streaming_response.create(
+        model="up-cached", messages=question, stream=True, stream_options={"include_usage": True}
+    ) as response:
+        assert response.headers["x-guarita-cache"] == "hit"
+        chunks = list(response.parse())
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == answer.choices[0].message.content
+    assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens == hit.usage.total_tokens
+    fresh = client.chat.completions.with_raw_response.create(
+        model="up-cached", messages=question, extra_headers={"Cache-Control": "no-cache"}
+    )
+    assert fresh.headers["x-guarita-cache"] == "bypass"
+
+
+def test_a_cut_off_stream_is_never_cached(gateway: GuaritaServer) -> None:
+    body = {"model": "up-cut-cached", "stream": True,
+            "messages": [{"role": "user", "content": f"cut {gateway.base_url}"}]}  # fmt: skip
+    for _ in range(2):
+        with httpx.stream("POST", gateway.base_url + "/v1/chat/completions",
+                          headers=headers(gateway), json=body) as r:  # fmt: skip
+            assert r.headers["x-guarita-cache"] == "miss"
+            lines = [line for line in r.iter_lines() if line.startswith("data: ")]
+        assert '"code":"upstream_truncated"' in lines[-1]
 
 
 def test_agent_as_model_adds_its_system_prompt(

@@ -401,6 +401,18 @@ async def test_values_expire(live_state: SharedState) -> None:
     assert await live_state.incr("n") == 1
 
 
+async def test_values_by_prefix(state: SharedState) -> None:
+    """Counting and deleting by prefix: only keys under it, glob characters taken literally."""
+    for key in ("cache:a*:1", "cache:a*:2", "cache:ab:1", "other"):
+        await state.set(key, b"x")
+    assert await state.count_prefix("cache:a*:") == 2
+    assert await state.count_prefix("cache:") == 3
+    assert await state.delete_prefix("cache:a*:") == 2
+    assert await state.get("cache:a*:1") is None and await state.get("cache:ab:1") == b"x"
+    assert await state.count_prefix("cache:") == 1 and await state.get("other") == b"x"
+    assert await state.delete_prefix("nothing:") == 0
+
+
 async def test_compare_and_set(state: SharedState) -> None:
     assert await state.compare_and_set("cas", None, b"1")  # None: create only if absent
     assert not await state.compare_and_set("cas", None, b"2")

@@ -43,6 +43,7 @@ from guarita.api.schemas import (
     ModelList,
 )
 from guarita.errors import GuaritaError, InvalidRequest, ModelNotFound
+from guarita.pipeline.cache import bypass_requested
 from guarita.runtime import Runtime
 from guarita.types import Call, Chunk, Reply
 
@@ -142,6 +143,9 @@ async def chat_completions(payload: ChatCompletionRequest, request: Request) -> 
         deadline=runtime.deadline(model, agent, requested_deadline_ms(request)),
         requested_max_tokens=asked,
         client_ip=client_ip(request),
+        cache_bypass=bypass_requested(
+            request.headers.get("cache-control"), request.headers.get("x-guarita-cache")
+        ),
     )
     reply = await runtime.pipeline(call)
     headers = {

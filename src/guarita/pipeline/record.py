@@ -62,7 +62,7 @@ class Recording:
         m.requests.labels(agent, record.status).inc()
         m.duration.labels(agent).observe(elapsed)
         if reply is not None:
-            usage = reply.usage
+            usage = reply.billed_usage
             record.provider = reply.provider
             record.upstream_model = reply.model
             record.served_by = reply.served_by

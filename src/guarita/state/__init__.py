@@ -199,6 +199,16 @@ class Values(Protocol):
 
     async def delete(self, key: str) -> bool: ...
 
+    async def delete_prefix(self, prefix: str) -> int:
+        """Delete every value whose key starts with ``prefix``; how many there were. Not
+        atomic (values set meanwhile may stay) and proportional to the number of keys: for
+        an operator's action (clearing a cache namespace), not for a request's path."""
+        ...
+
+    async def count_prefix(self, prefix: str) -> int:
+        """How many live values have a key starting with ``prefix`` (a scan: for reports)."""
+        ...
+
     async def compare_and_set(
         self, key: str, expected: bytes | None, new: bytes, ttl_s: float | None = None
     ) -> bool:

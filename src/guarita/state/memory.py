@@ -165,6 +165,18 @@ class MemorySharedState:
         self._values.pop(key, None)
         return found
 
+    async def delete_prefix(self, prefix: str) -> int:
+        now = self._now_ms()
+        found = [k for k in self._values if k.startswith(prefix)]
+        live = sum(1 for k in found if self._value(k, now) is not None)
+        for key in found:
+            self._values.pop(key, None)
+        return live
+
+    async def count_prefix(self, prefix: str) -> int:
+        now = self._now_ms()
+        return sum(1 for k in list(self._values) if k.startswith(prefix) and self._value(k, now))
+
     async def compare_and_set(
         self, key: str, expected: bytes | None, new: bytes, ttl_s: float | None = None
     ) -> bool:

@@ -273,6 +273,29 @@ class RedisSharedState:
     async def delete(self, key: str) -> bool:
         return bool(await self._redis.delete(self._prefix + "v:" + key))
 
+    async def delete_prefix(self, prefix: str) -> int:
+        deleted = 0
+        batch: list[bytes] = []
+        async for key in self._redis.scan_iter(match=self._match(prefix), count=500):
+            batch.append(key)
+            if len(batch) >= 500:
+                deleted += int(await self._redis.unlink(*batch))
+                batch.clear()
+        if batch:
+            deleted += int(await self._redis.unlink(*batch))
+        return deleted
+
+    async def count_prefix(self, prefix: str) -> int:
+        count = 0
+        async for _key in self._redis.scan_iter(match=self._match(prefix), count=500):
+            count += 1
+        return count
+
+    def _match(self, prefix: str) -> str:
+        """A SCAN pattern for the values under ``prefix``, its glob characters escaped."""
+        escaped = "".join("\\" + c if c in "*?[]\\" else c for c in self._prefix + "v:" + prefix)
+        return escaped + "*"
+
     async def compare_and_set(
         self, key: str, expected: bytes | None, new: bytes, ttl_s: float | None = None
     ) -> bool:

@@ -84,6 +84,7 @@ class RequestRow(Base):
     complexity: Mapped[float | None] = mapped_column(Float, default=None)
     economy: Mapped[str | None] = mapped_column(String(200), default=None)
     cache: Mapped[str | None] = mapped_column(String(20), default=None)
+    cache_saved_usd: Mapped[float] = mapped_column(Float, default=0.0)
 
 
 class ChatSession(Base):

@@ -103,6 +103,29 @@ class Metrics:
         self.tasks = Counter(
             "guarita_tasks_total", "Tasks by outcome.", ["agent_name", "status"], registry=r
         )
+        self.cache_lookups = Counter(
+            "guarita_cache_lookups_total",
+            "Response cache lookups by result (hit, semantic-hit, miss, bypass).",
+            ["result"],
+            registry=r,
+        )
+        self.cache_saved = Counter(
+            "guarita_cache_saved_usd_total",
+            "What response cache hits saved: the cached answers' cost at their prices.",
+            registry=r,
+        )
+        self.cache_hit_ratio = Gauge(
+            "guarita_cache_hit_ratio",
+            "Hits over lookups (bypasses excluded) of each process's response cache.",
+            registry=r,
+            multiprocess_mode="liveall",
+        )
+        self.cache_entries = Gauge(
+            "guarita_cache_entries",
+            "Response cache entries held in process (the embedded cache's LRU).",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.tokens_saved = Counter(
             "guarita_tokens_saved_total",
             "Prompt tokens (estimated) that prompt compression removed.",

@@ -354,12 +354,14 @@ class RateLimits:
             self._settle(reservation, self._actual(plan, 0, 0.0))
             raise
         if reply.finished:  # a complete answer (its cost known): settle now
-            self._settle(reservation, self._actual(plan, reply.usage.total_tokens, reply.cost_usd))
+            self._settle(
+                reservation, self._actual(plan, reply.billed_usage.total_tokens, reply.cost_usd)
+            )
             return reply
         # a stream: Accounting's hook (registered first, inside) has priced it by then
         reply.on_finish(
             lambda done, _error: self._settle(
-                reservation, self._actual(plan, done.usage.total_tokens, done.cost_usd)
+                reservation, self._actual(plan, done.billed_usage.total_tokens, done.cost_usd)
             )
         )
         return reply

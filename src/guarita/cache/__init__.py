@@ -1,0 +1,1 @@
+"""The response cache: the exact tier (``exact.py``) and the semantic tier."""

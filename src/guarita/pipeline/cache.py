@@ -1,0 +1,220 @@
+"""The response cache stage: an exact hit short-circuits the call (docs/cache.md).
+
+It runs inside the rate limits (a hit counts as a request there, with no tokens and no
+cost) and outside Accounting and the fallbacks (a hit is never priced, and only an answer
+of the model itself is stored). Per model or agent, off unless its ``cache`` policy says
+``exact``: which temperatures may be cached, for how long, and who shares the entries
+(each API key its own namespace by default; an agent's callers together on request).
+
+* A hit answers the cached ``chat.completion`` (a new id) or, for ``stream: true``, replays
+  it as SSE chunks ending with usage; ``x-guarita-cache: hit``, and the record says
+  ``cache: hit`` with the cost the hit saved (``guarita_cache_saved_usd_total``).
+* A miss (``x-guarita-cache: miss``) is stored once its answer is complete: a complete
+  answer at once, a stream when it ended with a finish reason. An answer cut off, refused,
+  filtered, or from a fallback level other than the model's own deployments is not stored.
+* ``Cache-Control: no-cache`` (or ``no-store``) or ``x-guarita-cache: bypass`` skips the
+  lookup (``x-guarita-cache: bypass``); the fresh answer is stored.
+* In economy mode, TTLs are ``limits.economy.cache_ttl_factor`` times longer.
+
+CPU per call (``bench/README.md``): the key is a SHA-256 of the request's canonical JSON.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
+
+import structlog
+
+from guarita.cache.exact import Entries, Entry, namespace_key, request_key
+from guarita.pipeline import Next
+from guarita.providers.common import chunk, completion_body, completion_id
+from guarita.settings import ResponseCachePolicy
+from guarita.telemetry.prices import FREE, Price
+from guarita.types import Call, Chunk, Completion, FallbackLevel, Reply, Usage
+
+log = structlog.get_logger("guarita.cache")
+
+HIT, MISS, BYPASS = "hit", "miss", "bypass"
+STORED_LEVELS = frozenset({FallbackLevel.PRIMARY, FallbackLevel.DEPLOYMENT})
+NOT_STORED_REASONS = frozenset({None, "content_filter"})
+REPLAY_CHUNK_CHARS = 64
+"""A replayed stream sends the text in pieces of about this many characters."""
+
+
+def bypass_requested(cache_control: str | None, guarita_cache: str | None) -> bool:
+    """Whether a request's headers ask to skip the cache's lookup."""
+    if guarita_cache is not None and guarita_cache.strip().lower() == BYPASS:
+        return True
+    if cache_control is None:
+        return False
+    directives = {d.strip().split("=", 1)[0].lower() for d in cache_control.split(",")}
+    return bool(directives & {"no-cache", "no-store"})
+
+
+class ResponseCache:
+    """The pipeline stage (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        models: Mapping[str, ResponseCachePolicy],
+        agents: Mapping[str, ResponseCachePolicy],
+        entries: Entries,
+        prices: Mapping[str, Price],
+        stale_s: float,
+        max_entry_bytes: int,
+        economy_ttl_factor: float = 1.0,
+        on_lookup: Callable[[str], None] | None = None,
+        on_saved: Callable[[float], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._models = {name: p for name, p in models.items() if p.mode != "off"}
+        self._agents = {name: p for name, p in agents.items() if p.mode != "off"}
+        self.entries = entries
+        self._prices = prices
+        self._stale_s = stale_s
+        self._max_entry_bytes = max_entry_bytes
+        self._economy_ttl_factor = economy_ttl_factor
+        self._on_lookup = on_lookup
+        self._on_saved = on_saved
+        self._clock = clock
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._models or self._agents)
+
+    def policy_for(self, call: Call) -> ResponseCachePolicy | None:
+        """The call's cache policy, if it may be cached at all."""
+        if call.operation != "chat":
+            return None
+        if call.agent is not None:
+            policy = self._agents.get(call.agent)
+        else:
+            policy = self._models.get(call.model)
+        if policy is None:
+            return None
+        body = call.body
+        if body.get("n") not in (None, 1):
+            return None  # several choices: not what one entry holds
+        if policy.max_temperature is not None:
+            temperature = body.get("temperature")
+            if (1.0 if temperature is None else temperature) > policy.max_temperature:
+                return None
+        return policy
+
+    def key_for(self, call: Call, policy: ResponseCachePolicy) -> str:
+        """The storage key: the namespace's prefix and the request's hash."""
+        if policy.namespace == "agent" and call.agent is not None:
+            namespace = f"agent:{call.agent}"
+        else:
+            namespace = f"key:{call.caller.key_id or 'anonymous'}"
+        target = f"agent:{call.agent}/{call.model}" if call.agent else f"model:{call.model}"
+        return namespace_key(namespace) + request_key(target, call.body)
+
+    async def __call__(self, call: Call, next: Next) -> Reply:
+        policy = self.policy_for(call)
+        if policy is None:
+            return await next(call)
+        key = self.key_for(call, policy)
+        if call.cache_bypass:
+            outcome = BYPASS
+        else:
+            entry = await self._lookup(key)
+            if entry is not None and entry.fresh(self._clock()):
+                return self._hit(call, entry)
+            outcome = MISS
+        self._seen(call, outcome)
+        reply = await next(call)
+        ttl = policy.ttl_s * (self._economy_ttl_factor if call.economy else 1.0)
+
+        async def store(done: Reply, error: BaseException | None) -> None:
+            if error is None:
+                await self._store(call, done, key, ttl)
+
+        await reply.after(store)
+        return reply
+
+    async def lookup_stale(self, call: Call) -> Entry | None:
+        """The entry for ``call``, fresh or stale (the ``cache`` fallback level)."""
+        policy = self.policy_for(call)
+        return None if policy is None else await self._lookup(self.key_for(call, policy))
+
+    async def _lookup(self, key: str) -> Entry | None:
+        try:
+            raw = await self.entries.get(key)
+        except Exception as exc:  # noqa: BLE001 - a cache that is away is a miss
+            log.warning("cache_lookup_failed", error_type=type(exc).__name__)
+            return None
+        return None if raw is None else Entry.decode(raw)
+
+    def _seen(self, call: Call, outcome: str) -> None:
+        call.record.cache = outcome
+        call.response_headers["x-guarita-cache"] = outcome
+        if self._on_lookup is not None:
+            self._on_lookup(outcome)
+
+    def _hit(self, call: Call, entry: Entry) -> Reply:
+        self._seen(call, HIT)
+        saved = self._prices.get(entry.model, FREE).cost(entry.usage)
+        call.record.cache_saved_usd = saved
+        if self._on_saved is not None and saved:
+            self._on_saved(saved)
+        body = dict(entry.body)
+        body["id"] = completion_id()
+        body["created"] = int(self._clock())
+        model = str(body.get("model") or call.model)
+        if call.stream:
+            reply = Reply(model=model, provider="cache", source=_replay(body, entry.usage))
+        else:
+            reply = Reply.complete("cache", Completion(body=body, usage=entry.usage, model=model))
+        reply.served_by = entry.model
+        reply.cache = HIT
+        return reply
+
+    async def _store(self, call: Call, reply: Reply, key: str, ttl_s: float) -> None:
+        if reply.cache is not None or reply.fallback_level not in STORED_LEVELS:
+            return
+        if reply.finish_reason in NOT_STORED_REASONS:
+            return  # cut off, or filtered: never an answer to serve again
+        if reply.completion is not None:
+            body = reply.completion.body
+        elif reply.finish_reason == "tool_calls":
+            return  # a streamed tool call: its arguments are not what the stream kept
+        else:
+            body = completion_body(
+                cid=completion_id(), model=reply.model, text=reply.text,
+                finish_reason=reply.finish_reason, usage=reply.usage,
+            )  # fmt: skip
+        now = self._clock()
+        entry = Entry(body=body, usage=reply.usage, model=reply.served_by or call.model,
+                      stored_at=now, fresh_until=now + ttl_s)  # fmt: skip
+        raw = entry.encode()
+        if len(raw) > self._max_entry_bytes:
+            return
+        try:
+            await self.entries.put(key, raw, ttl_s + self._stale_s)
+        except Exception as exc:  # noqa: BLE001 - an answer not cached is still an answer
+            log.warning("cache_store_failed", error_type=type(exc).__name__)
+
+
+async def _replay(body: dict[str, Any], usage: Usage) -> AsyncIterator[Chunk]:
+    """A cached ``chat.completion`` as the chunks of a stream: the role, the text in
+    pieces, any tool calls, the finish reason, then the usage chunk."""
+    cid, model = str(body["id"]), str(body.get("model") or "")
+    choice = (body.get("choices") or [{}])[0]
+    message = choice.get("message") or {}
+    yield chunk(cid=cid, model=model, role="assistant", content="")
+    text = message.get("content") or ""
+    for start in range(0, len(text), REPLAY_CHUNK_CHARS):
+        yield chunk(cid=cid, model=model, content=text[start : start + REPLAY_CHUNK_CHARS])
+    tool_calls = message.get("tool_calls")
+    if tool_calls:
+        piece = chunk(cid=cid, model=model)
+        piece["choices"][0]["delta"]["tool_calls"] = [
+            {**call, "index": i} for i, call in enumerate(tool_calls)
+        ]
+        yield piece
+    yield chunk(cid=cid, model=model, finish_reason=choice.get("finish_reason") or "stop")
+    yield chunk(cid=cid, model=model, usage=usage)
