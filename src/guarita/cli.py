@@ -38,6 +38,11 @@ economy_app = typer.Typer(
 )
 app.add_typer(cost_app, name="cost")
 app.add_typer(economy_app, name="economy")
+cache_app = typer.Typer(
+    help="The response cache of a running server (GUARITA_ADMIN_KEY: an admin key).",
+    no_args_is_help=True,
+)
+app.add_typer(cache_app, name="cache")
 
 out = Console()
 err = Console(stderr=True)
@@ -364,6 +369,26 @@ def _admin(method: str, url: str, path: str, body: dict[str, Any] | None = None)
         err.print(f"[red]error:[/red] {message}{hint}", highlight=False)
         raise typer.Exit(1)
     return response.json()
+
+
+@cache_app.command("stats")
+def cache_stats(url: UrlOption = "http://127.0.0.1:8080") -> None:
+    """The cache's entries, and the answering process's lookups, hit ratio and saving."""
+    print(orjson.dumps(_admin("GET", url, "/admin/cache"), option=orjson.OPT_INDENT_2).decode())
+
+
+@cache_app.command("clear")
+def cache_clear(
+    namespace: Annotated[
+        str | None,
+        typer.Option(help="key:<key id> or agent:<name>; absent: every entry."),
+    ] = None,
+    url: UrlOption = "http://127.0.0.1:8080",
+) -> None:
+    """Drop cached answers: one namespace's, or all (in Redis: for every process)."""
+    body = {"namespace": namespace} if namespace else {}
+    cleared = _admin("POST", url, "/admin/cache/clear", body)["cleared"]
+    out.print(f"cleared {cleared} entries of {namespace or 'every namespace'}")
 
 
 @economy_app.command("status")

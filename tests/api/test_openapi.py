@@ -50,6 +50,8 @@ ERRORS = {
     ("get", "/admin/usage"): {400, 401, 403, 408, 431, 500},
     ("get", "/admin/economy"): {401, 403, 408, 431, 500},
     ("post", "/admin/economy/off"): {400, 401, 403, 408, 413, 431, 500},
+    ("get", "/admin/cache"): {401, 403, 408, 431, 500},
+    ("post", "/admin/cache/clear"): {400, 401, 403, 408, 413, 431, 500},
 }
 OPEN = {("get", "/health"), ("get", "/ready"), ("get", "/metrics")}
 EXAMPLES_PER_OPERATION = 25

@@ -18,7 +18,15 @@ from starlette.responses import Response
 
 from guarita.api.deps import CallerDep, RuntimeDep
 from guarita.api.openapi import SECURED, errors, ok
-from guarita.api.schemas import BreakerReport, EconomyLift, EconomyReport, UsageReport
+from guarita.api.schemas import (
+    BreakerReport,
+    CacheClear,
+    CacheCleared,
+    CacheReport,
+    EconomyLift,
+    EconomyReport,
+    UsageReport,
+)
 from guarita.errors import InvalidRequest, PermissionDenied
 from guarita.store.usage import (
     GROUPINGS,
@@ -187,6 +195,41 @@ async def economy_off(payload: EconomyLift, runtime: RuntimeDep, caller: CallerD
     await runtime.economy.lift(payload.budget, end_of_day.timestamp())
     log.warning("economy_lifted_by_operator", budget=payload.budget, key_id=caller.key_id)
     return Response(orjson.dumps(runtime.economy.report()), media_type="application/json")
+
+
+@router.get(
+    "/cache",
+    operation_id="cacheStatus",
+    response_model=None,
+    responses={
+        200: ok(CacheReport, "The response cache's entries and this process's lookups"),
+        **errors(401, 403, described={403: "The key is not of tier `admin`"}),
+    },
+    openapi_extra=SECURED,
+)
+async def cache_status(runtime: RuntimeDep, caller: CallerDep) -> Response:
+    require_admin(caller)
+    return Response(orjson.dumps(await runtime.cache.stats()), media_type="application/json")
+
+
+@router.post(
+    "/cache/clear",
+    operation_id="cacheClear",
+    response_model=None,
+    responses={
+        200: ok(CacheCleared, "The entries dropped (in Redis: for every process)"),
+        **errors(400, 401, 403, 413, described={403: "The key is not of tier `admin`"}),
+    },
+    openapi_extra=SECURED,
+)
+async def cache_clear(payload: CacheClear, runtime: RuntimeDep, caller: CallerDep) -> Response:
+    """Drop the entries of one namespace (`key:<key id>`, `agent:<name>`) or every entry;
+    audited in the log."""
+    require_admin(caller)
+    cleared = await runtime.cache.clear(payload.namespace)
+    log.warning("cache_cleared_by_operator", namespace=payload.namespace or "all",
+                entries=cleared, key_id=caller.key_id)  # fmt: skip
+    return Response(orjson.dumps({"cleared": cleared}), media_type="application/json")
 
 
 def _time(param: str, value: str | None, *, end_of_day: bool = False) -> datetime | None:

@@ -386,6 +386,32 @@ class EconomyReport(BaseModel):
     lifted: dict[str, float]
 
 
+class CacheReport(BaseModel):
+    """The response cache: its entries (every process's when they live in Redis) and the
+    answering process's lookups."""
+
+    enabled: bool = Field(description="Whether any model or agent caches its answers")
+    store: Literal["process", "redis"]
+    entries: int
+    lookups: dict[str, int] = Field(description="This process's lookups: hit, miss, bypass")
+    hit_ratio: float | None = Field(description="Hits over hits and misses; null before any")
+    saved_usd: float = Field(description="What this process's hits saved")
+
+
+class CacheClear(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    namespace: str | None = Field(
+        default=None,
+        pattern=r"^(key:(key_[0-9a-f]{1,32}|anonymous)|agent:[^\s]{1,200})$",
+        description="`key:<key id>` or `agent:<name>`; absent: every entry",
+    )
+
+
+class CacheCleared(BaseModel):
+    cleared: int = Field(description="Entries dropped")
+
+
 class EconomyLift(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import structlog
 
-from guarita.cache.exact import Entries, Entry, namespace_key, request_key
+from guarita.cache.exact import Entries, Entry, SharedEntries, namespace_key, request_key
 from guarita.pipeline import Next
 from guarita.providers.common import chunk, completion_body, completion_id
 from guarita.settings import ResponseCachePolicy
@@ -80,6 +80,10 @@ class ResponseCache:
         self._on_lookup = on_lookup
         self._on_saved = on_saved
         self._clock = clock
+        self.lookups = {HIT: 0, MISS: 0, BYPASS: 0}
+        """This process's lookups by result."""
+        self.saved_usd = 0.0
+        """What this process's hits saved."""
 
     @property
     def enabled(self) -> bool:
@@ -149,9 +153,28 @@ class ResponseCache:
             return None
         return None if raw is None else Entry.decode(raw)
 
+    async def stats(self) -> dict[str, Any]:
+        """What ``GET /admin/cache`` reports: the entries (every process's, when they live
+        in Redis) and this process's lookups."""
+        hits, misses = self.lookups[HIT], self.lookups[MISS]
+        return {
+            "enabled": self.enabled,
+            "store": "redis" if isinstance(self.entries, SharedEntries) else "process",
+            "entries": await self.entries.size(),
+            "lookups": dict(self.lookups),
+            "hit_ratio": hits / (hits + misses) if hits + misses else None,
+            "saved_usd": round(self.saved_usd, 6),
+        }
+
+    async def clear(self, namespace: str | None = None) -> int:
+        """Drop the entries of one namespace (``key:<key id>`` or ``agent:<name>``), or all;
+        how many there were."""
+        return await self.entries.clear(None if namespace is None else namespace_key(namespace))
+
     def _seen(self, call: Call, outcome: str) -> None:
         call.record.cache = outcome
         call.response_headers["x-guarita-cache"] = outcome
+        self.lookups[outcome] = self.lookups.get(outcome, 0) + 1
         if self._on_lookup is not None:
             self._on_lookup(outcome)
 
@@ -159,6 +182,7 @@ class ResponseCache:
         self._seen(call, HIT)
         saved = self._prices.get(entry.model, FREE).cost(entry.usage)
         call.record.cache_saved_usd = saved
+        self.saved_usd += saved
         if self._on_saved is not None and saved:
             self._on_saved(saved)
         body = dict(entry.body)
