@@ -125,12 +125,6 @@ class Runtime:
         )
         self.recording = Recording(self.metrics, self.records, self.events)
         tracer = self.tracing.tracer if self.tracing.enabled else None
-        fallback = FallbackChain(
-            settings.models,
-            {name: agent.fallbacks for name, agent in settings.agents.items()},
-            rules=settings.resilience.rules,
-            static_reply=settings.resilience.static_reply,
-        )
         compression = PromptCompression(
             {n: a.compression for n, a in settings.agents.items() if a.compression is not None},
             on_saved=lambda agent, tokens: self.metrics.tokens_saved.labels(agent).inc(tokens),
@@ -139,6 +133,13 @@ class Runtime:
             {n: a.routing for n, a in settings.agents.items() if a.routing is not None}
         )
         self.cache = self._response_cache()
+        fallback = FallbackChain(
+            settings.models,
+            {name: agent.fallbacks for name, agent in settings.agents.items()},
+            rules=settings.resilience.rules,
+            static_reply=settings.resilience.static_reply,
+            cached=self.cache.fallback_answer if self.cache.enabled else None,
+        )
         stages: list[Stage] = [self.recording, compression, routing, self.rate_limits]
         if self.cache.enabled:
             stages.append(self.cache)

@@ -14,8 +14,9 @@ from guarita.errors import UpstreamError
 from guarita.pipeline import Background, compose
 from guarita.pipeline.cache import ResponseCache, bypass_requested
 from guarita.providers.common import chunk, completion_body, completion_id
+from guarita.resilience.fallback import FallbackChain
 from guarita.runtime import Runtime
-from guarita.settings import ResponseCachePolicy, load_settings
+from guarita.settings import ModelSettings, ResponseCachePolicy, load_settings
 from guarita.state import Limit
 from guarita.state.redis import RedisSharedState
 from guarita.telemetry.prices import Price
@@ -298,3 +299,25 @@ async def test_a_hit_is_recorded_and_costs_no_tokens_against_limits(
     assert tokens.used == rows["miss"]["input_tokens"] + rows["miss"]["output_tokens"]
     saved = runtime.metrics.registry.get_sample_value("guarita_cache_saved_usd_total")
     assert saved == pytest.approx(rows["miss"]["cost_usd"])
+
+
+async def test_when_every_model_fails_a_stale_entry_answers_at_the_cache_level() -> None:
+    """Past its TTL an entry is no hit, but it is the ``cache`` fallback level's answer
+    (quality 0.6, no tokens) when the model and its fallbacks all fail."""
+    clock = FakeClock(1_000_000)
+    cache = stage(clock)
+    await compose([cache], Upstream())(make_call())
+    clock.advance(3000)  # past the 60 s TTL, within the 3600 s kept stale
+
+    async def down(call: Call) -> Reply:
+        raise UpstreamError("the upstream is down")
+
+    chain = FallbackChain({"m": ModelSettings(provider="scripted")}, {},
+                          cached=cache.fallback_answer)  # fmt: skip
+    call = make_call()
+    reply = await compose([cache, chain], down)(call)
+    assert reply.fallback_level == FallbackLevel.CACHE and reply.quality == 0.6
+    assert reply.text == "answer: What is the capital of France?"
+    assert call.record.cache == "miss" and reply.billed_usage == Usage()
+    with pytest.raises(UpstreamError):
+        await compose([cache, chain], down)(make_call("a question never answered"))

@@ -185,6 +185,19 @@ class ResponseCache:
         self.saved_usd += saved
         if self._on_saved is not None and saved:
             self._on_saved(saved)
+        return self._answer(call, entry, HIT)
+
+    async def fallback_answer(self, call: Call) -> Reply | None:
+        """For the ``cache`` fallback level, when every model failed: the cached answer to
+        this request, fresh or stale (kept ``stale_s`` past its TTL), or None."""
+        policy = self.policy_for(call)
+        if policy is None:
+            return None
+        entry = await self._lookup(self.key_for(call, policy))
+        return None if entry is None else self._answer(call, entry, "fallback")
+
+    def _answer(self, call: Call, entry: Entry, how: str) -> Reply:
+        """The reply an entry gives: its body with a new id, streamed if asked."""
         body = dict(entry.body)
         body["id"] = completion_id()
         body["created"] = int(self._clock())
@@ -194,7 +207,7 @@ class ResponseCache:
         else:
             reply = Reply.complete("cache", Completion(body=body, usage=entry.usage, model=model))
         reply.served_by = entry.model
-        reply.cache = HIT
+        reply.cache = how
         return reply
 
     async def _store(self, call: Call, reply: Reply, key: str, ttl_s: float) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from guarita.errors import DeadlineExceeded, GuaritaError, InvalidRequest
@@ -63,7 +63,9 @@ class FallbackChain:
         *,
         rules: Sequence[RuleSettings] = (),
         static_reply: str | None = None,
+        cached: Callable[[Call], Awaitable[Reply | None]] | None = None,
     ) -> None:
+        self._cached = cached
         self._models = models
         self._agent_fallbacks = agent_fallbacks
         self._rules = [Rule(re.compile(r.pattern, re.IGNORECASE), r.reply) for r in rules]
@@ -96,6 +98,10 @@ class FallbackChain:
                 error = exc
                 continue
             return _at_level(reply, FallbackLevel.MODEL)
+        if self._cached is not None:
+            stored = await self._cached(call)  # the response cache's answer, even stale
+            if stored is not None:
+                return _at_level(stored, FallbackLevel.CACHE)
         answer = self._rule_answer(call)
         if answer is not None:
             return _at_level(canned(call, answer, "rules"), FallbackLevel.RULES)
