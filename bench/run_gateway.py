@@ -573,7 +573,11 @@ def report(
                     else ", every rate limit and budget of the key checked and settled "
                 )
                 if args.limits
-                else " "
+                else (
+                    ", the exact response cache on (every request after the first a hit) "
+                    if args.cache
+                    else " "
+                )
             )
             + f"({STORES[args.scale_out]}).",
             "",
@@ -629,6 +633,12 @@ def parse_args() -> argparse.Namespace:
         "total have budgets too",
     )
     parser.add_argument(
+        "--cache",
+        action="store_true",
+        help="the bench model has the exact response cache on: wrk's one request is a miss "
+        "once, then hits (compare its RPS with a run without)",
+    )
+    parser.add_argument(
         "--workers",
         type=int,
         default=None,
@@ -673,6 +683,9 @@ def run(args: argparse.Namespace, tmp: Path) -> str:
         }
         config = tmp / "guarita.yaml"
         text = CONFIG_TEMPLATE.format(model=MODEL, upstream_port=upstream_port)
+        if args.cache:  # the same request every time: one miss, then hits
+            prices = "    price_output_per_1m: 15\n"
+            text = text.replace(prices, prices + "    cache: {mode: exact, ttl_s: 86400}\n")
         config.write_text(text + (BUDGETS_CONFIG if args.limits == "all" else ""))
         env = gateway_env(tmp, config)
         if args.scale_out:
