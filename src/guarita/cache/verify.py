@@ -41,6 +41,40 @@ from dataclasses import dataclass
 from difflib import SequenceMatcher
 from functools import lru_cache
 
+from guarita.cache.lexicon import (
+    ARTICLES,
+    CAPITALISED,
+    COMPARATIVE,
+    DATE_NUM,
+    DAYS,
+    EMAIL,
+    FILLERS,
+    GLUED_UNIT,
+    HANDLE,
+    IDENTIFIER,
+    MONTHS,
+    MULTIPLIERS,
+    NEGATORS,
+    NUMBER_WORDS,
+    ORDINAL_NUM,
+    ORDINALS,
+    PERIOD_MODS,
+    PERIODS,
+    PHRASES,
+    POLES,
+    QUOTED,
+    RELATIVE,
+    ROLE_WORDS,
+    SCOPE_WORDS,
+    SENTENCE_STARTERS,
+    STOPWORDS,
+    SYNONYMS,
+    TIME,
+    UNITS,
+    URL,
+    WORD,
+)
+
 __all__ = ["Features", "Verdict", "features", "verify"]
 
 
@@ -69,677 +103,6 @@ class Features:
     prefixed: frozenset[str]  # stems seen with a negating prefix (un-, dis-, non-)
 
 
-# --- word lists ------------------------------------------------------------------------
-
-NEGATORS = frozenset(
-    [
-        "not",
-        "no",
-        "never",
-        "none",
-        "nobody",
-        "nothing",
-        "nowhere",
-        "neither",
-        "nor",
-        "without",
-        "cannot",
-        "unable",
-        "shouldnt",
-        "wont",
-        "dont",
-        "cant",
-        "isnt",
-        "arent",
-        "wasnt",
-        "doesnt",
-        "didnt",
-    ]
-)
-
-# Each group: (words of one pole, words of the other). A text mentioning one pole and the
-# other text the opposite pole of the same group is a negation difference.
-_ANTONYMS: tuple[tuple[str, str], ...] = (
-    ("cancel terminate discontinue unsubscribe quit", "keep continue renew subscribe resume"),
-    ("enable activate allow unblock on permit", "disable deactivate block prevent off forbid"),
-    ("start begin launch open", "stop end pause halt close finish shutdown"),
-    ("add create insert include attach", "remove delete exclude detach drop erase"),
-    ("increase raise grow upgrade maximize expand extend", "decrease lower reduce downgrade"),
-    ("buy purchase", "sell"),
-    ("accept approve confirm allowed", "reject decline refuse denied deny"),
-    ("upload", "download"),
-    ("import", "export"),
-    ("send", "receive"),
-    ("push", "pull"),
-    ("deposit", "withdraw"),
-    ("encrypt", "decrypt"),
-    ("lock", "unlock"),
-    ("login", "logout"),
-    ("connect", "disconnect"),
-    ("install", "uninstall"),
-    ("show", "hide"),
-    ("win won winner", "lose lost loser"),
-    ("pass", "fail"),
-    ("join", "leave"),
-    ("hire", "fire"),
-    ("borrow", "lend"),
-    ("true", "false"),
-    ("yes", "no"),
-    ("follow", "unfollow"),
-    ("mute", "unmute"),
-    ("pin", "unpin"),
-    ("archive", "unarchive"),
-    ("save", "discard"),
-    ("safe", "dangerous unsafe"),
-    ("legal", "illegal"),
-    ("possible", "impossible"),
-    ("available", "unavailable"),
-    ("valid", "invalid"),
-    ("correct", "incorrect wrong"),
-    ("public", "private"),
-    ("online", "offline"),
-    ("inbound", "outbound"),
-    ("incoming", "outgoing"),
-    ("arrival arrive", "departure depart"),
-)
-
-# Comparatives and order words: a difference here is a scope difference.
-_COMPARATIVES: tuple[tuple[str, str], ...] = (
-    ("cheap cheaper cheapest", "expensive pricier priciest costlier"),
-    ("fast faster fastest quick quicker quickest", "slow slower slowest"),
-    ("big bigger biggest large larger largest", "small smaller smallest little tiny"),
-    ("high higher highest", "low lowest"),
-    ("early earlier earliest", "late later latest"),
-    ("before within prior", "after"),
-    ("min minimum", "max maximum"),
-    ("best better", "worst worse"),
-    ("more most", "less least fewer fewest"),
-    ("above over", "below under"),
-    ("inside", "outside"),
-    ("up", "down"),
-    ("old older oldest", "new newer newest"),
-    ("long longer longest", "short shorter shortest"),
-    ("hot hotter", "cold colder"),
-    ("strong stronger", "weak weaker"),
-    ("heavy heavier", "light lighter"),
-)
-
-_SCOPE_WORDS = {
-    "all": "ALL",
-    "every": "EVERY",
-    "each": "ALL",
-    "entire": "ALL",
-    "whole": "ALL",
-    "always": "ALWAYS",
-    "everyone": "ALL",
-    "everything": "ALL",
-    "everybody": "ALL",
-    "some": "SOME",
-    "several": "SOME",
-    "few": "SOME",
-    "partial": "SOME",
-    "partially": "SOME",
-    "sometimes": "SOMETIMES",
-    "someone": "SOME",
-    "something": "SOME",
-    "only": "ONLY",
-    "solely": "ONLY",
-    "exclusively": "ONLY",
-    "first": "FIRST",
-    "last": "LAST",
-    "previous": "PREV",
-    "next": "NEXT",
-    "both": "BOTH",
-    "either": "EITHER",
-    "also": "ALSO",
-    "except": "EXCEPT",
-    "per": "PER",
-    "total": "TOTAL",
-    "average": "AVERAGE",
-    "single": "SINGLE",
-    "multiple": "MULTIPLE",
-    "many": "MANY",
-}
-
-STOPWORDS = frozenset(
-    [
-        "a",
-        "an",
-        "the",
-        "i",
-        "me",
-        "my",
-        "mine",
-        "myself",
-        "we",
-        "us",
-        "our",
-        "ours",
-        "you",
-        "your",
-        "yours",
-        "it",
-        "its",
-        "this",
-        "that",
-        "these",
-        "those",
-        "is",
-        "are",
-        "was",
-        "were",
-        "be",
-        "been",
-        "being",
-        "am",
-        "do",
-        "does",
-        "did",
-        "doing",
-        "done",
-        "have",
-        "has",
-        "had",
-        "having",
-        "can",
-        "could",
-        "would",
-        "should",
-        "will",
-        "shall",
-        "may",
-        "might",
-        "must",
-        "of",
-        "in",
-        "on",
-        "at",
-        "for",
-        "with",
-        "by",
-        "about",
-        "as",
-        "via",
-        "through",
-        "and",
-        "or",
-        "but",
-        "if",
-        "so",
-        "then",
-        "there",
-        "here",
-        "what",
-        "which",
-        "who",
-        "whom",
-        "whose",
-        "where",
-        "when",
-        "why",
-        "how",
-        "way",
-        "ways",
-        "possible",
-        "possibly",
-        "able",
-        "please",
-        "kindly",
-        "help",
-        "want",
-        "wanted",
-        "need",
-        "needs",
-        "like",
-        "know",
-        "tell",
-        "show",
-        "me",
-        "explain",
-        "get",
-        "got",
-        "getting",
-        "go",
-        "going",
-        "find",
-        "out",
-        "learn",
-        "wondering",
-        "wonder",
-        "let",
-        "lets",
-        "just",
-        "really",
-        "actually",
-        "exactly",
-        "also",
-        "thing",
-        "things",
-        "hi",
-        "hello",
-        "hey",
-        "thanks",
-        "thank",
-        "okay",
-        "ok",
-        "some",
-        "any",
-        "anyone",
-        "anything",
-        "someone",
-        "steps",
-        "step",
-        "process",
-        "procedure",
-        "guide",
-        "instructions",
-        "right",
-        "proper",
-        "properly",
-        "best",
-        "correct",
-        "correctly",
-        "quickly",
-        "easily",
-        "is",
-        "s",
-        "re",
-        "m",
-        "ll",
-        "ve",
-        "d",
-        "t",
-        "one",
-        "use",
-        "using",
-        "make",
-        "sure",
-        "does",
-        "anybody",
-        "him",
-        "her",
-        "his",
-        "he",
-        "she",
-        "they",
-        "them",
-        "their",
-        "theirs",
-        "what's",
-        "whats",
-        "im",
-        "ive",
-        "id",
-        "youre",
-        "into",
-        "onto",
-        "upon",
-        "from",
-        "to",
-        "than",
-        "vs",
-        "versus",
-        "between",
-        "city",
-        "place",
-        "method",
-        "option",
-        "kind",
-        "type",
-        "sort",
-        "name",
-        "country",
-        "someplace",
-        "somewhere",
-        "info",
-        "information",
-        "details",
-        "detail",
-        "much",
-        "connection",
-        "command",
-        "status",
-        "so",
-        "say",
-        "i'd",
-        "id",
-        "would",
-        "allowed",
-    ]
-) - {"some", "best", "one", "correct", "correctly", "from", "to", "than", "vs", "versus"}
-
-_FILLERS = frozenset(["please", "kindly", "hi", "hello", "hey", "thanks", "thank", "okay", "ok"])
-
-# Content words that are paraphrases of each other; both map to the first word.
-_SYNONYM_GROUPS = (
-    "remove delete erase",
-    "change modify update edit alter adjust",
-    "buy purchase",
-    "fix repair resolve solve troubleshoot",
-    "start begin",
-    "cancel terminate discontinue end stop",
-    "create make setup",
-    "price cost fee charge pricing",
-    "problem issue error bug trouble",
-    "car vehicle automobile",
-    "movie film",
-    "phone mobile smartphone cellphone",
-    "login signin",
-    "signup register registration",
-    "email mail",
-    "doctor physician",
-    "big large",
-    "small little",
-    "quick fast",
-    "show display view see",
-    "find locate search look",
-    "choose select pick",
-    "refund reimbursement",
-    "password passcode",
-    "account profile",
-    "subscription plan membership",
-    "contact reach",
-    "recover restore retrieve",
-    "reset reinitialize",
-    "shop store",
-    "purchase order",
-    "cheap inexpensive affordable",
-    "ship deliver send",
-    "shipping delivery",
-    "happen occur",
-    "allowed permitted",
-    "explain describe",
-    "meaning definition mean define",
-    "work function",
-    "turn switch",
-    "receive get obtain",
-    "invoice bill",
-    "rule policy",
-    "ticket booking reservation",
-    "book reserve",
-    "payment pay",
-    "job work",
-    "employee staff worker",
-    "boss manager",
-    "kid child children",
-    "house home",
-    "money cash funds",
-    "message text",
-    "picture photo image",
-    "app application",
-    "computer pc laptop",
-    "website site",
-    "begin commence",
-    "speed performance",
-    "fast rapid",
-    "cost expensive",
-    "needed required",
-    "require need",
-    "customer client",
-    "leave depart",
-    "transfer move",
-    "author wrote write writer",
-    "difference differ different",
-    "safe safely",
-    "status where",
-    "ask question",
-    "order purchase",
-)
-
-_MONTHS = {
-    "january": "m1", "jan": "m1", "february": "m2", "feb": "m2", "march": "m3", "mar": "m3",
-    "april": "m4", "apr": "m4", "may": "m5", "june": "m6", "jun": "m6", "july": "m7",
-    "jul": "m7", "august": "m8", "aug": "m8", "september": "m9", "sep": "m9", "sept": "m9",
-    "october": "m10", "oct": "m10", "november": "m11", "nov": "m11", "december": "m12",
-    "dec": "m12",
-}  # fmt: skip
-_DAYS = {
-    "monday": "w1", "mon": "w1", "tuesday": "w2", "tue": "w2", "tues": "w2", "wednesday": "w3",
-    "wed": "w3", "thursday": "w4", "thu": "w4", "thurs": "w4", "friday": "w5", "fri": "w5",
-    "saturday": "w6", "sat": "w6", "sunday": "w7", "sun": "w7",
-}  # fmt: skip
-_RELATIVE = {
-    "today": "today", "tonight": "tonight", "tomorrow": "tomorrow", "yesterday": "yesterday",
-    "weekend": "weekend", "weekday": "weekday", "weekdays": "weekday", "morning": "morning",
-    "afternoon": "afternoon", "evening": "evening", "night": "night", "noon": "noon",
-    "midnight": "midnight", "spring": "spring", "summer": "summer", "autumn": "autumn",
-    "fall": "autumn", "winter": "winter", "christmas": "christmas", "overnight": "overnight",
-    "now": "now", "currently": "now", "daily": "daily", "weekly": "weekly", "monthly": "monthly",
-    "yearly": "yearly", "annually": "yearly", "annual": "yearly", "hourly": "hourly",
-    "quarterly": "quarterly",
-}  # fmt: skip
-_PERIODS = frozenset(
-    ["day", "week", "month", "year", "quarter", "hour", "minute", "decade", "century"]
-)
-_PERIOD_MODS = {"next": "next", "last": "last", "this": "this", "past": "last", "previous": "last"}
-
-_UNITS = {
-    "%": "%", "percent": "%", "pct": "%", "percentage": "%",
-    "usd": "usd", "dollar": "usd", "dollars": "usd", "$": "usd", "bucks": "usd",
-    "eur": "eur", "euro": "eur", "euros": "eur", "€": "eur",
-    "gbp": "gbp", "pound": "gbp", "pounds": "gbp", "£": "gbp", "yen": "jpy", "¥": "jpy",
-    "kb": "kb", "mb": "mb", "gb": "gb", "tb": "tb", "k": "k", "m": "m",
-    "kg": "kg", "kilo": "kg", "kilos": "kg", "kilogram": "kg", "kilograms": "kg",
-    "g": "g", "gram": "g", "grams": "g", "lb": "lb", "lbs": "lb",
-    "km": "km", "kilometer": "km", "kilometers": "km", "kilometre": "km", "kilometres": "km",
-    "mile": "mi", "miles": "mi", "mi": "mi", "meter": "meter", "meters": "meter", "metre": "meter",
-    "ms": "ms", "millisecond": "ms", "milliseconds": "ms",
-    "s": "sec", "sec": "sec", "second": "sec", "seconds": "sec", "secs": "sec",
-    "min": "minute", "mins": "minute", "minute": "minute", "minutes": "minute",
-    "h": "hour", "hr": "hour", "hrs": "hour", "hour": "hour", "hours": "hour",
-    "day": "day", "days": "day", "week": "week", "weeks": "week", "month": "month",
-    "months": "month", "year": "year", "years": "year", "yr": "year", "yrs": "year",
-    "x": "x", "times": "x", "gbps": "gbps", "mbps": "mbps", "ghz": "ghz", "mhz": "mhz",
-    "c": "c", "f": "f", "degrees": "deg", "degree": "deg", "l": "l", "liter": "l", "liters": "l",
-    "ml": "ml", "cm": "cm", "mm": "mm", "inch": "in", "inches": "in", "ft": "ft", "feet": "ft",
-}  # fmt: skip
-
-_NUMBER_WORDS = {
-    "zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7,
-    "eight": 8, "nine": 9, "ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13,
-    "fourteen": 14, "fifteen": 15, "sixteen": 16, "seventeen": 17, "eighteen": 18,
-    "nineteen": 19, "twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60,
-    "seventy": 70, "eighty": 80, "ninety": 90, "dozen": 12, "a": 1, "an": 1,
-    "single": 1, "couple": 2, "pair": 2, "twice": 2, "once": 1, "thrice": 3, "half": 0.5,
-}  # fmt: skip
-_MULTIPLIERS = {"hundred": 100, "thousand": 1000, "million": 1_000_000, "billion": 10**9}
-_ORDINALS = {
-    "second": 2, "third": 3, "fourth": 4, "fifth": 5, "sixth": 6, "seventh": 7,
-    "eighth": 8, "ninth": 9, "tenth": 10, "eleventh": 11, "twelfth": 12, "twentieth": 20,
-    "hundredth": 100,
-}  # fmt: skip
-# "a"/"an" count as one only before a multiplier or a unit ("a hundred", "an hour").
-_ARTICLES = frozenset({"a", "an"})
-
-_ROLE_WORDS = frozenset(
-    ["from", "to", "into", "than", "vs", "versus", "over", "between", "and", "by", "for"]
-)
-
-_SENTENCE_STARTERS = frozenset(
-    [
-        "how",
-        "what",
-        "why",
-        "when",
-        "where",
-        "who",
-        "which",
-        "whose",
-        "can",
-        "could",
-        "is",
-        "are",
-        "am",
-        "do",
-        "does",
-        "did",
-        "will",
-        "would",
-        "should",
-        "shall",
-        "may",
-        "might",
-        "must",
-        "i",
-        "please",
-        "tell",
-        "show",
-        "give",
-        "list",
-        "explain",
-        "help",
-        "my",
-        "the",
-        "a",
-        "an",
-        "is",
-        "there",
-        "it",
-        "its",
-        "in",
-        "on",
-        "at",
-        "for",
-        "to",
-        "from",
-        "if",
-        "hi",
-        "hello",
-        "hey",
-        "hey",
-        "so",
-        "and",
-        "but",
-        "or",
-        "what's",
-        "whats",
-        "i'm",
-        "im",
-        "let",
-        "lets",
-        "any",
-        "does",
-        "name",
-        "describe",
-        "find",
-        "get",
-        "make",
-        "write",
-        "create",
-        "compare",
-        "convert",
-        "translate",
-        "summarize",
-        "check",
-        "calculate",
-        "set",
-        "reset",
-        "change",
-        "cancel",
-        "delete",
-        "remove",
-        "add",
-        "book",
-        "buy",
-        "send",
-        "need",
-        "want",
-        "recommend",
-        "suggest",
-    ]
-)
-
-_PHRASES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
-    (re.compile(p), r)
-    for p, r in (
-        (r"\b(log|sign)(ging|ged)? ?in(to)?\b", " login "),
-        (r"\b(log|sign)(ging|ged)? ?out\b", " logout "),
-        (r"\bsign(ing|ed)? ?up\b", " signup "),
-        (r"\bset(ting)? ?up\b", " setup "),
-        (r"\bturn(ing|ed)? on\b", " enable "),
-        (r"\bturn(ing|ed)? off\b", " disable "),
-        (r"\bswitch(ing|ed)? on\b", " enable "),
-        (r"\bswitch(ing|ed)? off\b", " disable "),
-        (r"\bshut(ting)? ?down\b", " shutdown "),
-        (r"\bmore expensive\b", " pricier "),
-        (r"\bless expensive\b", " cheaper "),
-        (r"\b(no longer)\b", " not "),
-        (r"\bin front of\b", " before "),
-        (r"\bprior to\b", " before "),
-        (r"\bget rid of\b", " remove "),
-        (r"\bpay for\b", " buy "),
-        (r"\bwhat is the way\b", " how "),
-        (r"\bat least\b", " min "),
-        (r"\bat most\b", " max "),
-        (r"\bup to\b", " max "),
-        (r"\bmore than\b", " over "),
-        (r"\bless than\b", " under "),
-        (r"\bfewer than\b", " under "),
-        (r"\bon time\b", " ontime "),
-        (r"\ba lot of\b", " many "),
-        (r"\blots of\b", " many "),
-        (r"\bper cent\b", " percent "),
-        (r"\bcan ?not\b", " can not "),
-        (r"\bwon't\b", " will not "),
-        (r"\bshan't\b", " shall not "),
-        (r"\bcan't\b", " can not "),
-        (r"n't\b", " not "),
-        (r"'(s|re|m|ll|ve|d)\b", " "),
-    )
-)
-
-_URL = re.compile(r"\bhttps?://\S+|\bwww\.\S+|\b[\w-]+(?:\.[\w-]+)*\.(?:com|org|net|io|dev|ai)\b")
-_EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b")
-_HANDLE = re.compile(r"(?<!\w)[@#][\w-]+")
-_QUOTED = re.compile(r"[\"“”«»]([^\"“”«»]{1,60})[\"“”«»]|(?<!\w)'([^']{1,60})'(?!\w)")
-_TIME = re.compile(r"\b(\d{1,2})(?::(\d{2}))?\s*([ap])\.?m\b\.?|\b(\d{1,2}):(\d{2})\b", re.I)
-_DATE_NUM = re.compile(r"\b\d{4}-\d{1,2}-\d{1,2}\b|\b\d{1,2}[/.]\d{1,2}(?:[/.]\d{2,4})?\b")
-_ORDINAL_NUM = re.compile(r"\b(\d+)(?:st|nd|rd|th)\b", re.I)
-_GLUED_UNIT = re.compile(
-    r"(?<![\w.])([$€£¥])?\s?(\d+(?:[.,]\d+)*)\s?"
-    r"(%|k|m|kb|mb|gb|tb|kg|km|ms|s|h|x|gbps|mbps|ghz|mhz|ml|cm|mm|lbs?|yrs?|hrs?|mins?)?(?!\w)"
-    r"(?!\s*\w*\d)",
-    re.I,
-)
-_IDENTIFIER = re.compile(r"\b(?=[\w-]*\d)(?=[\w-]*[a-zA-Z])[\w][\w-]*\b")
-_CAPITALISED = re.compile(r"\b[A-Z][\w&'-]*(?:\s+(?:of\s+|de\s+|the\s+)?[A-Z][\w&'-]*)*")
-_WORD = re.compile(r"[a-z0-9$€£¥%]+(?:[.,][0-9]+)*")
-
-
-def _build_poles() -> dict[str, tuple[int, int]]:
-    poles: dict[str, tuple[int, int]] = {}
-    for group, (left, right) in enumerate(_ANTONYMS):
-        for word in left.split():
-            poles.setdefault(word, (group, 0))
-        for word in right.split():
-            poles.setdefault(word, (group, 1))
-    return poles
-
-
-def _build_comparatives() -> dict[str, str]:
-    out: dict[str, str] = {}
-    for group, (left, right) in enumerate(_COMPARATIVES):
-        for word in left.split():
-            out.setdefault(word, f"c{group}+")
-        for word in right.split():
-            out.setdefault(word, f"c{group}-")
-    return out
-
-
-def _build_synonyms() -> dict[str, str]:
-    out: dict[str, str] = {}
-    for group in _SYNONYM_GROUPS:
-        words = group.split()
-        for word in words:
-            out.setdefault(word, words[0])
-    return out
-
-
-_POLES = _build_poles()
-_COMPARATIVE = _build_comparatives()
-_SYNONYMS = _build_synonyms()
-
-
 def stem(word: str) -> str:
     """A crude suffix stripper, applied the same way to both texts."""
     if len(word) > 4 and word.endswith("ies"):
@@ -758,10 +121,10 @@ def stem(word: str) -> str:
 
 
 def _canonical(word: str) -> str:
-    if word in _SYNONYMS:
-        return _SYNONYMS[word]
+    if word in SYNONYMS:
+        return SYNONYMS[word]
     stemmed = stem(word)
-    return _SYNONYMS.get(stemmed, stemmed)
+    return SYNONYMS.get(stemmed, stemmed)
 
 
 def _format_number(value: float) -> str:
@@ -770,7 +133,7 @@ def _format_number(value: float) -> str:
 
 def _unit_after(words: list[str], index: int) -> str:
     if index < len(words):
-        unit = _UNITS.get(words[index])
+        unit = UNITS.get(words[index])
         if unit is not None and words[index] not in {"m", "s", "h", "x", "c", "f", "l", "g"}:
             return unit
     return ""
@@ -782,38 +145,38 @@ def _word_numbers(words: list[str]) -> list[str]:  # noqa: C901 - a small parser
     i = 0
     while i < len(words):
         word = words[i]
-        if word in _ORDINALS:
+        if word in ORDINALS:
             # "second" is also a unit of time: an ordinal only before a noun, not after a number
-            if not (word == "second" and i > 0 and words[i - 1] in _NUMBER_WORDS):
-                out.append(f"ord{_ORDINALS[word]}")
+            if not (word == "second" and i > 0 and words[i - 1] in NUMBER_WORDS):
+                out.append(f"ord{ORDINALS[word]}")
             i += 1
             continue
-        if word not in _NUMBER_WORDS and word not in _MULTIPLIERS:
+        if word not in NUMBER_WORDS and word not in MULTIPLIERS:
             i += 1
             continue
-        if word in _ARTICLES:
+        if word in ARTICLES:
             nxt = words[i + 1] if i + 1 < len(words) else ""
-            if nxt not in _MULTIPLIERS and nxt not in {"dozen", "couple", "pair", "half"}:
+            if nxt not in MULTIPLIERS and nxt not in {"dozen", "couple", "pair", "half"}:
                 i += 1
                 continue
         total, current, j = 0.0, 0.0, i
         while j < len(words) and (
-            words[j] in _NUMBER_WORDS or words[j] in _MULTIPLIERS or words[j] == "and"
+            words[j] in NUMBER_WORDS or words[j] in MULTIPLIERS or words[j] == "and"
         ):
             w = words[j]
             if w == "and":
-                if j + 1 < len(words) and words[j + 1] in _NUMBER_WORDS and current:
+                if j + 1 < len(words) and words[j + 1] in NUMBER_WORDS and current:
                     j += 1
                     continue
                 break
-            if w in _MULTIPLIERS:
-                current = (current or 1) * _MULTIPLIERS[w]
-                if _MULTIPLIERS[w] >= 1000:
+            if w in MULTIPLIERS:
+                current = (current or 1) * MULTIPLIERS[w]
+                if MULTIPLIERS[w] >= 1000:
                     total, current = total + current, 0.0
             elif w in {"couple", "pair", "dozen", "half"} and current:
-                current *= _NUMBER_WORDS[w]
+                current *= NUMBER_WORDS[w]
             else:
-                current += _NUMBER_WORDS[w]
+                current += NUMBER_WORDS[w]
             j += 1
         if j < len(words) and words[j] == "of":
             j += 1
@@ -825,26 +188,26 @@ def _word_numbers(words: list[str]) -> list[str]:  # noqa: C901 - a small parser
 def _dates(text: str, words: list[str]) -> set[str]:
     out: set[str] = set()
     for i, word in enumerate(words):
-        if word in _DAYS or (word.endswith("s") and word[:-1] in _DAYS and len(word) > 4):
-            out.add(_DAYS[word if word in _DAYS else word[:-1]])
-        elif word in _MONTHS:
+        if word in DAYS or (word.endswith("s") and word[:-1] in DAYS and len(word) > 4):
+            out.add(DAYS[word if word in DAYS else word[:-1]])
+        elif word in MONTHS:
             near = words[max(0, i - 2) : i + 3]
             if (
                 word != "may"
                 or any(w.isdigit() for w in near)
                 or (i > 0 and words[i - 1] in {"in", "of"})
             ):
-                out.add(_MONTHS[word])
-        elif word in _RELATIVE:
-            out.add(_RELATIVE[word])
-        elif stem(word) in _PERIODS and i > 0 and words[i - 1] in _PERIOD_MODS:
-            out.add(f"{_PERIOD_MODS[words[i - 1]]}-{stem(word)}")
+                out.add(MONTHS[word])
+        elif word in RELATIVE:
+            out.add(RELATIVE[word])
+        elif stem(word) in PERIODS and i > 0 and words[i - 1] in PERIOD_MODS:
+            out.add(f"{PERIOD_MODS[words[i - 1]]}-{stem(word)}")
     return out
 
 
 def _entities(original: str, stripped: str) -> list[str]:
     out: list[str] = []
-    for match in _CAPITALISED.finditer(stripped):
+    for match in CAPITALISED.finditer(stripped):
         phrase = match.group(0)
         start = match.start()
         before = stripped[:start].rstrip()
@@ -853,7 +216,7 @@ def _entities(original: str, stripped: str) -> list[str]:
         if (
             at_start
             and not words[0].isupper()
-            and (len(words) == 1 or words[0].lower() in _SENTENCE_STARTERS)
+            and (len(words) == 1 or words[0].lower() in SENTENCE_STARTERS)
         ):
             # a capitalised word opening a sentence is not taken for a name ("Book a table")
             words = words[1:]
@@ -875,7 +238,7 @@ def _trigger(pattern: str) -> str:
     return ""
 
 
-_PHRASE_TRIGGERS = tuple((p, r, _trigger(p.pattern)) for p, r in _PHRASES)
+_PHRASE_TRIGGERS = tuple((p, r, _trigger(p.pattern)) for p, r in PHRASES)
 
 
 def _apply_phrases(lowered: str) -> str:
@@ -894,13 +257,13 @@ def features(text: str) -> Features:  # noqa: C901 - one pass over the kinds of 
     numbers: list[str] = []
     dates: set[str] = set()
     stripped = text
-    for pattern in (_EMAIL, _URL, _HANDLE):
+    for pattern in (EMAIL, URL, HANDLE):
         for m in pattern.finditer(stripped):
             entities.append(m.group(0).lower().rstrip(".,"))
         stripped = pattern.sub(" ", stripped)
-    for m in _QUOTED.finditer(stripped):
+    for m in QUOTED.finditer(stripped):
         entities.append((m.group(1) or m.group(2) or "").strip().lower())
-    for m in _TIME.finditer(stripped):
+    for m in TIME.finditer(stripped):
         if m.group(4) is not None:
             hour, minute = int(m.group(4)), int(m.group(5))
         else:
@@ -908,25 +271,25 @@ def features(text: str) -> Features:  # noqa: C901 - one pass over the kinds of 
             if m.group(3).lower() == "p":
                 hour += 12
         dates.add(f"t{hour:02d}:{minute:02d}")
-    stripped = _TIME.sub(" ", stripped)
-    for m in _DATE_NUM.finditer(stripped):
+    stripped = TIME.sub(" ", stripped)
+    for m in DATE_NUM.finditer(stripped):
         dates.add("d" + re.sub(r"\D+", "-", m.group(0)))
-    stripped = _DATE_NUM.sub(" ", stripped)
-    for m in _ORDINAL_NUM.finditer(stripped):
+    stripped = DATE_NUM.sub(" ", stripped)
+    for m in ORDINAL_NUM.finditer(stripped):
         numbers.append(f"ord{int(m.group(1))}")
-    stripped = _ORDINAL_NUM.sub(" ", stripped)
+    stripped = ORDINAL_NUM.sub(" ", stripped)
 
     lowered_for_units = stripped.lower()
-    for m in _GLUED_UNIT.finditer(stripped):
+    for m in GLUED_UNIT.finditer(stripped):
         currency, digits, unit = m.group(1), m.group(2), m.group(3)
         value = digits.replace(",", "") if re.fullmatch(r"\d{1,3}(,\d{3})+", digits) else digits
         value = value.replace(",", ".")
-        norm_unit = _UNITS.get(currency or "", "") or _UNITS.get((unit or "").lower(), "")
+        norm_unit = UNITS.get(currency or "", "") or UNITS.get((unit or "").lower(), "")
         if not norm_unit:
             tail = lowered_for_units[m.end() :].split(maxsplit=2)
             idx = 1 if tail and tail[0] in {"of"} else 0
             if len(tail) > idx:
-                norm_unit = _UNITS.get(re.sub(r"\W+$", "", tail[idx]), "")
+                norm_unit = UNITS.get(re.sub(r"\W+$", "", tail[idx]), "")
                 if norm_unit in {"m", "sec", "hour", "x", "c", "f", "l", "g", "k"} and tail[
                     idx
                 ] in {"m", "s", "h", "x", "c", "f", "l", "g", "k"}:
@@ -934,15 +297,15 @@ def features(text: str) -> Features:  # noqa: C901 - one pass over the kinds of 
         with contextlib.suppress(ValueError):
             value = _format_number(float(value))
         numbers.append(value + norm_unit)
-    stripped = _GLUED_UNIT.sub(" ", stripped)
-    for m in _IDENTIFIER.finditer(stripped):
+    stripped = GLUED_UNIT.sub(" ", stripped)
+    for m in IDENTIFIER.finditer(stripped):
         entities.append(m.group(0).lower())
-    stripped = _IDENTIFIER.sub(" ", stripped)
+    stripped = IDENTIFIER.sub(" ", stripped)
     entities.extend(_entities(text, stripped))
 
     lowered = _apply_phrases(stripped.lower())
-    words = _WORD.findall(lowered)
-    all_words = _WORD.findall(_apply_phrases(text.lower()))
+    words = WORD.findall(lowered)
+    all_words = WORD.findall(_apply_phrases(text.lower()))
     numbers.extend(_word_numbers(words))
     dates |= _dates(text, all_words)
 
@@ -955,41 +318,41 @@ def features(text: str) -> Features:  # noqa: C901 - one pass over the kinds of 
     prefixed: set[str] = set()
     skip_scope_next = False
     for i, w in enumerate(words):
-        if w in _POLES:
-            poles.add(_POLES[w])
-        elif stem(w) in _POLES:
-            poles.add(_POLES[stem(w)])
-        elif (w.startswith("un") and w[2:] in _POLES) or (w.startswith("dis") and w[3:] in _POLES):
+        if w in POLES:
+            poles.add(POLES[w])
+        elif stem(w) in POLES:
+            poles.add(POLES[stem(w)])
+        elif (w.startswith("un") and w[2:] in POLES) or (w.startswith("dis") and w[3:] in POLES):
             base = w[2:] if w.startswith("un") else w[3:]
-            group, pole = _POLES[base]
+            group, pole = POLES[base]
             poles.add((group, 1 - pole))
         elif len(w) > 5 and w.startswith(("un", "dis", "non")):
             base = w[3:] if w.startswith(("dis", "non")) else w[2:]
             prefixed.add(stem(base))
-        if w in _COMPARATIVE:
-            scope.add(_COMPARATIVE[w])
-        if w in _SCOPE_WORDS and not skip_scope_next:
+        if w in COMPARATIVE:
+            scope.add(COMPARATIVE[w])
+        if w in SCOPE_WORDS and not skip_scope_next:
             nxt = words[i + 1] if i + 1 < len(words) else ""
-            if not (w in _PERIOD_MODS and stem(nxt) in _PERIODS):
-                scope.add(_SCOPE_WORDS[w])
-        if w in _ROLE_WORDS:
+            if not (w in PERIOD_MODS and stem(nxt) in PERIODS):
+                scope.add(SCOPE_WORDS[w])
+        if w in ROLE_WORDS:
             for nxt in words[i + 1 : i + 4]:
-                if nxt not in STOPWORDS and nxt not in _ROLE_WORDS:
+                if nxt not in STOPWORDS and nxt not in ROLE_WORDS:
                     roles.append((w, _canonical(nxt)))
                     break
         if (
             w in STOPWORDS
             or w in NEGATORS
-            or w in _SCOPE_WORDS
-            or w in _ROLE_WORDS
-            or w in _NUMBER_WORDS
-            or w in _MULTIPLIERS
-            or w in _ORDINALS
-            or w in _MONTHS
-            or w in _DAYS
-            or w in _RELATIVE
-            or w in _UNITS
-            or w in _FILLERS
+            or w in SCOPE_WORDS
+            or w in ROLE_WORDS
+            or w in NUMBER_WORDS
+            or w in MULTIPLIERS
+            or w in ORDINALS
+            or w in MONTHS
+            or w in DAYS
+            or w in RELATIVE
+            or w in UNITS
+            or w in FILLERS
             or w.isdigit()
         ):
             continue
