@@ -173,18 +173,7 @@ class Runtime:
         if self.redis is not None:
             entries = SharedEntries(self.state)
         else:
-            local = LocalEntries(max_entries=s.cache.max_entries, max_bytes=s.cache.max_bytes)
-            self.metrics.cache_entries.set_function(lambda: len(local))
-            entries = local
-        lookups = {"hit": 0, "all": 0}
-
-        def seen(result: str) -> None:
-            self.metrics.cache_lookups.labels(result).inc()
-            if result != "bypass":
-                lookups["all"] += 1
-                lookups["hit"] += result != "miss"
-                self.metrics.cache_hit_ratio.set(lookups["hit"] / lookups["all"])
-
+            entries = LocalEntries(max_entries=s.cache.max_entries, max_bytes=s.cache.max_bytes)
         return ResponseCache(
             models={n: m.cache for n, m in s.models.items() if m.cache is not None},
             agents={n: a.cache for n, a in s.agents.items() if a.cache is not None},
@@ -193,7 +182,7 @@ class Runtime:
             stale_s=s.cache.stale_s,
             max_entry_bytes=s.cache.max_entry_bytes,
             economy_ttl_factor=s.limits.economy.cache_ttl_factor,
-            on_lookup=seen,
+            on_lookup=lambda result: self.metrics.cache_lookups.labels(result).inc(),
             on_saved=self.metrics.cache_saved.inc,
         )
 

@@ -4,6 +4,7 @@ cache reports its entries and lookups and is cleared by namespace, also from the
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -83,6 +84,11 @@ def test_the_cache_is_reported_and_cleared(server: GuaritaServer) -> None:
     assert report["enabled"] is True and report["entries"] == 1
     assert report["lookups"]["hit"] == 1 and report["lookups"]["miss"] == 1
     assert report["hit_ratio"] == 0.5
+    metrics = httpx.get(server.base_url + "/metrics").text
+    assert re.search(r"^guarita_cache_hit_ratio(\{[^}]*\})? 0\.5$", metrics, re.M)
+    if report["store"] == "process":  # in Redis the entries are every process's: no gauge
+        assert re.search(r"^guarita_cache_entries(\{[^}]*\})? 1\.0$", metrics, re.M)
+    assert 'guarita_cache_lookups_total{result="hit"} 1.0' in metrics
     cli = [sys.executable, "-m", "guarita.cli", "cache"]
     env = {**os.environ, "GUARITA_ADMIN_KEY": server.admin_key}  # type: ignore[attr-defined]
     stats = subprocess.run([*cli, "stats", "--url", server.base_url], env=env,

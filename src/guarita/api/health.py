@@ -61,4 +61,9 @@ async def ready(runtime: RuntimeDep) -> Response:
 async def metrics(runtime: RuntimeDep) -> Response:
     runtime.metrics.records_pending.set(runtime.records.pending)
     runtime.metrics.records_spooled.set(runtime.records.spooled)
+    cache = runtime.cache
+    if cache.enabled:  # read at scrape time: written to the multiprocess files like the rest
+        runtime.metrics.cache_hit_ratio.set(cache.hit_ratio or 0.0)
+        if cache.local_entries is not None:
+            runtime.metrics.cache_entries.set(cache.local_entries)
     return Response(runtime.metrics.render(), media_type=runtime.metrics.content_type)

@@ -27,7 +27,14 @@ from typing import Any
 
 import structlog
 
-from guarita.cache.exact import Entries, Entry, SharedEntries, namespace_key, request_key
+from guarita.cache.exact import (
+    Entries,
+    Entry,
+    LocalEntries,
+    SharedEntries,
+    namespace_key,
+    request_key,
+)
 from guarita.pipeline import Next
 from guarita.providers.common import chunk, completion_body, completion_id
 from guarita.settings import ResponseCachePolicy
@@ -153,16 +160,26 @@ class ResponseCache:
             return None
         return None if raw is None else Entry.decode(raw)
 
+    @property
+    def hit_ratio(self) -> float | None:
+        """This process's hits over hits and misses; None before any."""
+        hits, misses = self.lookups[HIT], self.lookups[MISS]
+        return hits / (hits + misses) if hits + misses else None
+
+    @property
+    def local_entries(self) -> int | None:
+        """Entries held in this process (None when they live in Redis)."""
+        return len(self.entries) if isinstance(self.entries, LocalEntries) else None
+
     async def stats(self) -> dict[str, Any]:
         """What ``GET /admin/cache`` reports: the entries (every process's, when they live
         in Redis) and this process's lookups."""
-        hits, misses = self.lookups[HIT], self.lookups[MISS]
         return {
             "enabled": self.enabled,
             "store": "redis" if isinstance(self.entries, SharedEntries) else "process",
             "entries": await self.entries.size(),
             "lookups": dict(self.lookups),
-            "hit_ratio": hits / (hits + misses) if hits + misses else None,
+            "hit_ratio": self.hit_ratio,
             "saved_usd": round(self.saved_usd, 6),
         }
 
