@@ -147,11 +147,6 @@ class ResponseCache:
         await reply.after(store)
         return reply
 
-    async def lookup_stale(self, call: Call) -> Entry | None:
-        """The entry for ``call``, fresh or stale (the ``cache`` fallback level)."""
-        policy = self.policy_for(call)
-        return None if policy is None else await self._lookup(self.key_for(call, policy))
-
     async def _lookup(self, key: str) -> Entry | None:
         try:
             raw = await self.entries.get(key)
