@@ -148,10 +148,13 @@ def test_four_processes_on_one_redis_admit_exactly_the_limit(tmp_path: Path) -> 
     try:
         minute = int(time.time() // 60)
         codes = asyncio.run(fire(per_minute, CHAT, 1000))
-        assert int(time.time() // 60) == minute, "the burst outlasted its minute: too slow"
+        crossed = int(time.time() // 60) != minute
         token_codes = asyncio.run(fire(per_token, {**CHAT, "max_tokens": 100}, 500))
     finally:
         server.stop()
+    if crossed:  # two fixed windows: 60 each is right, exactness is not measurable here
+        assert codes.count(200) <= 120
+        pytest.skip("the 1,000-request burst outlasted its minute on this machine")
     assert codes.count(200) == 60, f"{codes.count(200)} admitted"
     assert codes.count(429) == 940, sorted(set(codes))
     assert token_codes.count(429) > 0
