@@ -91,6 +91,16 @@ def wait_until(
     raise TimeoutError(f"timed out after {timeout}s waiting for {what or predicate}: {last_error}")
 
 
+def inside_one_minute(needed_s: float) -> None:
+    """Rate windows are whole minutes on the clock (the same clock Redis ``TIME`` reads on
+    this machine): if fewer than ``needed_s`` seconds are left in this one, wait for the
+    next, so that a sequence of requests counted against a per-minute limit falls in one
+    window. This aligns with the clock; it does not wait for a result."""
+    left = 60 - time.time() % 60
+    if left < needed_s:
+        time.sleep(left + 0.05)
+
+
 class Process:
     """A child process whose output goes to a file, stopped at the end of the test."""
 

@@ -21,7 +21,14 @@ import httpx
 import openai
 import pytest
 
-from tests.helpers import REDIS_URL, GuaritaServer, Leftovers, query, wait_until
+from tests.helpers import (
+    REDIS_URL,
+    GuaritaServer,
+    Leftovers,
+    inside_one_minute,
+    query,
+    wait_until,
+)
 
 CONFIG = {
     "models": {"m": {"provider": "scripted", "options": {"reply": "ok"}}},
@@ -55,6 +62,7 @@ def test_a_key_with_requests_per_minute_is_refused_in_openai_format(
 ) -> None:
     secret, _ = key_with(server, "--rpm", "3")
     client = sdk(server, secret)
+    inside_one_minute(20)
     for left in (2, 1, 0):
         raw = client.chat.completions.with_raw_response.create(**CHAT)  # type: ignore[call-overload]
         assert raw.headers["x-ratelimit-limit-requests"] == "3"
@@ -99,6 +107,7 @@ def test_models_outside_the_keys_list_are_refused(server: GuaritaServer) -> None
 def test_tasks_count_when_accepted(server: GuaritaServer) -> None:
     secret, _ = key_with(server, "--rpm", "1")
     headers = {"authorization": f"Bearer {secret}"}
+    inside_one_minute(20)
     first = httpx.post(server.base_url + "/api/tasks", headers=headers, json={"message": "x"})
     assert first.status_code == 202 and first.headers["x-ratelimit-remaining-requests"] == "0"
     second = httpx.post(server.base_url + "/api/tasks", headers=headers, json={"message": "y"})
@@ -119,7 +128,7 @@ def test_bad_limits_fail_at_the_cli_naming_the_option(server: GuaritaServer) -> 
 
 @pytest.mark.slow
 def test_four_processes_on_one_redis_admit_exactly_the_limit(tmp_path: Path) -> None:
-    """1,000 concurrent requests against a key with 60 requests/minute, spread over
+    """400 concurrent requests against a key with 60 requests/minute, spread over
     ``serve --workers 4``: exactly 60 are answered, the rest refused. And a key with
     tokens per minute: what is admitted never passes the limit by more than one request's
     estimate (500 concurrent requests, each held at its estimate of 4 prompt + 100 answer
@@ -143,20 +152,21 @@ def test_four_processes_on_one_redis_admit_exactly_the_limit(tmp_path: Path) -> 
 
             return list(await asyncio.gather(*(one() for _ in range(count))))
 
-    while time.time() % 60 > 15:  # windows are whole minutes: keep the burst inside one
-        time.sleep(0.5)  # (45 s for 1,000 requests, room for a slow shared machine)
+    inside_one_minute(50)  # windows are whole minutes: keep the burst inside one
     try:
         minute = int(time.time() // 60)
-        codes = asyncio.run(fire(per_minute, CHAT, 1000))
+        began = time.monotonic()
+        codes = asyncio.run(fire(per_minute, CHAT, 400))
+        took = time.monotonic() - began
         crossed = int(time.time() // 60) != minute
         token_codes = asyncio.run(fire(per_token, {**CHAT, "max_tokens": 100}, 500))
     finally:
         server.stop()
     if crossed:  # two fixed windows: 60 each is right, exactness is not measurable here
         assert codes.count(200) <= 120
-        pytest.skip("the 1,000-request burst outlasted its minute on this machine")
+        pytest.skip(f"the 400-request burst outlasted its minute on this machine ({took:.0f} s)")
     assert codes.count(200) == 60, f"{codes.count(200)} admitted"
-    assert codes.count(429) == 940, sorted(set(codes))
+    assert codes.count(429) == 340, sorted(set(codes))
     assert token_codes.count(429) > 0
     estimate = len("hi") // 4 + 4 + 100  # the admission's estimate of one request
     used_sql = (

@@ -49,8 +49,13 @@ def call(
     )
 
 
+def frozen() -> float:
+    """5 s into a minute, and it stays there: these tests count within one fixed window."""
+    return 1_800_000_005.0
+
+
 def stage(**tier: Any) -> tuple[RateLimits, MemorySharedState]:
-    state = MemorySharedState()
+    state = MemorySharedState(clock=frozen)
     settings = LimitSettings(tiers={"t": TierLimits(**tier)})
     return RateLimits(state, settings, max_deadline_s=60), state
 
@@ -163,7 +168,7 @@ async def test_a_key_overrides_its_tier() -> None:
 
 
 async def test_the_per_address_limit_holds_for_anonymous_callers_too() -> None:
-    state = MemorySharedState()
+    state = MemorySharedState(clock=frozen)
     limits = RateLimits(state, LimitSettings(per_ip_per_minute=2), max_deadline_s=60)
     pipeline = compose([limits], answer)
     anonymous = {"key": None, "tier": "local"}
