@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import redis.asyncio as redis
 
+from guarita.state import UNITS_PER_ONE as UNIT
 from guarita.state import Limit, ReservationExists, SharedState
 from guarita.state.memory import MemorySharedState, window_bounds
 from guarita.state.redis import RedisSharedState
@@ -102,6 +103,25 @@ async def test_all_or_none_over_several_counters(state: SharedState) -> None:
     assert [c.held for c in refused.counters] == [1, 1]
     assert [await used_and_held(state, lim) for lim in (wide, narrow)] == [(0, 1), (0, 1)]
     assert not await state.settle("r2") and not await state.release("r2")
+
+
+async def test_amounts_passed_apart_from_the_limits(state: SharedState) -> None:
+    """``amounts=`` (whole units, one per limit) holds those instead of the limits' own,
+    refuses past the capacity like them, reads back through the lazy counters and the
+    share, and is checked before anything is touched."""
+    tpm, usd = Limit("k:tpm", 1000, "minute", amount=1), Limit("k:usd", 1.0, "day")
+    admission = await state.reserve("r1", [tpm, usd], ttl_s=30, amounts=[600 * UNIT, UNIT // 4])
+    assert admission.allowed
+    assert admission.counter(0).held == 600 and admission.share(1) == pytest.approx(0.25)
+    assert [c.remaining for c in admission.counters] == [400, 0.75]
+    refused = await state.reserve("r2", [tpm, usd], ttl_s=30, amounts=[500 * UNIT, 0])
+    assert not refused.allowed and refused.refused_by == "k:tpm"
+    for bad in ([UNIT], [-1, 0], [2**60, 0]):
+        with pytest.raises(ValueError, match="amount"):
+            await state.reserve("r3", [tpm, usd], ttl_s=30, amounts=bad)
+    assert await state.settle("r1", {"k:tpm": 100})
+    assert await used_and_held(state, tpm) == (100, 0)
+    assert await used_and_held(state, usd) == (0.25, 0)
 
 
 async def test_admission_reports_remaining_and_reset(state: SharedState, clock: FakeClock) -> None:

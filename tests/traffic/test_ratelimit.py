@@ -206,10 +206,13 @@ def test_the_headers_follow_openai_reset_format() -> None:
     plan = plan_for(call(), TierLimits(requests_per_minute=60), per_ip=None, ip_endpoints=(),
                     tokens=0)  # fmt: skip
     assert plan.requests is not None
-    from guarita.state import CounterState
+    from guarita.state import UNITS_PER_ONE, Admission
 
-    state = CounterState(plan.requests, 1, 0, 59, None, 125.2)
-    assert rate_limit_headers(plan, [state])["x-ratelimit-reset-requests"] == "2m6s"
+    now_ms = 1_800_000_000_000  # 125.2 s before the end of its window
+    admission = Admission(True, "r", plan.limits, [UNITS_PER_ONE, 0, now_ms + 125_200], now_ms)
+    headers = rate_limit_headers(plan, admission)
+    assert headers["x-ratelimit-reset-requests"] == "2m6s"
+    assert headers["x-ratelimit-remaining-requests"] == "59"
 
 
 @pytest.mark.parametrize(

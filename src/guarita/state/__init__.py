@@ -37,7 +37,7 @@ in Redis's ``INCRBYFLOAT`` would not promise).
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -56,6 +56,9 @@ MAX_AMOUNT = (2**53 - 1) // UNITS_PER_ONE
 """The largest capacity or amount: Redis's Lua numbers are doubles, exact up to 2**53."""
 
 
+MAX_UNITS = MAX_AMOUNT * UNITS_PER_ONE
+
+
 class ReservationExists(ValueError):
     """A live reservation already has this id: ids must be unique (use a record id, not a
     caller-supplied request id, which a client may repeat)."""
@@ -66,7 +69,8 @@ class Limit:
     """One counter a reservation must fit in: ``amount`` out of ``capacity`` per window.
 
     A ``capacity`` of ``None`` (or infinity) admits everything but still counts. Treat it
-    as immutable (it is not frozen only so that :meth:`holding` copies it fast)."""
+    as immutable. A caller reserving the same limits every time with its own amounts
+    passes them apart (``reserve(..., amounts=)``) rather than copying the limits."""
 
     counter: str
     capacity: float | None
@@ -93,22 +97,6 @@ class Limit:
             self.capacity_units = to_units(self.capacity)
         self.amount_units = to_units(self.amount)
 
-    def holding(self, amount: float, units: int | None = None) -> Limit:
-        """This limit holding ``amount`` instead (``units``: the same in units, when the
-        caller has it): a copy that checks only the amount (a call's plan is its key's
-        cached one with its own tokens and cost)."""
-        if units is None:
-            check_amount(amount, f"amount of {self.counter!r}")
-            units = round(amount * UNITS_PER_ONE)
-        copy = object.__new__(Limit)
-        copy.counter = self.counter
-        copy.capacity = self.capacity
-        copy.window = self.window
-        copy.capacity_units = self.capacity_units
-        copy.amount = amount
-        copy.amount_units = units
-        return copy
-
     @property
     def unlimited(self) -> bool:
         return self.capacity is None or math.isinf(self.capacity)
@@ -131,29 +119,106 @@ class CounterState(NamedTuple):
     """Seconds until that end, measured on the state's clock (so no skew with Redis)."""
 
 
-@dataclass(frozen=True, slots=True)
 class Admission:
     """The answer to :meth:`Reservations.reserve`.
 
     When refused, ``refused_by`` is the first limit (in the order given) that did not fit,
     and ``retry_after_s`` the time until every limit that did not fit may admit it again:
     the end of its window, or for a ``"concurrent"`` limit the earliest expiry of a hold.
-    ``retry_after_s`` is ``None`` when the amount exceeds a capacity and never fits."""
+    ``retry_after_s`` is ``None`` when the amount exceeds a capacity and never fits.
 
-    allowed: bool
-    reservation_id: str
-    counters: tuple[CounterState, ...]
-    refused_by: str | None = None
-    retry_after_s: float | None = None
+    The counters' states are made when read (a call's headers read two of its six or ten):
+    :attr:`counters` all of them, :meth:`counter` one, :meth:`share` a counter's fill
+    without making its state. Treat it as immutable."""
+
+    __slots__ = ("_counters", "_counts", "_limits", "_now_ms", "allowed", "refused_by",
+                 "reservation_id", "retry_after_s")  # fmt: skip
+
+    def __init__(
+        self,
+        allowed: bool,
+        reservation_id: str,
+        limits: Sequence[Limit],
+        counts: Sequence[int],
+        now_ms: int,
+        refused_by: str | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        """``counts``: per limit, in order, its used and held units and its window's end in
+        ms (-1: concurrent), flat; ``now_ms`` on the state's clock."""
+        self.allowed = allowed
+        self.reservation_id = reservation_id
+        self.refused_by = refused_by
+        self.retry_after_s = retry_after_s
+        self._limits = limits
+        self._counts = counts
+        self._now_ms = now_ms
+        self._counters: tuple[CounterState, ...] | None = None
+
+    @property
+    def counters(self) -> tuple[CounterState, ...]:
+        """Every limit's counter, in the order of the limits."""
+        if self._counters is None:
+            self._counters = counter_states(self._limits, self._counts, self._now_ms)
+        return self._counters
+
+    @property
+    def limit_count(self) -> int:
+        return len(self._limits)
+
+    def counter(self, index: int) -> CounterState:
+        """The counter of the ``index``-th limit."""
+        used, held, end = self._counts[3 * index : 3 * index + 3]
+        return counter_state(self._limits[index], used, held, end, self._now_ms)
+
+    def share(self, index: int) -> float:
+        """(used + held) / capacity of the ``index``-th limit; 0 when unlimited."""
+        capacity = self._limits[index].capacity_units
+        if capacity <= 0:
+            return 0.0
+        return (self._counts[3 * index] + self._counts[3 * index + 1]) / capacity
+
+    def __repr__(self) -> str:
+        return (
+            f"Admission(allowed={self.allowed}, reservation_id={self.reservation_id!r}, "
+            f"refused_by={self.refused_by!r}, retry_after_s={self.retry_after_s!r})"
+        )
+
+
+def counter_state(limit: Limit, used: int, held: int, end_ms: int, now_ms: int) -> CounterState:
+    """A :class:`CounterState` from the units and milliseconds both implementations keep
+    (``end_ms`` -1: a concurrent counter)."""
+    capacity = limit.capacity_units
+    remaining = math.inf if capacity < 0 else max(0, capacity - used - held) / UNITS_PER_ONE
+    return tuple.__new__(CounterState, (
+        limit, used / UNITS_PER_ONE, held / UNITS_PER_ONE, remaining,
+        None if end_ms < 0 else end_ms / 1000, None if end_ms < 0 else (end_ms - now_ms) / 1000,
+    ))  # fmt: skip
+
+
+def counter_states(
+    limits: Sequence[Limit], counts: Sequence[int], now_ms: int
+) -> tuple[CounterState, ...]:
+    """Every limit's :func:`counter_state`, from flat triples of used, held, end."""
+    return tuple(
+        counter_state(limit, counts[3 * i], counts[3 * i + 1], counts[3 * i + 2], now_ms)
+        for i, limit in enumerate(limits)
+    )
 
 
 class Reservations(Protocol):
     """Atomic check-and-reserve over several counters, settled once per reservation id."""
 
     async def reserve(
-        self, reservation_id: str, limits: Sequence[Limit], ttl_s: float
+        self,
+        reservation_id: str,
+        limits: Sequence[Limit],
+        ttl_s: float,
+        amounts: Sequence[int] | None = None,
     ) -> Admission:
         """Hold ``amount`` of every limit for at most ``ttl_s``, or nothing at all.
+        ``amounts``: the amounts as whole units instead, one per limit (a caller that
+        reserves on the same limits every time passes them apart; see :func:`amounts_of`).
 
         Raises :class:`ReservationExists` if the id is held by a live reservation."""
         ...
@@ -264,6 +329,18 @@ def check_reservation(reservation_id: str, limits: Sequence[Limit], ttl_s: float
         raise ValueError(f"a reservation names each counter once: {names}")
 
 
+def amounts_of(limits: Sequence[Limit], amounts: Sequence[int] | None) -> Sequence[int]:
+    """The units a reservation holds: ``amounts`` (checked: one per limit, whole, in range)
+    or each limit's own."""
+    if amounts is None:
+        return [limit.amount_units for limit in limits]
+    if len(amounts) != len(limits):
+        raise ValueError(f"{len(amounts)} amounts for {len(limits)} limits")
+    if amounts and not (min(amounts) >= 0 and max(amounts) <= MAX_UNITS):
+        raise ValueError(f"amounts must be units in [0, {MAX_UNITS}], not {list(amounts)}")
+    return amounts
+
+
 def ttl_ms(ttl_s: float) -> int:
     return max(1, round(ttl_s * 1000))
 
@@ -284,22 +361,3 @@ def settled_units(actual: Mapping[str, float] | None) -> dict[str, int]:
             last, units = value, to_units(value)
         result[counter] = units
     return result
-
-
-def counter_states(
-    limits: Sequence[Limit], counts: Iterable[tuple[int, int, int | None]], now_ms: int
-) -> tuple[CounterState, ...]:
-    """:class:`CounterState` of each limit from the units and milliseconds both
-    implementations keep: used, held and window end (None: concurrent) per limit. On the
-    hot path (one per counter of every call): a plain loop, tuples made directly."""
-    make = tuple.__new__
-    states = []
-    for limit, (used, held, end) in zip(limits, counts, strict=True):
-        capacity = limit.capacity_units
-        remaining = math.inf if capacity < 0 else max(0, capacity - used - held) / UNITS_PER_ONE
-        states.append(make(CounterState, (
-            limit, used / UNITS_PER_ONE, held / UNITS_PER_ONE, remaining,
-            None if end is None else end / 1000,
-            None if end is None else (end - now_ms) / 1000,
-        )))  # fmt: skip
-    return tuple(states)

@@ -24,6 +24,7 @@ from guarita.state import (
     Limit,
     ReservationExists,
     Window,
+    amounts_of,
     check_reservation,
     counter_states,
     settled_units,
@@ -84,9 +85,14 @@ class MemorySharedState:
         self._bounds: dict[Window, tuple[int, int | None]] = {}  # the last window of each
 
     async def reserve(
-        self, reservation_id: str, limits: Sequence[Limit], ttl_s: float
+        self,
+        reservation_id: str,
+        limits: Sequence[Limit],
+        ttl_s: float,
+        amounts: Sequence[int] | None = None,
     ) -> Admission:
         check_reservation(reservation_id, limits, ttl_s)
+        units = amounts_of(limits, amounts)
         now = self._now_ms()
         self._sweep(now)
         self._expire(now)
@@ -94,35 +100,39 @@ class MemorySharedState:
         if existing is not None:
             raise ReservationExists(f"reservation {reservation_id!r} is live")
         counters = []
+        counts: list[int] = []
         refused = []
-        for limit in limits:
+        for limit, amount in zip(limits, units, strict=True):
             counter = self._counter(limit, now)
             counters.append(counter)
+            used, held = counter.used, counter.held
+            counts += (used, held, -1 if counter.end is None else counter.end)
             capacity = limit.capacity_units  # -1: unlimited
-            if capacity >= 0 and counter.used + counter.held + limit.amount_units > capacity:
-                refused.append((limit, counter))
+            if capacity >= 0 and used + held + amount > capacity:
+                refused.append((limit, counter, amount))
         if refused:
-            waits = [self._wait_ms(limit, counter, now) for limit, counter in refused]
+            waits = [self._wait_ms(limit, counter, amount, now)
+                     for limit, counter, amount in refused]  # fmt: skip
             return Admission(
-                allowed=False,
-                reservation_id=reservation_id,
-                counters=self._states(limits, counters, now),
+                False, reservation_id, limits, counts, now,
                 refused_by=refused[0][0].counter,
                 retry_after_s=None if None in waits else max(w or 0 for w in waits) / 1000,
-            )
+            )  # fmt: skip
         expires = now + ttl_ms(ttl_s)
         holds = []
-        for limit, counter in zip(limits, counters, strict=True):
-            amount = limit.amount_units
+        at = 1
+        for limit, counter, amount in zip(limits, counters, units, strict=True):
             counter.held += amount
             counter.holders += 1
+            counts[at] += amount
+            at += 3
             holds.append((counter, amount, limit.counter, limit.window == "concurrent"))
         self._reservations[reservation_id] = _Reservation(expires, holds)
         heapq.heappush(self._expiries, (expires, reservation_id))
         if len(self._expiries) > 2 * len(self._reservations) + 1024:  # mostly settled
             self._expiries = [(r.expires_ms, rid) for rid, r in self._reservations.items()]
             heapq.heapify(self._expiries)
-        return Admission(True, reservation_id, self._states(limits, counters, now))
+        return Admission(True, reservation_id, limits, counts, now)
 
     async def settle(self, reservation_id: str, actual: Mapping[str, float] | None = None) -> bool:
         return self._finish(reservation_id, settled_units(actual))
@@ -140,7 +150,11 @@ class MemorySharedState:
     async def usage(self, limits: Sequence[Limit]) -> tuple[CounterState, ...]:
         now = self._now_ms()
         self._expire(now)
-        return self._states(limits, [self._counter(limit, now) for limit in limits], now)
+        counts: list[int] = []
+        for limit in limits:
+            counter = self._counter(limit, now)
+            counts += (counter.used, counter.held, -1 if counter.end is None else counter.end)
+        return counter_states(limits, counts, now)
 
     async def get(self, key: str) -> bytes | None:
         entry = self._value(key, self._now_ms())
@@ -243,10 +257,10 @@ class MemorySharedState:
             counter.held -= amount
             counter.holders -= 1
 
-    def _wait_ms(self, limit: Limit, counter: _Counter, now_ms: int) -> int | None:
+    def _wait_ms(self, limit: Limit, counter: _Counter, amount: int, now_ms: int) -> int | None:
         """How long until a refused amount may fit: ``None`` if it never can."""
         assert limit.capacity is not None  # only limited counters refuse
-        if limit.amount_units > limit.capacity_units:
+        if amount > limit.capacity_units:
             return None
         if counter.end is not None:
             return counter.end - now_ms
@@ -257,12 +271,6 @@ class MemorySharedState:
             default=now_ms,
         )  # fmt: skip
         return first - now_ms
-
-    @staticmethod
-    def _states(
-        limits: Sequence[Limit], counters: Sequence[_Counter], now_ms: int
-    ) -> tuple[CounterState, ...]:
-        return counter_states(limits, [(c.used, c.held, c.end) for c in counters], now_ms)
 
     def _finish(self, reservation_id: str, actual: dict[str, int] | None) -> bool:
         """Settle (``actual`` given) or release the reservation's holds, once."""

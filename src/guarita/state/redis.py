@@ -41,6 +41,7 @@ from guarita.state import (
     CounterState,
     Limit,
     ReservationExists,
+    amounts_of,
     check_reservation,
     counter_states,
     settled_units,
@@ -114,6 +115,7 @@ class RedisSharedState:
         self._asking: list[_Reserve] = []  # reserves of this loop iteration, not sent yet
         self._asking_handle: asyncio.Handle | None = None
         self._keys: dict[tuple[str, Any], tuple[str, str, int]] = {}
+        self._plans: dict[int, tuple[Sequence[Limit], list[list[str | int]]]] = {}
         self._reserve = client.register_script(_script("reserve"))
         self._finish = client.register_script(_script("finish"))
         self._usage = client.register_script(_script("usage"))
@@ -133,19 +135,28 @@ class RedisSharedState:
         return cls(redis.Redis(connection_pool=pool), prefix=prefix, owns_client=True)
 
     async def reserve(
-        self, reservation_id: str, limits: Sequence[Limit], ttl_s: float
+        self,
+        reservation_id: str,
+        limits: Sequence[Limit],
+        ttl_s: float,
+        amounts: Sequence[int] | None = None,
     ) -> Admission:
         check_reservation(reservation_id, limits, ttl_s)
-        wanted: list[list[str | int]] = []
-        for limit in limits:
-            counter_key, kind, length = self._counter_keys(limit)
-            wanted.append(
-                [limit.counter, counter_key, kind, length, limit.capacity_units,
-                 limit.amount_units]
-            )  # fmt: skip
+        units = amounts_of(limits, amounts)
         key = self._reservation_key(reservation_id)
         loop = asyncio.get_running_loop()
-        entry = [reservation_id, ttl_ms(ttl_s), key, wanted]
+        # the limits' part of the script's argument, made once per limits object (a key's
+        # plan is cached) and sent once per batch however many reserves share it
+        plan = self._plans.get(id(limits))
+        if plan is None or plan[0] is not limits:
+            if len(self._plans) > 10_000:
+                self._plans.clear()
+            described: list[list[str | int]] = []
+            for limit in limits:
+                counter_key, kind, length = self._counter_keys(limit)
+                described.append([limit.counter, counter_key, kind, length, limit.capacity_units])
+            plan = self._plans[id(limits)] = (limits, described)
+        entry = [reservation_id, ttl_ms(ttl_s), key, plan[1], units]
         request = _Reserve(reservation_id, key, limits, entry, loop.create_future())
         self._asking.append(request)
         if self._asking_handle is None:
@@ -162,13 +173,26 @@ class RedisSharedState:
             self._sending.add(task)
             task.add_done_callback(self._sending.discard)
 
+    def _reserve_argument(self, batch: list[_Reserve], carried: list[_Settlement]) -> bytes:
+        """reserve.lua's argument: the reserves, the settlements they carry, and the plans
+        they use, each once."""
+        plans: dict[int, int] = {}  # id of a plan's description: its index in the argument
+        described: list[list[list[str | int]]] = []
+        entries = []
+        for request in batch:
+            reservation_id, ttl, key, plan, units = request.entry
+            at = plans.get(id(plan))
+            if at is None:
+                at = plans[id(plan)] = len(described) + 1  # Lua counts from 1
+                described.append(plan)
+            entries.append([reservation_id, ttl, key, at, units])
+        return orjson.dumps([self._now_arg(), entries, [s.entry for s in carried], described])
+
     async def _reserve_batch(self, batch: list[_Reserve]) -> None:
         carried = self._waiting[:CARRIED_PER_RESERVE]  # settled in the same script, first
         if carried:
             del self._waiting[:CARRIED_PER_RESERVE]
-        argument = orjson.dumps(
-            [self._now_arg(), [r.entry for r in batch], [s.entry for s in carried]]
-        )
+        argument = self._reserve_argument(batch, carried)
         try:
             text = await self._reserve(args=[argument])
         except BaseException as exc:
@@ -197,15 +221,16 @@ class RedisSharedState:
                     ReservationExists(f"reservation {request.id!r} is live")
                 )
                 continue
-            counters = self._states(request.limits, values, now)
             if status == 1:
-                request.answer.set_result(Admission(True, request.id, counters))
+                request.answer.set_result(Admission(True, request.id, request.limits, values, now))
                 continue
             request.answer.set_result(
                 Admission(
-                    allowed=False,
-                    reservation_id=request.id,
-                    counters=counters,
+                    False,
+                    request.id,
+                    request.limits,
+                    values,
+                    now,
                     refused_by=request.limits[refused - 1].counter,
                     retry_after_s=None if retry_ms < 0 else retry_ms / 1000,
                 )
@@ -256,7 +281,7 @@ class RedisSharedState:
             keys += (counter_key, counter_key + ":x")
             args += (kind, length)
         reply = [int(value) for value in (await self._usage(keys=keys, args=args)).split()]
-        return self._states(limits, reply[1:], reply[0])
+        return counter_states(limits, reply[1:], reply[0])
 
     async def get(self, key: str) -> bytes | None:
         value: bytes | None = await self._redis.get(self._prefix + "v:" + key)
@@ -386,12 +411,6 @@ class RedisSharedState:
         if self._timer is None:
             loop = asyncio.get_running_loop()
             self._timer = loop.call_later(self._settle_delay_s, self._send_waiting)
-
-    @staticmethod
-    def _states(limits: Sequence[Limit], values: list[int], now: int) -> tuple[CounterState, ...]:
-        """Counter states from the scripts' triples of used, held and window end."""
-        ends = [None if end < 0 else end for end in values[2::3]]
-        return counter_states(limits, zip(values[0::3], values[1::3], ends, strict=True), now)
 
 
 class _Settlement:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -19,7 +20,7 @@ import aiohttp
 import orjson
 import structlog
 
-from guarita.state import CounterState, Limit, Values
+from guarita.state import Admission, CounterState, Values
 
 log = structlog.get_logger("guarita.budgets")
 
@@ -46,14 +47,16 @@ class BudgetAlerts:
         self._tasks: set[asyncio.Task[None]] = set()
         self._session: aiohttp.ClientSession | None = None
 
-    def check(self, counters: Sequence[CounterState], spend: Sequence[Limit]) -> None:
-        """After an admission: alert for every threshold a spend counter has reached."""
-        names = {limit.counter for limit in spend}
-        for state in counters:
-            capacity = state.limit.capacity
-            if state.limit.counter not in names or not capacity:
+    def check(self, admission: Admission, spend_from: int) -> None:
+        """After an admission: alert for every threshold a spend counter has reached (the
+        admission's limits from ``spend_from`` on are the call's budgets). A counter's
+        state is made only once its fill reaches the lowest threshold."""
+        lowest = self._thresholds[0] if self._thresholds else math.inf
+        for index in range(spend_from, admission.limit_count):
+            share = admission.share(index)
+            if share < lowest:
                 continue
-            share = (state.used + state.held) / capacity
+            state = admission.counter(index)
             for threshold in self._thresholds:
                 if share < threshold:
                     break

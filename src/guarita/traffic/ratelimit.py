@@ -35,8 +35,8 @@ from guarita.pipeline import Next
 from guarita.settings import BudgetSettings, LimitSettings, TierLimits
 from guarita.state import (
     MAX_AMOUNT,
+    UNITS_PER_ONE,
     Admission,
-    CounterState,
     Limit,
     Reservations,
     check_amount,
@@ -205,14 +205,14 @@ def _reset(seconds: float | None) -> str:
     return f"{minutes}m{secs}s" if minutes else f"{secs}s"
 
 
-def rate_limit_headers(plan: Plan, counters: Sequence[CounterState]) -> dict[str, str]:
+def rate_limit_headers(plan: Plan, admission: Admission) -> dict[str, str]:
     """OpenAI's ``x-ratelimit-limit|remaining|reset-requests|tokens`` for the counters."""
     headers: dict[str, str] = {}
     for names, limit, at in ((_REQUEST_HEADERS, plan.requests, plan.requests_at),
                              (_TOKEN_HEADERS, plan.tokens, plan.tokens_at)):  # fmt: skip
-        if limit is None or limit.capacity is None or at is None or at >= len(counters):
+        if limit is None or limit.capacity is None or at is None:
             continue
-        state = counters[at]
+        state = admission.counter(at)
         headers[names[0]] = str(int(limit.capacity))
         headers[names[1]] = str(max(0, int(state.remaining)))
         headers[names[2]] = _reset(state.reset_after_s)
@@ -225,29 +225,31 @@ _TOKEN_HEADERS = tuple(f"x-ratelimit-{part}-tokens" for part in ("limit", "remai
 
 @dataclass(frozen=True, slots=True)
 class _Template:
-    """A key's plan with amounts to fill in: which limits hold the call's tokens, which
-    its cost."""
+    """A key's plan, and where the call's own amounts go: its tokens at ``tokens_at``, its
+    maximum cost on every limit from ``spend_from`` on (the others hold their own)."""
 
     plan: Plan
+    base: tuple[int, ...]
     tokens_at: int | None
     spend_from: int
 
-    def fill(self, tokens: int, max_cost: float) -> Plan:
-        plan = self.plan
-        if self.tokens_at is None and self.spend_from == len(plan.limits):
-            return plan
-        limits = list(plan.limits)
-        token_limit = plan.tokens
+    @classmethod
+    def of(cls, plan: Plan, spend_from: int) -> _Template:
+        tokens_at = None if plan.tokens is None else plan.limits.index(plan.tokens)
+        return cls(plan, tuple(limit.amount_units for limit in plan.limits), tokens_at,
+                   spend_from)  # fmt: skip
+
+    def amounts(self, tokens: int, max_cost: float) -> list[int]:
+        """The units this call holds on each of the plan's limits."""
+        amounts = list(self.base)
         if self.tokens_at is not None:
-            token_limit = limits[self.tokens_at] = limits[self.tokens_at].holding(tokens)
-        spend: list[Limit] = []
-        if plan.spend:
+            check_amount(tokens, "the call's tokens")
+            amounts[self.tokens_at] = tokens * UNITS_PER_ONE
+        spend = len(amounts) - self.spend_from
+        if spend:
             check_amount(max_cost, "the call's maximum cost")
-            units = to_units(max_cost)
-            spend = [limit.holding(max_cost, units) for limit in plan.spend]
-        limits[self.spend_from :] = spend
-        return Plan(tuple(limits), plan.requests, token_limit, tuple(spend), plan.requests_at,
-                    plan.tokens_at, plan.spend_counters)  # fmt: skip
+            amounts[self.spend_from :] = [to_units(max_cost)] * spend
+        return amounts
 
 
 def client_address(
@@ -327,16 +329,16 @@ class RateLimits:
         room = apply_max_tokens(call, limits.max_tokens)
         prompt = estimate_prompt_tokens(call)
         max_cost = self._prices.get(call.model, FREE).cost(Usage(prompt, room))
-        plan = self._template(call, limits, lenient, cache=economy is None).fill(
-            prompt + room, max_cost
-        )
+        template = self._template(call, limits, lenient, cache=economy is None)
+        plan = template.plan
         if not plan.limits:
             return await next(call)
         reservation = secrets.token_hex(16)
-        admission = await self._reserve(reservation, plan.limits, self._hold_s(call))
-        headers = rate_limit_headers(plan, admission.counters)
+        amounts = template.amounts(prompt + room, max_cost)
+        admission = await self._reserve(reservation, plan.limits, self._hold_s(call), amounts)
+        headers = rate_limit_headers(plan, admission)
         if plan.spend and self._alerts is not None:  # refusals too: that is the 100 % one
-            self._alerts.check(admission.counters, plan.spend)
+            self._alerts.check(admission, template.spend_from)
         if not admission.allowed:
             scope = _budget_scope(admission.refused_by)
             if self._economy is not None and economy is None and scope is not None:
@@ -378,10 +380,8 @@ class RateLimits:
         if cached is not None and cached[0] is limits:
             return cached[1]
         plan = plan_for(call, limits, per_ip=per_ip, ip_endpoints=self._ip_endpoints, tokens=0)
-        tokens_at = None if plan.tokens is None else plan.limits.index(plan.tokens)
         spend = budget_limits(call, limits, self._settings.budgets, 0.0, lenient)
-        template = _Template(plan.with_spend(spend) if spend else plan, tokens_at,
-                             len(plan.limits))  # fmt: skip
+        template = _Template.of(plan.with_spend(spend) if spend else plan, len(plan.limits))
         if cache:
             if len(self._templates) > 10_000:
                 self._templates.clear()
@@ -402,15 +402,21 @@ class RateLimits:
             return {}
         reservation = secrets.token_hex(16)
         admission = await self._reserve(reservation, plan.limits, _SUBMISSION_HOLD_S)
-        headers = rate_limit_headers(plan, admission.counters)
+        headers = rate_limit_headers(plan, admission)
         if not admission.allowed:
             raise self._refusal(admission, headers)
         await self._state.settle(reservation)
         return headers
 
-    async def _reserve(self, reservation: str, limits: Sequence[Limit], ttl_s: float) -> Admission:
+    async def _reserve(
+        self,
+        reservation: str,
+        limits: Sequence[Limit],
+        ttl_s: float,
+        amounts: Sequence[int] | None = None,
+    ) -> Admission:
         try:
-            return await self._state.reserve(reservation, limits, ttl_s)
+            return await self._state.reserve(reservation, limits, ttl_s, amounts)
         except Exception as exc:  # whatever the shared state's client raises
             # limits that cannot be checked refuse (closed): an outage must not lift them
             raise ServiceUnavailable(

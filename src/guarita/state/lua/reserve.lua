@@ -3,10 +3,11 @@
 -- for all of them). First settles or releases the reservations this process finished
 -- since its last call (their holds leave before the checks), as finish.lua does.
 -- ARGV[1]: JSON [now override ('' = TIME),
---   [[id, ttl ms, reservation hash key,
---     [[counter name, counter hash key, window kind, window ms, capacity (-1 = unlimited),
---       amount], ...]], ...],
---   [[reservation hash key, id, {counter: actual} or false to release], ...]].
+--   [[id, ttl ms, reservation hash key, plan index, [amount per limit, ...]], ...],
+--   [[reservation hash key, id, {counter: actual} or false to release], ...],
+--   plans: [[[counter name, counter hash key, window kind, window ms,
+--             capacity (-1 = unlimited)], ...], ...]]
+-- (reserves on the same limits, as a key's calls are, share one plan: sent once).
 -- One argument, not KEYS and dozens of ARGV: see finish.lua. A counter's expiry index is
 -- its hash key .. ':x'.
 -- Returns, as one string of integers (cheaper for a client to read than an array): now,
@@ -16,7 +17,7 @@ local a = cjson.decode(ARGV[1])
 local now = now_ms(a[1])
 settle_all(a[3], true, now)
 
-local function reserve(id, ttl, rk, limits, reply)
+local function reserve(id, ttl, rk, limits, amounts, reply)
   local n = #limits
   local expires = now + ttl
   local existing = redis.call('HGET', rk, 'e')
@@ -28,7 +29,7 @@ local function reserve(id, ttl, rk, limits, reply)
   local counters, refused, retry = {}, 0, 0
   for i = 1, n do
     local l = limits[i]
-    local kind, len, cap, amount = l[3], l[4], l[5], l[6]
+    local kind, len, cap, amount = l[3], l[4], l[5], amounts[i]
     local c = l[2]
     local x = c .. ':x'
     local start, stop = bounds(kind, len, now)
@@ -53,7 +54,7 @@ local function reserve(id, ttl, rk, limits, reply)
     local record = {'e', int(expires), 'n', n}
     for i = 1, n do
       local l = limits[i]
-      local s, amount = counters[i], l[6]
+      local s, amount = counters[i], amounts[i]
       s.held = s.held + amount
       redis.call('HSET', s.c, 'w', int(s.start), 'h', int(s.held), 'r:' .. id, int(amount))
       redis.call('ZADD', s.x, int(expires), id)
@@ -78,6 +79,6 @@ end
 
 local reply = {int(now)}
 for _, r in ipairs(a[2]) do
-  reserve(r[1], r[2], r[3], r[4], reply)
+  reserve(r[1], r[2], r[3], a[4][r[4]], r[5], reply)
 end
 return table.concat(reply, ' ')
