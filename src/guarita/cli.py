@@ -8,6 +8,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import orjson
@@ -389,6 +390,65 @@ def cache_clear(
     body = {"namespace": namespace} if namespace else {}
     cleared = _admin("POST", url, "/admin/cache/clear", body)["cleared"]
     out.print(f"cleared {cleared} entries of {namespace or 'every namespace'}")
+
+
+@cache_app.command("warm")
+def cache_warm(
+    file: Annotated[Path, typer.Argument(help="JSONL: chat request bodies, or Batch API lines.")],
+    concurrency: Annotated[int, typer.Option(min=1, help="Requests in flight at once.")] = 10,
+    attempts: Annotated[int, typer.Option(min=1, help="Tries per line on a 429 or 5xx.")] = 3,
+    url: UrlOption = "http://127.0.0.1:8080",
+) -> None:
+    """Pre-compute answers: send every request of FILE through the running server (its
+    limits and costs apply) so that the cache holds them, with the key in GUARITA_API_KEY
+    (entries land in its namespace). Resumable: progress is kept in FILE.warm, and a second
+    run sends only the lines not stored yet."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from guarita.cache import warm
+
+    try:
+        lines = warm.read_requests(file)
+    except (OSError, warm.WarmFileError) as exc:
+        err.print(f"[red]error:[/red] {file}: {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    progress_file = warm.progress_path(file)
+    done = warm.done_lines(progress_file)
+    left = sum(1 for line in lines if line.number not in done)
+    columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err, transient=True) as bar:
+        task = bar.add_task("warming", total=left)
+        try:
+            report = asyncio.run(
+                warm.warm(
+                    url,
+                    lines,
+                    progress=progress_file,
+                    api_key=os.environ.get("GUARITA_API_KEY", "").strip() or None,
+                    concurrency=concurrency,
+                    attempts=attempts,
+                    on_line=lambda _n, _o: bar.advance(task),
+                )
+            )
+        except warm.Unauthorized as exc:
+            err.print(f"[red]error:[/red] {exc} (set GUARITA_API_KEY to the key whose "
+                      "namespace to warm)", highlight=False)  # fmt: skip
+            raise typer.Exit(1) from None
+    counts = report.outcomes
+    out.print(
+        f"{counts['stored']} stored, {counts['cached']} already cached, "
+        f"{counts['uncached']} not cacheable, {counts['failed']} failed, "
+        f"{report.skipped} done before (progress in {progress_file})",
+        highlight=False,
+    )
+    if counts["uncached"]:
+        err.print("[yellow]warning:[/yellow] some answers are not cached: the cache is off "
+                  "for their model or agent, or their temperature is not cacheable",
+                  highlight=False)  # fmt: skip
+    for number, message in report.failures[:20]:
+        err.print(f"line {number}: {message}", highlight=False, markup=False)
+    if counts["failed"]:
+        raise typer.Exit(1)
 
 
 @economy_app.command("status")
