@@ -434,6 +434,10 @@ def cache_warm(
             err.print(f"[red]error:[/red] {exc} (set GUARITA_API_KEY to the key whose "
                       "namespace to warm)", highlight=False)  # fmt: skip
             raise typer.Exit(1) from None
+        except warm.Unreachable as exc:
+            err.print(f"[red]error:[/red] --url: cannot reach {url} ({exc}); the progress is "
+                      f"kept in {progress_file}: run again to resume", highlight=False)  # fmt: skip
+            raise typer.Exit(1) from None
     counts = report.outcomes
     out.print(
         f"{counts['stored']} stored, {counts['cached']} already cached, "

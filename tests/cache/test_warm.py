@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -153,6 +154,24 @@ def test_a_bad_file_or_key_is_refused_before_anything_is_sent(
     refused = run_warm(server, good, key="sk-not-a-key")
     assert refused.returncode == 1 and "GUARITA_API_KEY" in refused.stderr
     assert not done_lines(good.with_name("good.jsonl.warm"))
+
+
+def test_an_unreachable_server_stops_the_run_and_keeps_the_progress(tmp_path: Path) -> None:
+    """No server on the port: the run stops after the tries of the lines in flight (not
+    the retries of every line of the file), names the URL, and a later run resumes."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed again: nothing listens there
+    path = write_jsonl(tmp_path / "many.jsonl", [chat("cached", f"q{i}") for i in range(200)])
+    url = f"http://127.0.0.1:{port}"
+    result = subprocess.run(
+        [sys.executable, "-m", "guarita.cli", "cache", "warm", str(path), "--url", url,
+         "--concurrency", "2", "--attempts", "2"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert f"cannot reach {url}" in result.stderr and "run again to resume" in result.stderr
+    assert not done_lines(path.with_name("many.jsonl.warm"))
 
 
 def test_the_progress_file_ignores_a_torn_last_line(tmp_path: Path) -> None:

@@ -111,6 +111,11 @@ class Unauthorized(Exception):
     """The server refused the key: nothing else will pass either."""
 
 
+class Unreachable(Exception):
+    """Every recent try failed to reach the server: stop (progress is kept) rather than
+    wait out each remaining line's retries."""
+
+
 async def warm(
     url: str,
     lines: Iterable[Line],
@@ -123,8 +128,11 @@ async def warm(
     on_line: Callable[[int, str], None] | None = None,
 ) -> Report:
     """Send the lines not done yet, ``concurrency`` at a time; each one's outcome goes to
-    ``progress`` as it ends. Raises :class:`Unauthorized` on a 401 or 403."""
+    ``progress`` as it ends. Raises :class:`Unauthorized` on a 401 or 403, and
+    :class:`Unreachable` once ``concurrency * attempts`` tries in a row could not reach the
+    server."""
     report = Report()
+    misses = _Misses(max(1, concurrency) * attempts)
     done = done_lines(progress)
     todo: asyncio.Queue[Line] = asyncio.Queue()
     for line in lines:
@@ -154,23 +162,37 @@ async def warm(
             async def worker() -> None:
                 while not todo.empty():
                     line = todo.get_nowait()
-                    outcome, message = await _send(client, line, attempts)
+                    outcome, message = await _send(client, line, attempts, misses)
                     finish(line, outcome, message)
 
             await asyncio.gather(*(worker() for _ in range(max(1, concurrency))))
     return report
 
 
-async def _send(client: httpx.AsyncClient, line: Line, attempts: int) -> tuple[str, str | None]:
+class _Misses:
+    """Tries in a row that did not reach the server, across the workers."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.count = 0
+
+
+async def _send(
+    client: httpx.AsyncClient, line: Line, attempts: int, misses: _Misses
+) -> tuple[str, str | None]:
     """One line's outcome: ``stored``, ``cached``, ``uncached`` or ``failed`` (with why)."""
     message = ""
     for attempt in range(attempts):
         try:
             response = await client.post(CHAT_URL, json=line.body)
-        except httpx.HTTPError as exc:
+        except httpx.TransportError as exc:
             message = f"{type(exc).__name__}: {exc}"
+            misses.count += 1
+            if misses.count >= misses.limit:
+                raise Unreachable(message) from None
             await asyncio.sleep(min(2.0**attempt, MAX_RETRY_AFTER_S))
             continue
+        misses.count = 0
         if response.status_code in (401, 403):
             raise Unauthorized(_error_message(response))
         if response.status_code == 200:
