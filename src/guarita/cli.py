@@ -424,6 +424,7 @@ def cache_warm(
                     url,
                     lines,
                     progress=progress_file,
+                    done=done,
                     api_key=os.environ.get("GUARITA_API_KEY", "").strip() or None,
                     concurrency=concurrency,
                     attempts=attempts,

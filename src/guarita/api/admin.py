@@ -43,6 +43,13 @@ router = APIRouter(prefix="/admin", tags=["admin"])
 ADMIN_TIER = "admin"
 
 
+_ADMIN_ONLY = {403: "The key is not of tier `admin`"}
+
+
+def _json(body: Any) -> Response:
+    return Response(orjson.dumps(body), media_type="application/json")
+
+
 def require_admin(caller: Caller) -> None:
     # "local" is the anonymous caller of auth-off or localhost development mode
     if caller.tier not in (ADMIN_TIER, Caller.anonymous().tier):
@@ -55,7 +62,7 @@ def require_admin(caller: Caller) -> None:
     response_model=None,
     responses={
         200: ok(BreakerReport, "Every model's deployments, their breakers and load"),
-        **errors(401, 403, described={403: "The key is not of tier `admin`"}),
+        **errors(401, 403, described=_ADMIN_ONLY),
     },
     openapi_extra=SECURED,
 )
@@ -82,7 +89,7 @@ async def breakers(runtime: RuntimeDep, caller: CallerDep) -> Response:
                 for d in group.deployments
             ],
         }
-    return Response(orjson.dumps({"models": models}), media_type="application/json")
+    return _json({"models": models})
 
 
 # what parse_time and parse_grouping take, for the schema (schemathesis holds us to it)
@@ -158,7 +165,7 @@ async def usage(
     )
     report = await usage_report(runtime.db, query)
     body = {**report.to_json(), "economy": runtime.economy.report()}
-    return Response(orjson.dumps(body), media_type="application/json")
+    return _json(body)
 
 
 @router.get(
@@ -167,13 +174,13 @@ async def usage(
     response_model=None,
     responses={
         200: ok(EconomyReport, "Budgets in economy mode, and lifted ones"),
-        **errors(401, 403, described={403: "The key is not of tier `admin`"}),
+        **errors(401, 403, described=_ADMIN_ONLY),
     },
     openapi_extra=SECURED,
 )
 async def economy_status(runtime: RuntimeDep, caller: CallerDep) -> Response:
     require_admin(caller)
-    return Response(orjson.dumps(runtime.economy.report()), media_type="application/json")
+    return _json(runtime.economy.report())
 
 
 @router.post(
@@ -182,7 +189,7 @@ async def economy_status(runtime: RuntimeDep, caller: CallerDep) -> Response:
     response_model=None,
     responses={
         200: ok(EconomyReport, "Lifted until the end of the UTC day, on every process"),
-        **errors(400, 401, 403, 413, described={403: "The key is not of tier `admin`"}),
+        **errors(400, 401, 403, 413, described=_ADMIN_ONLY),
     },
     openapi_extra=SECURED,
 )
@@ -194,7 +201,7 @@ async def economy_off(payload: EconomyLift, runtime: RuntimeDep, caller: CallerD
     end_of_day = datetime(now.year, now.month, now.day, tzinfo=UTC) + timedelta(days=1)
     await runtime.economy.lift(payload.budget, end_of_day.timestamp())
     log.warning("economy_lifted_by_operator", budget=payload.budget, key_id=caller.key_id)
-    return Response(orjson.dumps(runtime.economy.report()), media_type="application/json")
+    return _json(runtime.economy.report())
 
 
 @router.get(
@@ -203,13 +210,13 @@ async def economy_off(payload: EconomyLift, runtime: RuntimeDep, caller: CallerD
     response_model=None,
     responses={
         200: ok(CacheReport, "The response cache's entries and this process's lookups"),
-        **errors(401, 403, described={403: "The key is not of tier `admin`"}),
+        **errors(401, 403, described=_ADMIN_ONLY),
     },
     openapi_extra=SECURED,
 )
 async def cache_status(runtime: RuntimeDep, caller: CallerDep) -> Response:
     require_admin(caller)
-    return Response(orjson.dumps(await runtime.cache.stats()), media_type="application/json")
+    return _json(await runtime.cache.stats())
 
 
 @router.post(
@@ -218,7 +225,7 @@ async def cache_status(runtime: RuntimeDep, caller: CallerDep) -> Response:
     response_model=None,
     responses={
         200: ok(CacheCleared, "The entries dropped (in Redis: for every process)"),
-        **errors(400, 401, 403, 413, described={403: "The key is not of tier `admin`"}),
+        **errors(400, 401, 403, 413, described=_ADMIN_ONLY),
     },
     openapi_extra=SECURED,
 )
@@ -229,7 +236,7 @@ async def cache_clear(payload: CacheClear, runtime: RuntimeDep, caller: CallerDe
     cleared = await runtime.cache.clear(payload.namespace)
     log.warning("cache_cleared_by_operator", namespace=payload.namespace or "all",
                 entries=cleared, key_id=caller.key_id)  # fmt: skip
-    return Response(orjson.dumps({"cleared": cleared}), media_type="application/json")
+    return _json({"cleared": cleared})
 
 
 def _time(param: str, value: str | None, *, end_of_day: bool = False) -> datetime | None:

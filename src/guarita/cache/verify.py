@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from difflib import SequenceMatcher
 from functools import lru_cache
@@ -384,24 +385,21 @@ def _similar(a: str, b: str) -> bool:
 
 
 def _entity_diff(a: Features, b: Features) -> bool:
-    words_a = set(a.tokens)
-    words_b = set(b.tokens)
-    ents_b = set(b.entities)
-    for entity in a.entities:
-        if entity in ents_b:
+    """An entity of either side that the other names neither as an entity nor word by word."""
+    return _entity_unnamed(a.entities, set(b.entities), set(b.tokens)) or _entity_unnamed(
+        b.entities, set(a.entities), set(a.tokens)
+    )
+
+
+def _entity_unnamed(
+    entities: Iterable[str], other_entities: set[str], other_words: set[str]
+) -> bool:
+    for entity in entities:
+        if entity in other_entities:
             continue
         parts = re.findall(r"[a-z0-9]+", entity)
-        if parts and all(p in words_b for p in parts):
-            continue
-        return True
-    ents_a = set(a.entities)
-    for entity in b.entities:
-        if entity in ents_a:
-            continue
-        parts = re.findall(r"[a-z0-9]+", entity)
-        if parts and all(p in words_a for p in parts):
-            continue
-        return True
+        if not (parts and all(p in other_words for p in parts)):
+            return True
     return False
 
 

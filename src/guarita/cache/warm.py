@@ -121,19 +121,19 @@ async def warm(
     lines: Iterable[Line],
     *,
     progress: Path,
+    done: set[int],
     api_key: str | None,
     concurrency: int = 10,
     attempts: int = 3,
     timeout_s: float = 300.0,
     on_line: Callable[[int, str], None] | None = None,
 ) -> Report:
-    """Send the lines not done yet, ``concurrency`` at a time; each one's outcome goes to
-    ``progress`` as it ends. Raises :class:`Unauthorized` on a 401 or 403, and
-    :class:`Unreachable` once ``concurrency * attempts`` tries in a row could not reach the
-    server."""
+    """Send the lines not in ``done`` (:func:`done_lines` of ``progress``), ``concurrency``
+    at a time; each one's outcome goes to ``progress`` as it ends. Raises
+    :class:`Unauthorized` on a 401 or 403, and :class:`Unreachable` once
+    ``concurrency * attempts`` tries in a row could not reach the server."""
     report = Report()
     misses = _Misses(max(1, concurrency) * attempts)
-    done = done_lines(progress)
     todo: asyncio.Queue[Line] = asyncio.Queue()
     for line in lines:
         if line.number in done:
