@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import structlog
 from opentelemetry import trace
@@ -48,6 +48,10 @@ from guarita.traffic.alerts import BudgetAlerts
 from guarita.traffic.complexity import ComplexityRouting
 from guarita.traffic.compression import PromptCompression
 from guarita.traffic.economy import EconomyMode
+
+if TYPE_CHECKING:  # the semantic tier's modules need its extra (numpy, the embedder)
+    from guarita.cache.embedder import Embedder
+    from guarita.cache.semantic import SemanticTier
 from guarita.traffic.ratelimit import RateLimits
 
 log = structlog.get_logger("guarita.runtime")
@@ -174,16 +178,50 @@ class Runtime:
             entries = SharedEntries(self.state)
         else:
             entries = LocalEntries(max_entries=s.cache.max_entries, max_bytes=s.cache.max_bytes)
+        models = {n: m.cache for n, m in s.models.items() if m.cache is not None}
+        agents = {n: a.cache for n, a in s.agents.items() if a.cache is not None}
+        policies = [*models.values(), *agents.values()]
+        semantic = self._semantic_tier() if any(p.mode == "semantic" for p in policies) else None
         return ResponseCache(
-            models={n: m.cache for n, m in s.models.items() if m.cache is not None},
-            agents={n: a.cache for n, a in s.agents.items() if a.cache is not None},
+            models=models,
+            agents=agents,
             entries=entries,
+            semantic=semantic,
             prices=self.prices,
             stale_s=s.cache.stale_s,
             max_entry_bytes=s.cache.max_entry_bytes,
             economy_ttl_factor=s.limits.economy.cache_ttl_factor,
             on_lookup=lambda result: self.metrics.cache_lookups.labels(result).inc(),
             on_saved=self.metrics.cache_saved.inc,
+        )
+
+    def _semantic_tier(self) -> SemanticTier:
+        """The embedder (behind the embedding cache), the vector index and, in scale-out
+        mode, the index shared through Redis."""
+        from guarita.cache.embedder import CachedEmbedder, EndpointEmbedder, WordLlamaEmbedder
+        from guarita.cache.index import VectorIndex
+        from guarita.cache.semantic import WORDLLAMA_THRESHOLD, SemanticTier
+
+        s = self.settings.cache.semantic
+        inner: Embedder
+        if s.embedder == "wordllama":
+            inner = WordLlamaEmbedder()
+            threshold = s.threshold or WORDLLAMA_THRESHOLD
+        else:
+            inner = EndpointEmbedder(base_url=s.embedder.base_url, model=s.embedder.model,
+                                     api_key_env=s.embedder.api_key_env)  # fmt: skip
+            assert s.threshold is not None  # the settings require it
+            threshold = s.threshold
+        shared = self.state if self.redis is not None else None
+        embedder = CachedEmbedder(inner, max_entries=s.embedding_cache_entries, shared=shared)
+        dims = inner.dims or 0
+        return SemanticTier(
+            embedder=embedder,
+            index=VectorIndex(dims, max_entries=s.max_entries),
+            threshold=threshold,
+            candidates=s.candidates,
+            max_question_chars=s.max_question_chars,
+            state=shared,
         )
 
     def _session_store(self) -> SessionStore:
@@ -247,6 +285,8 @@ class Runtime:
         for group in self.models.values():
             for deployment in group.deployments:
                 await deployment.provider.start()
+        if self.cache.semantic is not None:
+            await self.cache.semantic.start()
         if self.role == "api":
             await self.tasks.start()
             if self.settings.auth.enabled:
@@ -313,6 +353,8 @@ class Runtime:
         await self.rate_limits.aclose()
         await self.economy.aclose()
         await self.breakers.aclose()
+        if self.cache.semantic is not None:
+            await self.cache.semantic.aclose()
         await self.state.aclose()
         await self.records.aclose()
         await self.events.aclose()
