@@ -28,7 +28,8 @@ def error_response(exc: GuaritaError) -> Response:
     )
 
 
-def _validation_message(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
+def validation_message(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
+    """A pydantic validation failure as one message naming the fields, and the first one."""
     parts = []
     for err in errors[:5]:
         loc = [str(p) for p in err.get("loc", ()) if p != "body"]
@@ -83,7 +84,7 @@ async def _on_validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     errors = list(exc.errors())
     shape = _body_shape_message(request, errors)
-    message, param = (shape, None) if shape else _validation_message(errors)
+    message, param = (shape, None) if shape else validation_message(errors)
     return error_response(
         InvalidRequest(message or "invalid request body", param=param, code="invalid_body")
     )
