@@ -67,10 +67,11 @@ def gateway(
     server.keys = {  # type: ignore[attr-defined]
         "main": server.create_key("batches"),
         "other": server.create_key("other"),
-        "narrow": server.cli("keys", "create", "--name", "narrow", "--tier", "enterprise",
-                             "--models", "fast").stdout.strip(),
+        "narrow": server.cli(
+            "keys", "create", "--name", "narrow", "--tier", "enterprise", "--models", "fast"
+        ).stdout.strip(),
         "admin": server.create_key("ops", "admin"),
-    }  # fmt: skip
+    }
     server.start()
     yield server
     server.stop()
@@ -128,9 +129,11 @@ def test_sdk_round_trip(gateway: GuaritaServer) -> None:
     assert api.files.content(stored.id).content == jsonl(lines)
 
     created = api.batches.create(
-        input_file_id=stored.id, endpoint="/v1/chat/completions", completion_window="24h",
+        input_file_id=stored.id,
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
         metadata={"job": "nightly"},
-    )  # fmt: skip
+    )
     assert created.id.startswith("batch_") and created.status == "validating"
     assert created.request_counts is not None and created.request_counts.total == 7
     assert created.expires_at == created.created_at + 86400
@@ -164,13 +167,19 @@ def test_lines_are_records_of_the_key(gateway: GuaritaServer) -> None:
     api = client(gateway)
     created = api.batches.create(
         input_file_id=upload(api, [chat_line("r-1", "recorded")]).id,
-        endpoint="/v1/chat/completions", completion_window="24h",
-    )  # fmt: skip
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+    )
     wait_for_end(api, created.id)
 
     def recorded() -> list[dict[str, Any]]:
-        return asyncio.run(query(gateway.store_url, "SELECT key_id, endpoint, status FROM "
-                                 "requests WHERE request_id = :rid", rid=f"{created.id}-1"))  # fmt: skip
+        return asyncio.run(
+            query(
+                gateway.store_url,
+                "SELECT key_id, endpoint, status FROM requests WHERE request_id = :rid",
+                rid=f"{created.id}-1",
+            )
+        )
 
     [row] = wait_until(recorded, timeout=30, what="the line's request record")
     assert row["endpoint"] == "batch" and row["status"] == "success"
@@ -181,10 +190,11 @@ def test_pagination_with_after_and_limit(gateway: GuaritaServer) -> None:
     api = client(gateway, "admin")  # a key of its own: only these batches are listed
     file_id = upload(api, [chat_line("p", "page")]).id
     ids = [
-        api.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions",
-                           completion_window="24h").id
+        api.batches.create(
+            input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h"
+        ).id
         for _ in range(3)
-    ]  # fmt: skip
+    ]
     first = api.batches.list(limit=2)
     assert [b.id for b in first.data] == ids[::-1][:2] and first.has_more
     second = api.batches.list(limit=2, after=first.data[-1].id)
@@ -195,10 +205,14 @@ def test_pagination_with_after_and_limit(gateway: GuaritaServer) -> None:
 def test_embeddings_batch(gateway: GuaritaServer) -> None:
     api = client(gateway)
     lines = [
-        {"custom_id": f"e-{i}", "method": "POST", "url": "/v1/embeddings",
-         "body": {"model": "fast", "input": f"text {i}"}}
+        {
+            "custom_id": f"e-{i}",
+            "method": "POST",
+            "url": "/v1/embeddings",
+            "body": {"model": "fast", "input": f"text {i}"},
+        }
         for i in range(3)
-    ]  # fmt: skip
+    ]
     created = api.batches.create(
         input_file_id=upload(api, lines).id, endpoint="/v1/embeddings", completion_window="24h"
     )
@@ -219,9 +233,10 @@ def test_bad_lines_go_to_the_error_file(gateway: GuaritaServer) -> None:
         chat_line("hot", "hi", temperature=7),
     ]
     created = api.batches.create(
-        input_file_id=upload(api, lines).id, endpoint="/v1/chat/completions",
+        input_file_id=upload(api, lines).id,
+        endpoint="/v1/chat/completions",
         completion_window="24h",
-    )  # fmt: skip
+    )
     batch = wait_for_end(api, created.id)
     assert batch.request_counts is not None
     assert (batch.request_counts.completed, batch.request_counts.failed) == (1, 4)
@@ -236,21 +251,31 @@ def test_bad_lines_go_to_the_error_file(gateway: GuaritaServer) -> None:
 
 
 MALFORMED = [
-    (b'{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {}}\n{nope\n',
-     "line 2: not valid JSON"),
-    (b'[1, 2]\n', "line 1: must be a JSON object"),
-    (b'{"method": "POST", "url": "/v1/chat/completions", "body": {}}\n',
-     "line 1: custom_id missing"),
-    (jsonl([chat_line("same", "a"), chat_line("other", "b"), chat_line("same", "c")]),
-     "line 3: custom_id 'same' is already used on line 1"),
+    (
+        b'{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {}}\n{nope\n',
+        "line 2: not valid JSON",
+    ),
+    (b"[1, 2]\n", "line 1: must be a JSON object"),
+    (
+        b'{"method": "POST", "url": "/v1/chat/completions", "body": {}}\n',
+        "line 1: custom_id missing",
+    ),
+    (
+        jsonl([chat_line("same", "a"), chat_line("other", "b"), chat_line("same", "c")]),
+        "line 3: custom_id 'same' is already used on line 1",
+    ),
     (jsonl([{**chat_line("g", "a"), "method": "GET"}]), "line 1: method must be 'POST'"),
-    (jsonl([chat_line("a", "a"), {**chat_line("b", "b"), "url": "/v1/completions"}]),
-     "line 2: url must be"),
-    (jsonl([chat_line("a", "a"), {**chat_line("b", "b"), "url": "/v1/embeddings"}]),
-     "line 2: url '/v1/embeddings' differs"),
+    (
+        jsonl([chat_line("a", "a"), {**chat_line("b", "b"), "url": "/v1/completions"}]),
+        "line 2: url must be",
+    ),
+    (
+        jsonl([chat_line("a", "a"), {**chat_line("b", "b"), "url": "/v1/embeddings"}]),
+        "line 2: url '/v1/embeddings' differs",
+    ),
     (jsonl([{**chat_line("b", "b"), "body": "text"}]), "line 1: body must be a JSON object"),
     (b"\n\n", "the file has no requests"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("content", "message"), MALFORMED)
@@ -267,17 +292,27 @@ def test_a_malformed_file_is_a_400_naming_the_line(
 
 def test_a_file_for_another_endpoint_is_a_400_at_creation(gateway: GuaritaServer) -> None:
     api = client(gateway)
-    lines = [{"custom_id": "e", "method": "POST", "url": "/v1/embeddings",
-              "body": {"model": "fast", "input": "x"}}]  # fmt: skip
+    lines = [
+        {
+            "custom_id": "e",
+            "method": "POST",
+            "url": "/v1/embeddings",
+            "body": {"model": "fast", "input": "x"},
+        }
+    ]
     with pytest.raises(openai.BadRequestError) as refused:
-        api.batches.create(input_file_id=upload(api, lines).id,
-                           endpoint="/v1/chat/completions", completion_window="24h")  # fmt: skip
+        api.batches.create(
+            input_file_id=upload(api, lines).id,
+            endpoint="/v1/chat/completions",
+            completion_window="24h",
+        )
     assert "line 1: url '/v1/embeddings' differs from the batch's endpoint" in (
         refused.value.message
     )
     with pytest.raises(openai.BadRequestError, match="completion_window"):
-        api.batches.create(input_file_id=upload(api, lines).id, endpoint="/v1/embeddings",
-                           completion_window="7d")  # type: ignore[arg-type]  # fmt: skip
+        api.batches.create(
+            input_file_id=upload(api, lines).id, endpoint="/v1/embeddings", completion_window="7d"
+        )  # type: ignore[arg-type]
 
 
 def test_uploads_outside_the_format_are_400s(gateway: GuaritaServer) -> None:
@@ -295,17 +330,19 @@ def test_uploads_outside_the_format_are_400s(gateway: GuaritaServer) -> None:
 def test_another_key_gets_404(gateway: GuaritaServer) -> None:
     mine, theirs = client(gateway), client(gateway, "other")
     stored = upload(mine, [chat_line("a", "secret question")])
-    batch = mine.batches.create(input_file_id=stored.id, endpoint="/v1/chat/completions",
-                                completion_window="24h")  # fmt: skip
+    batch = mine.batches.create(
+        input_file_id=stored.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
     for attempt in (
         lambda: theirs.files.retrieve(stored.id),
         lambda: theirs.files.content(stored.id),
         lambda: theirs.files.delete(stored.id),
         lambda: theirs.batches.retrieve(batch.id),
         lambda: theirs.batches.cancel(batch.id),
-        lambda: theirs.batches.create(input_file_id=stored.id, endpoint="/v1/chat/completions",
-                                      completion_window="24h"),
-    ):  # fmt: skip
+        lambda: theirs.batches.create(
+            input_file_id=stored.id, endpoint="/v1/chat/completions", completion_window="24h"
+        ),
+    ):
         with pytest.raises(openai.NotFoundError):
             attempt()
     assert stored.id not in [f.id for f in theirs.files.list()]
@@ -327,8 +364,11 @@ def test_at_most_ten_lines_in_flight(gateway: GuaritaServer, upstream: FakeUpstr
     try:
         api = client(gateway)
         lines = [chat_line(f"c-{i}", f"q {i}", model="up") for i in range(30)]
-        created = api.batches.create(input_file_id=upload(api, lines).id,
-                                     endpoint="/v1/chat/completions", completion_window="24h")  # fmt: skip
+        created = api.batches.create(
+            input_file_id=upload(api, lines).id,
+            endpoint="/v1/chat/completions",
+            completion_window="24h",
+        )
         batch = wait_for_end(api, created.id)
         stats = httpx.get(upstream.base_url + "/_stats").json()
     finally:
@@ -341,10 +381,17 @@ def test_at_most_ten_lines_in_flight(gateway: GuaritaServer, upstream: FakeUpstr
 def test_cancel_finishes_what_is_in_flight_and_runs_nothing_more(gateway: GuaritaServer) -> None:
     api = client(gateway)
     lines = [chat_line(f"s-{i}", f"q {i}", model="slow") for i in range(60)]
-    created = api.batches.create(input_file_id=upload(api, lines).id,
-                                 endpoint="/v1/chat/completions", completion_window="24h")  # fmt: skip
-    wait_until(lambda: api.batches.retrieve(created.id).status == "in_progress",
-               timeout=60, interval=0.1, what="the batch to start")  # fmt: skip
+    created = api.batches.create(
+        input_file_id=upload(api, lines).id,
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+    )
+    wait_until(
+        lambda: api.batches.retrieve(created.id).status == "in_progress",
+        timeout=60,
+        interval=0.1,
+        what="the batch to start",
+    )
     cancelling = api.batches.cancel(created.id)
     assert cancelling.status == "cancelling" and cancelling.cancelling_at is not None
     batch = wait_for_end(api, created.id, ended=("cancelled",))
@@ -357,16 +404,24 @@ def test_cancel_finishes_what_is_in_flight_and_runs_nothing_more(gateway: Guarit
     later = api.batches.retrieve(created.id)
     assert later.request_counts == counts  # nothing ran after the cancel
     with pytest.raises(openai.BadRequestError, match="is completed"):
-        api.batches.cancel(wait_for_end(api, api.batches.create(
-            input_file_id=upload(api, [chat_line("x", "y")]).id,
-            endpoint="/v1/chat/completions", completion_window="24h").id).id)  # fmt: skip
+        api.batches.cancel(
+            wait_for_end(
+                api,
+                api.batches.create(
+                    input_file_id=upload(api, [chat_line("x", "y")]).id,
+                    endpoint="/v1/chat/completions",
+                    completion_window="24h",
+                ).id,
+            ).id
+        )
 
 
 def test_past_its_window_a_batch_expires_with_what_completed(gateway: GuaritaServer) -> None:
     api = client(gateway)
     lines = [chat_line(f"w-{i}", f"q {i}", model="slow") for i in range(100)]
-    created = api.batches.create(input_file_id=upload(api, lines).id,
-                                 endpoint="/v1/chat/completions", completion_window="4s")  # type: ignore[arg-type]  # fmt: skip
+    created = api.batches.create(
+        input_file_id=upload(api, lines).id, endpoint="/v1/chat/completions", completion_window="4s"
+    )  # type: ignore[arg-type]
     batch = wait_for_end(api, created.id, ended=("expired",))
     counts = batch.request_counts
     assert counts is not None and 0 < counts.completed < 100
@@ -387,8 +442,11 @@ def test_200_lines_survive_a_killed_worker(upstream: FakeUpstream, tmp_path: Pat
     try:
         api = OpenAI(base_url=server.base_url + "/v1", api_key=key, max_retries=0, timeout=30)
         lines = [chat_line(f"k-{i:03}", f"line {i}", model="steady") for i in range(200)]
-        created = api.batches.create(input_file_id=upload(api, lines).id,
-                                     endpoint="/v1/chat/completions", completion_window="24h")  # fmt: skip
+        created = api.batches.create(
+            input_file_id=upload(api, lines).id,
+            endpoint="/v1/chat/completions",
+            completion_window="24h",
+        )
 
         def some_done() -> bool:
             counts = api.batches.retrieve(created.id).request_counts
@@ -409,11 +467,15 @@ def test_200_lines_survive_a_killed_worker(upstream: FakeUpstream, tmp_path: Pat
         assert (batch.request_counts.completed, batch.request_counts.failed) == (200, 0)
         output = read_lines(api, batch.output_file_id)
         assert [o["custom_id"] for o in output] == [f"k-{i:03}" for i in range(200)]
-        assert all(o["response"]["body"]["choices"][0]["message"]["content"]
-                   == f"echo: line {int(o['custom_id'][2:])}" for o in output)  # fmt: skip
+        assert all(
+            o["response"]["body"]["choices"][0]["message"]["content"]
+            == f"echo: line {int(o['custom_id'][2:])}"
+            for o in output
+        )
         assert batch.error_file_id is None
-        [task] = asyncio.run(query(server.store_url, "SELECT deliveries, status FROM tasks "
-                                   "WHERE kind = 'batch'"))  # fmt: skip
+        [task] = asyncio.run(
+            query(server.store_url, "SELECT deliveries, status FROM tasks WHERE kind = 'batch'")
+        )
         assert task["deliveries"] >= 2, "the kill interrupted nothing"
         assert task["status"] == "succeeded"
     finally:
