@@ -47,6 +47,10 @@ _JSON = "application/json"
 FILE_UPLOAD_PATH = "/v1/files"
 
 
+class _OctetStream(Response):
+    media_type = "application/octet-stream"
+
+
 def _json(body: Any) -> Response:
     return Response(orjson.dumps(body), media_type=_JSON)
 
@@ -129,6 +133,15 @@ _FILE_LINKS = {
         ("DeleteFile", "deleteFile"),
     )
 }
+_FILE_LINKS["CreateBatch"] = {
+    "operationId": "createBatch",
+    "requestBody": {"input_file_id": "$response.body#/id", "endpoint": "/v1/chat/completions",
+                    "completion_window": "24h"},
+}  # fmt: skip
+_EXAMPLE_LINE = (
+    '{"custom_id": "1", "method": "POST", "url": "/v1/chat/completions", '
+    '"body": {"model": "m", "messages": [{"role": "user", "content": "Hello"}]}}\n'
+)
 _BATCH_LINKS = {
     name: {"operationId": operation, "parameters": {"batch_id": "$response.body#/id"}}
     for name, operation in (("GetBatch", "retrieveBatch"), ("CancelBatch", "cancelBatch"))
@@ -158,7 +171,9 @@ _NO_BATCH = {404: "No batch of that id for this key"}
 async def create_file(
     runtime: RuntimeDep,
     caller: CallerDep,
-    file: Annotated[UploadFile, File(description="JSONL: one request a line")],
+    file: Annotated[
+        UploadFile, File(description="JSONL: one request a line", examples=[_EXAMPLE_LINE])
+    ],
     purpose: Annotated[Literal["batch"], Form(description="`batch`: a batch's input")],
 ) -> Response:
     content = await file.read()
@@ -215,6 +230,7 @@ async def retrieve_file(file_id: str, runtime: RuntimeDep, caller: CallerDep) ->
     "/files/{file_id}/content",
     operation_id="downloadFile",
     response_model=None,
+    response_class=_OctetStream,  # documentation only: the handler builds its own Response
     responses={
         200: {
             "description": "The file's bytes (JSONL)",

@@ -337,5 +337,10 @@ def _add_examples(schemas: dict[str, Any], settings: Settings) -> None:
                 "stream_options": {"include_usage": True},
             },
         ]
+    if "BatchCreateRequest" in schemas:
+        windows = list(settings.batches.completion_windows)
+        schemas["BatchCreateRequest"]["properties"]["completion_window"] = {
+            "type": "string", "enum": windows, "examples": windows[:1],
+        }  # fmt: skip
     if "EmbeddingRequest" in schemas and models:
         schemas["EmbeddingRequest"]["examples"] = [{"model": models[0], "input": "Hello"}]
