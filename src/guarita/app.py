@@ -37,11 +37,10 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     )
     app.state.runtime = runtime
     install_error_handlers(app)
-    app.include_router(openai.router)
-    app.include_router(agents.router)
-    app.include_router(batches.router)
-    app.include_router(health.router)
-    app.include_router(admin.router)
+    routers = (openai.router, agents.router, batches.router, health.router, admin.router)
+    for router in routers:
+        app.include_router(router)
+    app.state.endpoints = [route for router in routers for route in router.routes]
     install_openapi(app, settings)
     # an upload's multipart framing (boundaries, part headers) on top of the file's own limit
     upload_limit = settings.batches.max_file_bytes + 64 * 1024

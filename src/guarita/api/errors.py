@@ -119,7 +119,8 @@ def _allowed_methods(request: Request) -> str | None:
     """Every method of the path: Starlette's ``Allow`` names only the first route's, and a
     path such as ``/v1/files`` has a route per method."""
     methods: set[str] = set()
-    for route in request.app.router.routes:
+    # the routers' own routes: the app holds included routers as routes of their own
+    for route in getattr(request.app.state, "endpoints", request.app.routes):
         match, _ = route.matches(request.scope)
         if match != Match.NONE:
             methods.update(getattr(route, "methods", None) or ())
