@@ -403,7 +403,7 @@ def test_cancel_finishes_what_is_in_flight_and_runs_nothing_more(gateway: Guarit
     assert [o["custom_id"] for o in output] == [f"s-{i}" for i in range(counts.completed)]
     later = api.batches.retrieve(created.id)
     assert later.request_counts == counts  # nothing ran after the cancel
-    with pytest.raises(openai.BadRequestError, match="is completed"):
+    with pytest.raises(openai.ConflictError, match="is completed"):
         api.batches.cancel(
             wait_for_end(
                 api,

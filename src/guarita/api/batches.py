@@ -29,7 +29,7 @@ from guarita.api.schemas import (
     FileObject,
 )
 from guarita.batches.input import parse_input
-from guarita.errors import BatchNotFound, FileNotFound, InvalidRequest
+from guarita.errors import BatchNotFound, Conflict, FileNotFound, InvalidRequest
 from guarita.runtime import Runtime
 from guarita.store.batches import (
     CANCELLABLE,
@@ -358,7 +358,7 @@ async def list_batches(
     response_model=None,
     responses={
         200: ok(BatchObject, "The batch, `cancelling` until the lines in flight end"),
-        **errors(400, 401, 404, described={**_NO_BATCH, 400: "The batch has already ended"}),
+        **errors(401, 404, 409, described={**_NO_BATCH, 409: "The batch has already ended"}),
     },
     openapi_extra=SECURED,
 )
@@ -367,7 +367,7 @@ async def cancel_batch(batch_id: str, runtime: RuntimeDep, caller: CallerDep) ->
     if batch.status in CANCELLABLE:
         batch = await runtime.batches.cancel(batch.id) or batch
     if batch.status not in (CANCELLING, CANCELLED):
-        raise InvalidRequest(
+        raise Conflict(
             f"batch {batch.id!r} is {batch.status}: only a validating or "
             "in-progress batch can be cancelled",
             param="batch_id",
