@@ -19,7 +19,9 @@ from opentelemetry.sdk.trace.export import SpanExporter
 from guarita.agents import AgentService
 from guarita.auth import Authenticator
 from guarita.backends import redis as redis_backend
-from guarita.backends.tasks import LocalTaskQueue, Outcome, TaskExecutor, TaskQueue
+from guarita.backends.tasks import LocalTaskQueue, Outcome, TaskExecutor, TaskQueue, TaskRunner
+from guarita.batches.lines import LineRunner
+from guarita.batches.runner import BatchRunner
 from guarita.cache.exact import Entries, LocalEntries, SharedEntries
 from guarita.pipeline import Next, Stage, compose
 from guarita.pipeline.account import Accounting
@@ -35,6 +37,7 @@ from guarita.settings import Settings
 from guarita.state import SharedState
 from guarita.state.memory import MemorySharedState
 from guarita.state.redis import RedisSharedState
+from guarita.store.batches import BatchInfo, BatchStore, FileStore
 from guarita.store.database import Database
 from guarita.store.keys import KeyStore, RevocationWatch
 from guarita.store.records import RecordWriter
@@ -159,9 +162,29 @@ class Runtime:
             tracer=self.tracing.tracer,
             deadline=self.deadline,
         )
+        self.files = FileStore(self.db)
+        self.batches = BatchStore(self.db)
+        self.batch_runner = BatchRunner(
+            self.batches,
+            self.files,
+            self.keys,
+            LineRunner(
+                settings, self.pipeline, self.deadline, max_wait_s=settings.batches.max_retry_wait_s
+            ),
+            settings.batches,
+            on_line=lambda endpoint, ok: self.metrics.batch_lines.labels(
+                endpoint, "succeeded" if ok else "failed"
+            ).inc(),
+            on_end=self._on_batch_end,
+        )
+        self._runners: dict[str, TaskRunner] = {
+            "agent": self.agents.run_task,
+            "batch": self.batch_runner.run,
+        }
+        self._background: set[asyncio.Task[None]] = set()
         self.executor = TaskExecutor(
             self.task_store,
-            self.agents.run_task,
+            self._run_task,
             max_attempts=settings.tasks.max_attempts,
             max_deliveries=settings.tasks.max_deliveries,
             retry_backoff_s=settings.tasks.retry_backoff_s,
@@ -247,14 +270,33 @@ class Runtime:
             stranded_after_s=tasks.stranded_after_s,
         )
 
+    async def _run_task(self, task: TaskInfo) -> dict[str, Any]:
+        """A task's run, by its kind: an agent chat, or a batch."""
+        return await self._runners[task.kind](task)
+
     def _on_task_event(self, event: str, task: TaskInfo, details: dict[str, Any]) -> None:
         status = event.removeprefix("task.")
         if event == "task.failed" and not details.get("final"):
             status = "retrying"
-        self.metrics.tasks.labels(task.agent, status).inc()
+        elif event == "task.failed" and task.kind == "batch":
+            message = f"the batch's task failed: {details.get('error')}"
+            self._in_background(self.batch_runner.abandon(task.payload["batch_id"], message))
+        self.metrics.tasks.labels(task.agent or task.kind, status).inc()
         self.events.publish(
             "guarita." + event, {"task_id": task.id, "agent": task.agent, **details}
         )
+
+    def _in_background(self, work: Any) -> None:
+        job = asyncio.get_running_loop().create_task(work)
+        self._background.add(job)
+        job.add_done_callback(self._background.discard)
+
+    def _on_batch_end(self, batch: BatchInfo) -> None:
+        self.metrics.batches.labels(batch.status).inc()
+        self.events.publish(events.BATCH_ENDED, {
+            "batch_id": batch.id, "status": batch.status, "endpoint": batch.endpoint,
+            "total": batch.total, "completed": batch.completed, "failed": batch.failed,
+        })  # fmt: skip
 
     def deadline(self, model: str, agent: str | None, requested_ms: float | None = None) -> float:
         """When a call must be over: the request's own wish within limits, else the agent's,
@@ -313,6 +355,28 @@ class Runtime:
             await self.tasks.submit(task, trace_context=self.tracing.inject())
         return task
 
+    async def submit_batch(
+        self, *, key_id: str | None, endpoint: str, input_file_id: str, completion_window: str,
+        total: int, metadata: dict[str, str] | None, request_id: str | None,
+    ) -> BatchInfo:  # fmt: skip
+        """Write the batch, then its task (``kind="batch"``), and hand that to the queue."""
+        window_s = self.settings.batches.completion_windows[completion_window]
+        batch = await self.batches.create(
+            key_id=key_id, endpoint=endpoint, input_file_id=input_file_id,
+            completion_window=completion_window, window_s=window_s, total=total,
+            metadata=metadata, request_id=request_id,
+        )  # fmt: skip
+        task = await self.task_store.create(
+            agent="", payload={"batch_id": batch.id}, key_id=key_id, request_id=request_id,
+            kind="batch",
+        )  # fmt: skip
+        await self.batches.set_task(batch.id, task.id)
+        self.metrics.tasks.labels("batch", "queued").inc()
+        queued = {"task_id": task.id, "agent": "", "request_id": request_id}
+        self.events.publish(events.TASK_QUEUED, queued)
+        await self.tasks.submit(task, trace_context=self.tracing.inject())
+        return batch
+
     async def execute_task(
         self, task_id: str, trace_context: dict[str, str] | None = None
     ) -> Outcome:
@@ -349,6 +413,8 @@ class Runtime:
         if self.role == "api":
             await self.revocations.aclose()
             await self.tasks.aclose()
+        if self._background:  # batches abandoned by their task: failed before the store goes
+            await asyncio.gather(*self._background, return_exceptions=True)
         await self.recording.aclose()  # settlements of streams that ended
         await self.rate_limits.aclose()
         await self.economy.aclose()

@@ -508,6 +508,40 @@ class TaskSettings(_Strict):
     )
 
 
+class BatchSettings(_Strict):
+    """The Batch API (``/v1/files``, ``/v1/batches``): its limits and its pace."""
+
+    concurrency: int = Field(
+        default=10, ge=1, le=1000, description="Lines of one batch in flight at once."
+    )
+    max_lines: int = Field(default=50_000, ge=1, description="Lines per batch input file.")
+    max_file_bytes: int = Field(
+        default=64 * 1024 * 1024, gt=0, description="Largest file `POST /v1/files` takes."
+    )
+    completion_windows: dict[str, float] = Field(
+        default_factory=lambda: {"24h": 86400.0},
+        description="The `completion_window` values accepted, each with its length in seconds.",
+    )
+    poll_interval_s: float = Field(
+        default=1.0, gt=0, description="How often a running batch looks for a cancel."
+    )
+    max_retry_wait_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="The longest one wait on a rate-limited line (its Retry-After, capped).",
+    )
+
+    @field_validator("completion_windows")
+    @classmethod
+    def _windows_positive(cls, value: dict[str, float]) -> dict[str, float]:
+        if not value:
+            raise ValueError("at least one completion window is needed")
+        for name, seconds in value.items():
+            if not seconds > 0:
+                raise ValueError(f"{name}: a window must be longer than 0 s")
+        return value
+
+
 class SessionSettings(_Strict):
     ttl_s: float = Field(default=7 * 24 * 3600, gt=0, description="Redis: idle sessions expire.")
     max_turns: int = Field(default=200, gt=0, description="Turns kept per session.")
@@ -575,6 +609,7 @@ class Settings(BaseSettings):
     limits: LimitSettings = LimitSettings()
     store: StoreSettings = StoreSettings()
     tasks: TaskSettings = TaskSettings()
+    batches: BatchSettings = BatchSettings()
     sessions: SessionSettings = SessionSettings()
     events: EventSettings = EventSettings()
     tracing: TracingSettings = TracingSettings()
