@@ -72,11 +72,15 @@ def test_a_streamed_semantic_hit_is_a_stream_the_sdk_reads(server: GuaritaServer
 def test_admin_cache_reports_the_semantic_tier(server: GuaritaServer) -> None:
     client = sdk(server, server.key)  # type: ignore[attr-defined]
     ask(client, "Do you ship to Norway?")
+    assert ask(client, "do you ship to norway?")[0] == "semantic-hit"
     admin = server.create_key("admin", "admin")
     stats = httpx.get(server.base_url + "/admin/cache",
                       headers={"Authorization": f"Bearer {admin}"}).json()  # fmt: skip
     assert stats["semantic"]["embedder"] == "wordllama-l2_supercat-256"
     assert stats["semantic"]["indexed"] >= 1
+    metrics = httpx.get(server.base_url + "/metrics").text
+    assert "guarita_cache_semantic_entries" in metrics
+    assert 'guarita_cache_lookups_total{result="semantic-hit"}' in metrics
 
 
 @pytest.mark.skipif(not scale_out(), reason="entries are shared between processes in scale-out")

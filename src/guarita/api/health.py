@@ -66,4 +66,9 @@ async def metrics(runtime: RuntimeDep) -> Response:
         runtime.metrics.cache_hit_ratio.set(cache.hit_ratio or 0.0)
         if cache.local_entries is not None:
             runtime.metrics.cache_entries.set(cache.local_entries)
+        if cache.semantic is not None:
+            embedder = cache.semantic.embedder
+            runtime.metrics.cache_semantic_entries.set(len(cache.semantic.index))
+            seen = embedder.hits + embedder.misses
+            runtime.metrics.embedding_cache_hit_ratio.set(embedder.hits / seen if seen else 0.0)
     return Response(runtime.metrics.render(), media_type=runtime.metrics.content_type)

@@ -393,9 +393,17 @@ class CacheReport(BaseModel):
     enabled: bool = Field(description="Whether any model or agent caches its answers")
     store: Literal["process", "redis"]
     entries: int
-    lookups: dict[str, int] = Field(description="This process's lookups: hit, miss, bypass")
+    lookups: dict[str, int] = Field(
+        description="This process's lookups: hit, semantic-hit, miss, bypass"
+    )
     hit_ratio: float | None = Field(description="Hits over hits and misses; null before any")
     saved_usd: float = Field(description="What this process's hits saved")
+    semantic: dict[str, Any] | None = Field(
+        default=None,
+        description="The semantic tier, when a policy uses it: embedder, threshold, questions "
+        "indexed in this process, candidates the verifier rejected by reason, the embedding "
+        "cache's size, hits and misses",
+    )
 
 
 class CacheClear(BaseModel):

@@ -138,6 +138,18 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        self.cache_semantic_entries = Gauge(
+            "guarita_cache_semantic_entries",
+            "Questions in each process's semantic index (every process holds all in scale-out).",
+            registry=r,
+            multiprocess_mode="liveall",
+        )
+        self.embedding_cache_hit_ratio = Gauge(
+            "guarita_embedding_cache_hit_ratio",
+            "Texts found in the embedding cache over texts embedded or found, per process.",
+            registry=r,
+            multiprocess_mode="liveall",
+        )
         self.tokens_saved = Counter(
             "guarita_tokens_saved_total",
             "Prompt tokens (estimated) that prompt compression removed.",
