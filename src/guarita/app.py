@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from guarita import __version__
 from guarita.api import admin, agents, health, openai
+from guarita.api.cached_chat import CachedChatPath
 from guarita.api.errors import install_error_handlers
 from guarita.api.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from guarita.api.openapi import install_openapi
@@ -42,6 +43,8 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.include_router(health.router)
     app.include_router(admin.router)
     install_openapi(app, settings)
+    if runtime.cache.enabled:  # innermost: inside the body limit and the access log
+        app.add_middleware(CachedChatPath, runtime=runtime)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.server.max_body_bytes)
     tracer = runtime.tracing.tracer if runtime.tracing.enabled else None
     app.add_middleware(RequestContextMiddleware, metrics=runtime.metrics, tracer=tracer)
