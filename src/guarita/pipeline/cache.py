@@ -107,10 +107,7 @@ class ResponseCache:
     ) -> ResponseCachePolicy | None:
         """The policy of a chat request to ``model`` or ``agent``, if it may be cached (the
         HTTP layer asks before it builds the call, ``api/cached_chat.py``)."""
-        if agent is not None:
-            policy = self._agents.get(agent)
-        else:
-            policy = self._models.get(model)
+        policy = self._agents.get(agent) if agent is not None else self._models.get(model)
         if policy is None:
             return None
         if body.get("n") not in (None, 1):
