@@ -16,6 +16,8 @@ before.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import orjson
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
@@ -30,6 +32,11 @@ from guarita.errors import GuaritaError, ModelNotFound
 from guarita.runtime import Runtime
 
 CHAT_PATH = "/v1/chat/completions"
+VALIDATED_BODIES = 256
+VALIDATED_BODY_BYTES = 16 * 1024
+
+_Validated = tuple[ChatCompletionRequest, str, str | None, bytes]
+"""A validated request, its model and agent, and its provider body as JSON."""
 
 
 class CachedChatPath:
@@ -40,6 +47,8 @@ class CachedChatPath:
         self.app = app
         self._runtime = runtime
         self._route = _chat_route()
+        self._validated: OrderedDict[bytes, _Validated] = OrderedDict()
+        """Bodies seen lately and what validating them gave (see ``_cacheable``)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != CHAT_PATH or scope["method"] != "POST":
@@ -64,9 +73,19 @@ class CachedChatPath:
         self, scope: Scope, body: bytes
     ) -> tuple[ChatCompletionRequest, ChatTarget] | None:
         """The validated request and what it calls, if the cache may answer it; None for
-        anything the route should see as it is."""
+        anything the route should see as it is.
+
+        What validating a body gives depends on the body and the settings alone, and an
+        exact hit is the same body again: the result for the last ``VALIDATED_BODIES``
+        bodies (of at most ``VALIDATED_BODY_BYTES``) is kept, and a body seen again gets a
+        fresh copy of its provider body (the stages may change it) from the JSON kept."""
         if not _is_json(scope):
             return None
+        known = self._validated.get(body)
+        if known is not None:
+            self._validated.move_to_end(body)
+            payload, model, agent, provider_body = known
+            return payload, (model, agent, orjson.loads(provider_body))
         try:
             data = orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -81,6 +100,10 @@ class CachedChatPath:
         model, agent, call_body = target
         if self._runtime.cache.chat_policy(model, agent, call_body) is None:
             return None
+        if len(body) <= VALIDATED_BODY_BYTES:
+            self._validated[body] = (payload, model, agent, orjson.dumps(call_body))
+            if len(self._validated) > VALIDATED_BODIES:
+                self._validated.popitem(last=False)
         return payload, target
 
 
