@@ -13,6 +13,7 @@ import asyncio
 import re
 import secrets
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,6 +21,9 @@ import openai
 import orjson
 import pytest
 
+from guarita.api.cached_chat import CachedChatPath
+from guarita.runtime import Runtime
+from guarita.settings import load_settings
 from tests.helpers import GuaritaServer, inside_one_minute, query
 
 SCRIPTED = {"provider": "scripted", "options": {"reply": "Paris is the capital of France."},
@@ -245,3 +249,23 @@ def test_an_unknown_model_and_a_body_too_large_get_the_routes_errors(server: Gua
     huge = question("cached", "x" * (5 * 1024 * 1024))
     too_large = post(server, huge)
     assert too_large.status_code == 413 and too_large.json()["error"]["type"]
+
+
+def test_a_body_seen_again_gets_its_own_copy_of_what_validation_gave(tmp_path: Path) -> None:
+    """The kept validation of a body: the same request and target, and a provider body of
+    its own each time (a stage may change the one it got)."""
+    settings = load_settings(data_dir=tmp_path, models=CONFIG["models"], agents=CONFIG["agents"],
+                             default_agent="a")  # fmt: skip
+    path = CachedChatPath(lambda *_: None, Runtime(settings))  # type: ignore[arg-type,return-value]
+    scope = {"type": "http", "headers": [(b"content-type", b"application/json")]}
+    body = orjson.dumps(question("cached", "same", temperature=0, max_tokens=16))
+    first, second = path._cacheable(scope, body), path._cacheable(scope, body)
+    assert first is not None and second is not None
+    (payload, (model, agent, call_body)), (again, (model2, agent2, body2)) = first, second
+    assert again is payload and (model2, agent2) == (model, agent) == ("cached", None)
+    assert body2 == call_body and body2 is not call_body
+    assert body2["messages"] is not call_body["messages"]
+    call_body["messages"].append({"role": "assistant", "content": "changed by a stage"})
+    third = path._cacheable(scope, body)
+    assert third is not None and third[1][2] == body2
+    assert path._cacheable(scope, orjson.dumps(question("direct", "same"))) is None
