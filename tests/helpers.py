@@ -91,6 +91,19 @@ def wait_until(
     raise TimeoutError(f"timed out after {timeout}s waiting for {what or predicate}: {last_error}")
 
 
+async def wait_until_async(
+    predicate: Callable[[], Any], *, within_s: float = 10.0, interval: float = 0.02, what: str = ""
+) -> Any:
+    """:func:`wait_until` for a test on the event loop: what it waits for runs meanwhile."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        await asyncio.sleep(interval)
+    raise TimeoutError(f"timed out after {within_s}s waiting for {what or predicate}")
+
+
 def inside_one_minute(needed_s: float) -> None:
     """Rate windows are whole minutes on the clock (the same clock Redis ``TIME`` reads on
     this machine): if fewer than ``needed_s`` seconds are left in this one, wait for the

@@ -86,10 +86,14 @@ def test_local_guarita_yaml_is_found(tmp_path: Path) -> None:
             "models.m.cache.namespace",
         ),
         (
-            {"models": {"m": {"provider": "scripted", "cache": {"mode": "semantic"}}}},
+            {
+                "models": {"m": {"provider": "scripted", "cache": {"mode": "semantic"}}},
+                "cache": {"semantic": {"embedder": {"base_url": "http://e/v1", "model": "x"}}},
+            },
             "models.m.cache.mode",
         ),
         ({"cache": {"max_entries": 0}}, "cache.max_entries"),
+        ({"cache": {"semantic": {"threshold": 1.5}}}, "cache.semantic.threshold"),
     ],
 )
 def test_invalid_config_names_the_field(

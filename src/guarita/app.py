@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from guarita import __version__
-from guarita.api import admin, agents, health, openai
+from guarita.api import admin, agents, batches, health, openai
 from guarita.api.cached_chat import CachedChatPath
 from guarita.api.errors import install_error_handlers
 from guarita.api.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
@@ -38,14 +38,20 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     )
     app.state.runtime = runtime
     install_error_handlers(app)
-    app.include_router(openai.router)
-    app.include_router(agents.router)
-    app.include_router(health.router)
-    app.include_router(admin.router)
+    routers = (openai.router, agents.router, batches.router, health.router, admin.router)
+    for router in routers:
+        app.include_router(router)
+    app.state.endpoints = [route for router in routers for route in router.routes]
     install_openapi(app, settings)
     if runtime.cache.enabled:  # innermost: inside the body limit and the access log
         app.add_middleware(CachedChatPath, runtime=runtime)
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.server.max_body_bytes)
+    # an upload's multipart framing (boundaries, part headers) on top of the file's own limit
+    upload_limit = settings.batches.max_file_bytes + 64 * 1024
+    app.add_middleware(
+        BodySizeLimitMiddleware,
+        max_bytes=settings.server.max_body_bytes,
+        paths={batches.FILE_UPLOAD_PATH: max(upload_limit, settings.server.max_body_bytes)},
+    )
     tracer = runtime.tracing.tracer if runtime.tracing.enabled else None
     app.add_middleware(RequestContextMiddleware, metrics=runtime.metrics, tracer=tracer)
     return app

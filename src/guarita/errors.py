@@ -13,7 +13,10 @@ in one place (``api/errors.py``).
     ├── NotFound                      404 not_found_error
     │   ├── ModelNotFound             404 (code model_not_found)
     │   ├── AgentNotFound             404 (code agent_not_found)
-    │   └── TaskNotFound              404 (code task_not_found)
+    │   ├── TaskNotFound              404 (code task_not_found)
+    │   ├── FileNotFound              404 (code file_not_found)
+    │   └── BatchNotFound             404 (code batch_not_found)
+    ├── Conflict                      409 invalid_request_error (code conflict)
     ├── PayloadTooLarge               413 invalid_request_error
     ├── RateLimited                   429 rate_limit_error (Retry-After)
     │   ├── RateLimitExceeded         429 rate_limit_error (code rate_limit_exceeded)
@@ -127,6 +130,22 @@ class AgentNotFound(NotFound):
 
 class TaskNotFound(NotFound):
     code = "task_not_found"
+
+
+class FileNotFound(NotFound):
+    code = "file_not_found"
+
+
+class BatchNotFound(NotFound):
+    code = "batch_not_found"
+
+
+class Conflict(GuaritaError):
+    """The request is sound, but the resource's state refuses it (an ended batch)."""
+
+    status_code = 409
+    error_type = "invalid_request_error"
+    code = "conflict"
 
 
 class PayloadTooLarge(GuaritaError):

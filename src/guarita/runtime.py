@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import structlog
 from opentelemetry import trace
@@ -19,7 +19,9 @@ from opentelemetry.sdk.trace.export import SpanExporter
 from guarita.agents import AgentService
 from guarita.auth import Authenticator
 from guarita.backends import redis as redis_backend
-from guarita.backends.tasks import LocalTaskQueue, Outcome, TaskExecutor, TaskQueue
+from guarita.backends.tasks import LocalTaskQueue, Outcome, TaskExecutor, TaskQueue, TaskRunner
+from guarita.batches.lines import LineRunner
+from guarita.batches.runner import BatchRunner
 from guarita.cache.exact import Entries, LocalEntries, SharedEntries
 from guarita.pipeline import Next, Stage, compose
 from guarita.pipeline.account import Accounting
@@ -35,6 +37,7 @@ from guarita.settings import Settings
 from guarita.state import SharedState
 from guarita.state.memory import MemorySharedState
 from guarita.state.redis import RedisSharedState
+from guarita.store.batches import BatchInfo, BatchStore, FileStore
 from guarita.store.database import Database
 from guarita.store.keys import KeyStore, RevocationWatch
 from guarita.store.records import RecordWriter
@@ -48,6 +51,10 @@ from guarita.traffic.alerts import BudgetAlerts
 from guarita.traffic.complexity import ComplexityRouting
 from guarita.traffic.compression import PromptCompression
 from guarita.traffic.economy import EconomyMode
+
+if TYPE_CHECKING:  # the semantic tier's modules need its extra (numpy, the embedder)
+    from guarita.cache.embedder import Embedder
+    from guarita.cache.semantic import SemanticTier
 from guarita.traffic.ratelimit import RateLimits
 
 log = structlog.get_logger("guarita.runtime")
@@ -155,9 +162,29 @@ class Runtime:
             tracer=self.tracing.tracer,
             deadline=self.deadline,
         )
+        self.files = FileStore(self.db)
+        self.batches = BatchStore(self.db)
+        self.batch_runner = BatchRunner(
+            self.batches,
+            self.files,
+            self.keys,
+            LineRunner(
+                settings, self.pipeline, self.deadline, max_wait_s=settings.batches.max_retry_wait_s
+            ),
+            settings.batches,
+            on_line=lambda endpoint, ok: self.metrics.batch_lines.labels(
+                endpoint, "succeeded" if ok else "failed"
+            ).inc(),
+            on_end=self._on_batch_end,
+        )
+        self._runners: dict[str, TaskRunner] = {
+            "agent": self.agents.run_task,
+            "batch": self.batch_runner.run,
+        }
+        self._background: set[asyncio.Task[None]] = set()
         self.executor = TaskExecutor(
             self.task_store,
-            self.agents.run_task,
+            self._run_task,
             max_attempts=settings.tasks.max_attempts,
             max_deliveries=settings.tasks.max_deliveries,
             retry_backoff_s=settings.tasks.retry_backoff_s,
@@ -174,16 +201,50 @@ class Runtime:
             entries = SharedEntries(self.state)
         else:
             entries = LocalEntries(max_entries=s.cache.max_entries, max_bytes=s.cache.max_bytes)
+        models = {n: m.cache for n, m in s.models.items() if m.cache is not None}
+        agents = {n: a.cache for n, a in s.agents.items() if a.cache is not None}
+        policies = [*models.values(), *agents.values()]
+        semantic = self._semantic_tier() if any(p.mode == "semantic" for p in policies) else None
         return ResponseCache(
-            models={n: m.cache for n, m in s.models.items() if m.cache is not None},
-            agents={n: a.cache for n, a in s.agents.items() if a.cache is not None},
+            models=models,
+            agents=agents,
             entries=entries,
+            semantic=semantic,
             prices=self.prices,
             stale_s=s.cache.stale_s,
             max_entry_bytes=s.cache.max_entry_bytes,
             economy_ttl_factor=s.limits.economy.cache_ttl_factor,
             on_lookup=lambda result: self.metrics.child(self.metrics.cache_lookups, result).inc(),
             on_saved=self.metrics.cache_saved.inc,
+        )
+
+    def _semantic_tier(self) -> SemanticTier:
+        """The embedder (behind the embedding cache), the vector index and, in scale-out
+        mode, the index shared through Redis."""
+        from guarita.cache.embedder import CachedEmbedder, EndpointEmbedder, WordLlamaEmbedder
+        from guarita.cache.index import VectorIndex
+        from guarita.cache.semantic import WORDLLAMA_THRESHOLD, SemanticTier
+
+        s = self.settings.cache.semantic
+        inner: Embedder
+        if s.embedder == "wordllama":
+            inner = WordLlamaEmbedder()
+            threshold = s.threshold or WORDLLAMA_THRESHOLD
+        else:
+            inner = EndpointEmbedder(base_url=s.embedder.base_url, model=s.embedder.model,
+                                     api_key_env=s.embedder.api_key_env)  # fmt: skip
+            assert s.threshold is not None  # the settings require it
+            threshold = s.threshold
+        shared = self.state if self.redis is not None else None
+        embedder = CachedEmbedder(inner, max_entries=s.embedding_cache_entries, shared=shared)
+        dims = inner.dims or 0
+        return SemanticTier(
+            embedder=embedder,
+            index=VectorIndex(dims, max_entries=s.max_entries),
+            threshold=threshold,
+            candidates=s.candidates,
+            max_question_chars=s.max_question_chars,
+            state=shared,
         )
 
     def _session_store(self) -> SessionStore:
@@ -209,14 +270,33 @@ class Runtime:
             stranded_after_s=tasks.stranded_after_s,
         )
 
+    async def _run_task(self, task: TaskInfo) -> dict[str, Any]:
+        """A task's run, by its kind: an agent chat, or a batch."""
+        return await self._runners[task.kind](task)
+
     def _on_task_event(self, event: str, task: TaskInfo, details: dict[str, Any]) -> None:
         status = event.removeprefix("task.")
         if event == "task.failed" and not details.get("final"):
             status = "retrying"
-        self.metrics.tasks.labels(task.agent, status).inc()
+        elif event == "task.failed" and task.kind == "batch":
+            message = f"the batch's task failed: {details.get('error')}"
+            self._in_background(self.batch_runner.abandon(task.payload["batch_id"], message))
+        self.metrics.tasks.labels(task.agent or task.kind, status).inc()
         self.events.publish(
             "guarita." + event, {"task_id": task.id, "agent": task.agent, **details}
         )
+
+    def _in_background(self, work: Any) -> None:
+        job = asyncio.get_running_loop().create_task(work)
+        self._background.add(job)
+        job.add_done_callback(self._background.discard)
+
+    def _on_batch_end(self, batch: BatchInfo) -> None:
+        self.metrics.batches.labels(batch.status).inc()
+        self.events.publish(events.BATCH_ENDED, {
+            "batch_id": batch.id, "status": batch.status, "endpoint": batch.endpoint,
+            "total": batch.total, "completed": batch.completed, "failed": batch.failed,
+        })  # fmt: skip
 
     def deadline(self, model: str, agent: str | None, requested_ms: float | None = None) -> float:
         """When a call must be over: the request's own wish within limits, else the agent's,
@@ -247,6 +327,8 @@ class Runtime:
         for group in self.models.values():
             for deployment in group.deployments:
                 await deployment.provider.start()
+        if self.cache.semantic is not None:
+            await self.cache.semantic.start()
         if self.role == "api":
             await self.tasks.start()
             if self.settings.auth.enabled:
@@ -272,6 +354,28 @@ class Runtime:
             self.events.publish(events.TASK_QUEUED, queued)
             await self.tasks.submit(task, trace_context=self.tracing.inject())
         return task
+
+    async def submit_batch(
+        self, *, key_id: str | None, endpoint: str, input_file_id: str, completion_window: str,
+        total: int, metadata: dict[str, str] | None, request_id: str | None,
+    ) -> BatchInfo:  # fmt: skip
+        """Write the batch, then its task (``kind="batch"``), and hand that to the queue."""
+        window_s = self.settings.batches.completion_windows[completion_window]
+        batch = await self.batches.create(
+            key_id=key_id, endpoint=endpoint, input_file_id=input_file_id,
+            completion_window=completion_window, window_s=window_s, total=total,
+            metadata=metadata, request_id=request_id,
+        )  # fmt: skip
+        task = await self.task_store.create(
+            agent="", payload={"batch_id": batch.id}, key_id=key_id, request_id=request_id,
+            kind="batch",
+        )  # fmt: skip
+        await self.batches.set_task(batch.id, task.id)
+        self.metrics.tasks.labels("batch", "queued").inc()
+        queued = {"task_id": task.id, "agent": "", "request_id": request_id}
+        self.events.publish(events.TASK_QUEUED, queued)
+        await self.tasks.submit(task, trace_context=self.tracing.inject())
+        return batch
 
     async def execute_task(
         self, task_id: str, trace_context: dict[str, str] | None = None
@@ -309,10 +413,14 @@ class Runtime:
         if self.role == "api":
             await self.revocations.aclose()
             await self.tasks.aclose()
+        if self._background:  # batches abandoned by their task: failed before the store goes
+            await asyncio.gather(*self._background, return_exceptions=True)
         await self.recording.aclose()  # settlements of streams that ended
         await self.rate_limits.aclose()
         await self.economy.aclose()
         await self.breakers.aclose()
+        if self.cache.semantic is not None:
+            await self.cache.semantic.aclose()
         await self.state.aclose()
         await self.records.aclose()
         await self.events.aclose()

@@ -203,6 +203,40 @@ class CompressionSettings(_Strict):
     )
 
 
+class EmbeddingEndpoint(_Strict):
+    """An OpenAI-compatible ``/v1/embeddings`` endpoint for the semantic tier."""
+
+    base_url: str = Field(description="e.g. https://api.openai.com/v1")
+    model: str
+    api_key_env: str | None = Field(
+        default=None, description="The variable holding its key (none: no Authorization)."
+    )
+
+
+class SemanticCacheSettings(_Strict):
+    """The semantic tier: the embedder, the threshold and the in-process vector index."""
+
+    embedder: Literal["wordllama"] | EmbeddingEndpoint = Field(
+        default="wordllama",
+        description="wordllama: the local model in the `semantic` extra; or an endpoint.",
+    )
+    threshold: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="Cosine from which a verified candidate is served; none: the threshold "
+        "calibrated for wordllama (required with an endpoint: `guarita cache calibrate`).",
+    )
+    candidates: int = Field(default=4, ge=1, le=32, description="Neighbours verified per lookup.")
+    max_entries: int = Field(default=100_000, gt=0, description="Indexed questions (LRU).")
+    max_question_chars: int = Field(
+        default=2000, gt=0, description="A longer last user message is looked up exactly only."
+    )
+    embedding_cache_entries: int = Field(
+        default=50_000, ge=0, description="Embeddings kept in process, by text (LRU)."
+    )
+
+
 class CacheSettings(_Strict):
     """The response cache's storage: in process (embedded) or in Redis (with redis_url)."""
 
@@ -219,6 +253,7 @@ class CacheSettings(_Strict):
         description="How long an answer is kept after its TTL, to answer at the `cache` "
         "fallback level when every model fails.",
     )
+    semantic: SemanticCacheSettings = SemanticCacheSettings()
 
 
 class AgentSettings(_Strict):
@@ -473,6 +508,40 @@ class TaskSettings(_Strict):
     )
 
 
+class BatchSettings(_Strict):
+    """The Batch API (``/v1/files``, ``/v1/batches``): its limits and its pace."""
+
+    concurrency: int = Field(
+        default=10, ge=1, le=1000, description="Lines of one batch in flight at once."
+    )
+    max_lines: int = Field(default=50_000, ge=1, description="Lines per batch input file.")
+    max_file_bytes: int = Field(
+        default=64 * 1024 * 1024, gt=0, description="Largest file `POST /v1/files` takes."
+    )
+    completion_windows: dict[str, float] = Field(
+        default_factory=lambda: {"24h": 86400.0},
+        description="The `completion_window` values accepted, each with its length in seconds.",
+    )
+    poll_interval_s: float = Field(
+        default=1.0, gt=0, description="How often a running batch looks for a cancel."
+    )
+    max_retry_wait_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="The longest one wait on a rate-limited line (its Retry-After, capped).",
+    )
+
+    @field_validator("completion_windows")
+    @classmethod
+    def _windows_positive(cls, value: dict[str, float]) -> dict[str, float]:
+        if not value:
+            raise ValueError("at least one completion window is needed")
+        for name, seconds in value.items():
+            if not seconds > 0:
+                raise ValueError(f"{name}: a window must be longer than 0 s")
+        return value
+
+
 class SessionSettings(_Strict):
     ttl_s: float = Field(default=7 * 24 * 3600, gt=0, description="Redis: idle sessions expire.")
     max_turns: int = Field(default=200, gt=0, description="Turns kept per session.")
@@ -540,6 +609,7 @@ class Settings(BaseSettings):
     limits: LimitSettings = LimitSettings()
     store: StoreSettings = StoreSettings()
     tasks: TaskSettings = TaskSettings()
+    batches: BatchSettings = BatchSettings()
     sessions: SessionSettings = SessionSettings()
     events: EventSettings = EventSettings()
     tracing: TracingSettings = TracingSettings()
@@ -606,9 +676,14 @@ class Settings(BaseSettings):
         for where, policy, is_agent in policies:
             if policy is None:
                 continue
-            if policy.mode == "semantic":
-                raise ValueError(f"{where}.mode: the semantic tier is not available yet; "
-                                 "use exact")  # fmt: skip
+            if (
+                policy.mode == "semantic"
+                and self.cache.semantic.threshold is None
+                and self.cache.semantic.embedder != "wordllama"
+            ):
+                raise ValueError(f"{where}.mode: semantic with an endpoint embedder needs "
+                                 "cache.semantic.threshold, calibrated for it (guarita "
+                                 "cache calibrate)")  # fmt: skip
             if policy.namespace == "agent" and not is_agent:
                 raise ValueError(f"{where}.namespace: agent is for an agent's cache; a "
                                  "model's entries are each key's own")  # fmt: skip

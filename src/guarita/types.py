@@ -125,6 +125,8 @@ class RequestRecord:
     """``hit``, ``semantic-hit``, ``miss`` or ``bypass`` when a cache stage saw the call."""
     cache_saved_usd: float = 0.0
     """What a cache hit saved: the cached answer's cost at its model's prices."""
+    cache_similarity: float | None = None
+    """A semantic hit's cosine (the log line's, not a column)."""
     error_detail: str | None = None
 
     def row(self) -> dict[str, Any]:
@@ -160,9 +162,10 @@ class RequestRecord:
         return fields_
 
 
-_RECORD_COLUMNS = tuple(f.name for f in fields(RequestRecord) if f.name != "error_detail")
+_NOT_COLUMNS = frozenset({"error_detail", "cache_similarity"})
+_RECORD_COLUMNS = tuple(f.name for f in fields(RequestRecord) if f.name not in _NOT_COLUMNS)
 _RECORD_NOTES = ("tokens_saved", "route", "complexity", "economy", "reserved_usd", "cache",
-                 "cache_saved_usd", "error_detail")  # fmt: skip
+                 "cache_saved_usd", "cache_similarity", "error_detail")  # fmt: skip
 
 
 @dataclass(slots=True)

@@ -52,6 +52,15 @@ ERRORS = {
     ("post", "/admin/economy/off"): {400, 401, 403, 408, 413, 431, 500},
     ("get", "/admin/cache"): {401, 403, 408, 431, 500},
     ("post", "/admin/cache/clear"): {400, 401, 403, 408, 413, 431, 500},
+    ("post", "/v1/files"): {400, 401, 408, 413, 431, 500},
+    ("get", "/v1/files"): {400, 401, 408, 431, 500},
+    ("get", "/v1/files/{file_id}"): {401, 404, 408, 431, 500},
+    ("get", "/v1/files/{file_id}/content"): {401, 404, 408, 431, 500},
+    ("delete", "/v1/files/{file_id}"): {401, 404, 408, 431, 500},
+    ("post", "/v1/batches"): {400, 401, 404, 408, 413, 431, 500},
+    ("get", "/v1/batches"): {400, 401, 408, 431, 500},
+    ("get", "/v1/batches/{batch_id}"): {401, 404, 408, 431, 500},
+    ("post", "/v1/batches/{batch_id}/cancel"): {401, 404, 408, 409, 431, 500},
 }
 OPEN = {("get", "/health"), ("get", "/ready"), ("get", "/metrics")}
 EXAMPLES_PER_OPERATION = 25
@@ -194,6 +203,29 @@ def test_the_served_schema_is_the_built_one(
     assert served["components"]["securitySchemes"] == document["components"]["securitySchemes"]
 
 
+def _a_batch(server: GuaritaServer, key: str) -> str:
+    auth = {"authorization": f"Bearer {key}"}
+    line = (
+        b'{"custom_id": "1", "method": "POST", "url": "/v1/chat/completions", '
+        b'"body": {"model": "m", "messages": [{"role": "user", "content": "Hello"}]}}\n'
+    )
+    uploaded = httpx.post(
+        server.base_url + "/v1/files",
+        headers=auth,
+        files={"file": ("in.jsonl", line)},
+        data={"purpose": "batch"},
+    )
+    body = {
+        "input_file_id": uploaded.json()["id"],
+        "endpoint": "/v1/chat/completions",
+        "completion_window": "24h",
+    }
+    batch_id: str = httpx.post(server.base_url + "/v1/batches", headers=auth, json=body).json()[
+        "id"
+    ]
+    return batch_id
+
+
 @pytest.mark.slow
 def test_schemathesis_finds_nothing(
     server_and_key: tuple[GuaritaServer, str], tmp_path: Path
@@ -204,6 +236,15 @@ def test_schemathesis_finds_nothing(
         # any warning fails the run too: e.g. an operation that only ever answered 401
         "[warnings]\nfail-on = true\n"
         f'[auth.openapi.bearerAuth]\nbearer = "{key}"\n'  # in a file, not on a command line
+        # the schema cannot say what makes bytes a batch input file (JSONL, each line a
+        # request): uploads it calls valid are refused as files naming their bad line, and
+        # so the batches it creates from them find no input file
+        '[[operations]]\ninclude-operation-id = "createFile"\nwarnings = false\n'
+        'checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404"]\n'
+        '[[operations]]\ninclude-operation-id = "createBatch"\nwarnings = false\n'
+        # a batch made outside the run, for the operations on one
+        '[[operations]]\ninclude-operation-id = ["retrieveBatch", "cancelBatch"]\n'
+        f'parameters = {{ batch_id = "{_a_batch(server, key)}" }}\n'
     )
     args = [
         *(sys.executable, "-m", "schemathesis.cli", "--config-file", str(config), "run"),

@@ -58,7 +58,8 @@ def test_evaluate_counts_per_kind() -> None:
 
 
 def test_shipped_pairs_match_their_source() -> None:
-    built = build_pairs((DATA / "pairs.txt").read_text())
+    source = "\n".join((DATA / name).read_text() for name in ("pairs.txt", "pairs_more.txt"))
+    built = build_pairs(source)
     assert built == load_pairs(DATA / "pairs.jsonl")
     kinds = {p.kind for p in built}
     assert kinds >= {"paraphrase", "near_repeat", "negation", "number", "date", "entity",

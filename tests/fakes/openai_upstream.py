@@ -26,7 +26,8 @@ fields given replace the current ones):
     reset: bool       zero the counters of ``GET /_stats``
 
 ``GET /_stats`` counts the API calls received: ``calls``, ``failed`` (injected 500s),
-``down`` (503s while down) and ``answered``.
+``down`` (503s while down) and ``answered``; ``in_flight`` and ``max_in_flight`` are the
+calls being answered now and the most there were at once.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import asyncio
 import os
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -48,7 +49,14 @@ from starlette.routing import Route
 
 LAST: dict[str, Any] = {}
 CONTROL: dict[str, Any] = {"fail_rate": 0.0, "down": False, "delay_ms": 0.0}
-STATS: dict[str, int] = {"calls": 0, "failed": 0, "down": 0, "answered": 0}
+STATS: dict[str, int] = {
+    "calls": 0,
+    "failed": 0,
+    "down": 0,
+    "answered": 0,
+    "in_flight": 0,
+    "max_in_flight": 0,
+}
 RNG = random.Random(0)
 
 
@@ -76,6 +84,20 @@ async def _injected_fault() -> Response | None:
         return _error(500, "fake injected failure")
     STATS["answered"] += 1
     return None
+
+
+def counted(handler: Callable[[Request], Awaitable[Response]]) -> Any:
+    """Count the calls in flight (``in_flight``, ``max_in_flight``) around ``handler``."""
+
+    async def wrapper(request: Request) -> Response:
+        STATS["in_flight"] += 1
+        STATS["max_in_flight"] = max(STATS["max_in_flight"], STATS["in_flight"])
+        try:
+            return await handler(request)
+        finally:
+            STATS["in_flight"] -= 1
+
+    return wrapper
 
 
 async def chat(request: Request) -> Response:
@@ -229,7 +251,8 @@ async def control(request: Request) -> Response:
         RNG.seed(int(body.get("seed", 0)))
     if body.get("reset"):
         for name in STATS:
-            STATS[name] = 0
+            if name != "in_flight":
+                STATS[name] = 0
     return JSONResponse(CONTROL)
 
 
@@ -239,8 +262,8 @@ async def stats(_request: Request) -> Response:
 
 app = Starlette(
     routes=[
-        Route("/v1/chat/completions", chat, methods=["POST"]),
-        Route("/v1/embeddings", embeddings, methods=["POST"]),
+        Route("/v1/chat/completions", counted(chat), methods=["POST"]),
+        Route("/v1/embeddings", counted(embeddings), methods=["POST"]),
         Route("/_last", last),
         Route("/_health", health),
         Route("/_control", control, methods=["POST"]),

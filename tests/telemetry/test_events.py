@@ -107,6 +107,7 @@ def test_the_schema_in_the_doc_is_the_schema_file() -> None:
         events.TASK_STARTED,
         events.TASK_FINISHED,
         events.TASK_FAILED,
+        events.BATCH_ENDED,
     ):
         assert f"`{event_type}`" in text
 

@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
+from starlette.routing import Match
 
 from guarita.errors import GuaritaError, InvalidRequest
 
@@ -28,7 +29,8 @@ def error_response(exc: GuaritaError) -> Response:
     )
 
 
-def _validation_message(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
+def validation_message(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
+    """A pydantic validation failure as one message naming the fields, and the first one."""
     parts = []
     for err in errors[:5]:
         loc = [str(p) for p in err.get("loc", ()) if p != "body"]
@@ -83,7 +85,7 @@ async def _on_validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     errors = list(exc.errors())
     shape = _body_shape_message(request, errors)
-    message, param = (shape, None) if shape else _validation_message(errors)
+    message, param = (shape, None) if shape else validation_message(errors)
     return error_response(
         InvalidRequest(message or "invalid request body", param=param, code="invalid_body")
     )
@@ -102,7 +104,9 @@ def _http_message(request: Request, exc: HTTPException) -> tuple[str, str | None
     if status == 404 and detail == HTTPStatus.NOT_FOUND.phrase:
         return f"Invalid URL ({request.method} {request.url.path})", "unknown_url"
     if status == 405 and detail == HTTPStatus.METHOD_NOT_ALLOWED.phrase:
-        allowed = {k.lower(): v for k, v in (exc.headers or {}).items()}.get("allow")
+        allowed = _allowed_methods(request) or {
+            k.lower(): v for k, v in (exc.headers or {}).items()
+        }.get("allow")
         return (
             f"Method {request.method} is not allowed for {request.url.path}"
             + (f" (allowed: {allowed})" if allowed else ""),
@@ -111,9 +115,23 @@ def _http_message(request: Request, exc: HTTPException) -> tuple[str, str | None
     return detail, None
 
 
+def _allowed_methods(request: Request) -> str | None:
+    """Every method of the path: Starlette's ``Allow`` names only the first route's, and a
+    path such as ``/v1/files`` has a route per method."""
+    methods: set[str] = set()
+    # the routers' own routes: the app holds included routers as routes of their own
+    for route in getattr(request.app.state, "endpoints", request.app.routes):
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE:
+            methods.update(getattr(route, "methods", None) or ())
+    return ", ".join(sorted(methods)) or None
+
+
 async def _on_http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     message, code = _http_message(request, exc)
+    if exc.status_code == 405 and (allowed := _allowed_methods(request)):
+        exc.headers = {**(exc.headers or {}), "Allow": allowed}
     body = {
         "error": {
             "message": message,

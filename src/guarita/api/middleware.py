@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Mapping
 
 import orjson
 import structlog
@@ -126,20 +127,25 @@ class RequestContextMiddleware:
 
 
 class BodySizeLimitMiddleware:
-    """Refuse bodies over ``max_bytes``: by Content-Length at once, else while reading."""
+    """Refuse bodies over ``max_bytes``: by Content-Length at once, else while reading.
+    ``paths`` gives some paths limits of their own (file uploads)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, paths: Mapping[str, int] | None = None
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.paths = dict(paths or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        max_bytes = self.paths.get(scope["path"], self.max_bytes)
         for name, value in scope["headers"]:
             if name == b"content-length":
-                if not value.isdigit() or int(value) > self.max_bytes:
-                    await self._reject(send)
+                if not value.isdigit() or int(value) > max_bytes:
+                    await self._reject(send, max_bytes)
                     return
                 break
         seen = 0
@@ -150,9 +156,9 @@ class BodySizeLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
+                if seen > max_bytes:
                     too_large = True
-                    raise PayloadTooLarge(self._message())
+                    raise PayloadTooLarge(_too_large(max_bytes))
             return message
 
         async def checked_send(message: Message) -> None:
@@ -161,18 +167,19 @@ class BodySizeLimitMiddleware:
             nonlocal started
             if too_large and not started:
                 if message["type"] == "http.response.start":
-                    await self._reject(send)
+                    await self._reject(send, max_bytes)
                 return
             started = started or message["type"] == "http.response.start"
             await send(message)
 
         await self.app(scope, limited_receive, checked_send)
 
-    def _message(self) -> str:
-        return f"request body larger than the limit of {self.max_bytes} bytes"
+    async def _reject(self, send: Send, max_bytes: int) -> None:
+        await _send_error(send, PayloadTooLarge(_too_large(max_bytes)))
 
-    async def _reject(self, send: Send) -> None:
-        await _send_error(send, PayloadTooLarge(self._message()))
+
+def _too_large(max_bytes: int) -> str:
+    return f"request body larger than the limit of {max_bytes} bytes"
 
 
 async def _send_error(send: Send, exc: GuaritaError) -> None:

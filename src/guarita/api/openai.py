@@ -7,8 +7,6 @@ only changing their base URL.
 
 from __future__ import annotations
 
-import base64
-import struct
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -42,7 +40,8 @@ from guarita.api.schemas import (
     EmbeddingRequest,
     ModelList,
 )
-from guarita.errors import GuaritaError, InvalidRequest, ModelNotFound
+from guarita.api.shapes import apply_agent, embeddings_body, resolve_model
+from guarita.errors import GuaritaError, InvalidRequest
 from guarita.pipeline.cache import bypass_requested
 from guarita.runtime import Runtime
 from guarita.types import Call, Chunk, Reply
@@ -51,16 +50,6 @@ router = APIRouter(prefix="/v1", tags=["openai"])
 
 _JSON = "application/json"
 _DONE = b"data: [DONE]\n\n"
-
-
-def resolve_model(runtime: Runtime, name: str) -> tuple[str, str | None]:
-    """(model, agent) for a requested name: a configured model, else a configured agent."""
-    if name in runtime.settings.models:
-        return name, None
-    agent = runtime.settings.agents.get(name)
-    if agent is not None:
-        return agent.model, name
-    raise ModelNotFound(f"The model {name!r} does not exist", param="model")
 
 
 def requested_deadline_ms(request: Request) -> float | None:
@@ -76,16 +65,6 @@ def requested_deadline_ms(request: Request) -> float | None:
         raise InvalidRequest("x-guarita-deadline-ms: must be a positive number of milliseconds",
                              param="x-guarita-deadline-ms")  # fmt: skip
     return ms
-
-
-def _apply_agent(runtime: Runtime, agent_name: str, body: dict[str, Any]) -> None:
-    agent = runtime.settings.agents[agent_name]
-    messages = body["messages"]
-    if agent.system_prompt and not any(m.get("role") in ("system", "developer") for m in messages):
-        body["messages"] = [{"role": "system", "content": agent.system_prompt}, *messages]
-    body.setdefault("temperature", agent.temperature)
-    if "max_tokens" not in body and "max_completion_tokens" not in body:
-        body["max_tokens"] = agent.max_tokens
 
 
 _ANSWER_HEADERS = {
@@ -130,10 +109,10 @@ ChatTarget = tuple[str, str | None, dict[str, Any]]
 
 def chat_target(runtime: Runtime, payload: ChatCompletionRequest) -> ChatTarget:
     """What a validated chat request calls, with its agent's system prompt and defaults."""
-    model, agent = resolve_model(runtime, payload.model)
+    model, agent = resolve_model(runtime.settings, payload.model)
     body = payload.provider_body()
     if agent is not None:
-        _apply_agent(runtime, agent, body)
+        apply_agent(runtime.settings, agent, body)
     return model, agent, body
 
 
@@ -239,7 +218,7 @@ async def list_models(runtime: RuntimeDep, _caller: CallerDep) -> Response:
 async def embeddings(
     payload: EmbeddingRequest, request: Request, runtime: RuntimeDep, caller: CallerDep
 ) -> Response:
-    model, agent = resolve_model(runtime, payload.model)
+    model, agent = resolve_model(runtime.settings, payload.model)
     inputs = [payload.input] if isinstance(payload.input, str) else payload.input
     call = Call(
         request_id=request_id(request),
@@ -256,22 +235,5 @@ async def embeddings(
     reply = await runtime.pipeline(call)
     result = reply.embeddings
     assert result is not None
-    encode = _base64_floats if payload.encoding_format == "base64" else None
-    body = {
-        "object": "list",
-        "data": [
-            {"object": "embedding", "index": i, "embedding": encode(v) if encode else v}
-            for i, v in enumerate(result.vectors)
-        ],
-        "model": result.model,
-        "usage": {
-            "prompt_tokens": result.usage.input_tokens,
-            "total_tokens": result.usage.input_tokens,
-        },
-    }
+    body = embeddings_body(result, payload.encoding_format)
     return Response(orjson.dumps(body), media_type=_JSON, headers=call.response_headers)
-
-
-def _base64_floats(vector: list[float]) -> str:
-    """OpenAI's ``encoding_format=base64``: little-endian float32s (the SDK's default)."""
-    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()

@@ -36,6 +36,7 @@ _ERRORS: dict[int, str] = {
     403: "The key's tier may not use this endpoint or model",
     404: "Not found",
     408: "The request line and headers took longer than `server.header_timeout_s`",
+    409: "The resource's state refuses the request",
     413: "Request body larger than `server.max_body_bytes`",
     429: "A limit of the key, its tier or the caller's address (`rate_limit_exceeded`), or "
     "the upstream's (its `Retry-After` is passed on)",
@@ -337,5 +338,10 @@ def _add_examples(schemas: dict[str, Any], settings: Settings) -> None:
                 "stream_options": {"include_usage": True},
             },
         ]
+    if "BatchCreateRequest" in schemas:
+        windows = list(settings.batches.completion_windows)
+        schemas["BatchCreateRequest"]["properties"]["completion_window"] = {
+            "type": "string", "enum": windows, "examples": windows[:1],
+        }  # fmt: skip
     if "EmbeddingRequest" in schemas and models:
         schemas["EmbeddingRequest"]["examples"] = [{"model": models[0], "input": "Hello"}]

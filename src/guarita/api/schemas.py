@@ -429,3 +429,98 @@ class UsageReport(BaseModel):
     total: UsageCounts = Field(description="every record in the window, rows left out included")
     truncated: bool = Field(description="whether `limit` left rows out")
     economy: EconomyReport = Field(description="budgets in economy mode or lifted, now")
+
+
+# -- The Batch API (OpenAI's shapes) ------------------------------------------------------
+
+
+class FileObject(_Open):
+    id: str
+    object: Literal["file"]
+    bytes: int
+    created_at: int = Field(description="Unix seconds")
+    filename: str
+    purpose: Literal["batch", "batch_output"]
+    status: Literal["processed"]
+    expires_at: int | None = None
+    status_details: str | None = None
+
+
+class FileList(_Open):
+    object: Literal["list"]
+    data: list[FileObject]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+class FileDeleted(_Open):
+    id: str
+    object: Literal["file"]
+    deleted: bool
+
+
+_METADATA_KEY = Annotated[str, Field(max_length=64)]
+_METADATA_VALUE = Annotated[str, Field(max_length=512)]
+
+
+class BatchCreateRequest(_Request):
+    model_config = ConfigDict(extra="forbid")
+
+    input_file_id: str = Field(min_length=1, max_length=64)
+    endpoint: Literal["/v1/chat/completions", "/v1/embeddings"]
+    completion_window: str = Field(min_length=1, max_length=20, examples=["24h"])
+    metadata: dict[_METADATA_KEY, _METADATA_VALUE] | None = Field(default=None, max_length=16)
+    output_expires_after: dict[str, Any] | None = Field(
+        default=None, description="Accepted and ignored: files are kept until deleted"
+    )
+
+
+class BatchRequestCounts(BaseModel):
+    total: int
+    completed: int
+    failed: int
+
+
+class BatchError(BaseModel):
+    code: str | None
+    message: str | None
+    param: str | None = None
+    line: int | None = None
+
+
+class BatchErrors(BaseModel):
+    object: Literal["list"]
+    data: list[BatchError]
+
+
+class BatchObject(_Open):
+    id: str
+    object: Literal["batch"]
+    endpoint: str
+    errors: BatchErrors | None
+    input_file_id: str
+    completion_window: str
+    status: Literal["validating", "failed", "in_progress", "finalizing", "completed", "expired",
+                    "cancelling", "cancelled"]  # fmt: skip
+    output_file_id: str | None
+    error_file_id: str | None
+    created_at: int
+    in_progress_at: int | None
+    expires_at: int | None
+    finalizing_at: int | None
+    completed_at: int | None
+    failed_at: int | None
+    expired_at: int | None
+    cancelling_at: int | None
+    cancelled_at: int | None
+    request_counts: BatchRequestCounts
+    metadata: dict[str, str] | None
+
+
+class BatchList(_Open):
+    object: Literal["list"]
+    data: list[BatchObject]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool

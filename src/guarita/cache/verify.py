@@ -478,11 +478,21 @@ def _plural_diff(a: Features, b: Features) -> bool:
     return bool((a.plurals & singular_b) - b.plurals) or bool((b.plurals & singular_a) - a.plurals)
 
 
+_NOT_WORD = re.compile(r"[^a-z0-9]+")
+
+
+@lru_cache(maxsize=65536)
+def _plain(text: str) -> str:
+    """The text without case, punctuation or apostrophes: two texts alike here differ in
+    nothing a reader would read as meaning ("I'm charged" = "im charged")."""
+    return " ".join(_NOT_WORD.sub(" ", text.lower().replace("'", "").replace("\u2019", "")).split())
+
+
 def verify(query: str, candidate: str) -> Verdict:
     """Whether ``candidate``'s cached answer may be served for ``query``: ``Verdict(ok=True)``
     or the first kind of difference found (``negation``, ``number``, ``date``, ``entity``,
     ``scope``, ``swap``, ``substitution``)."""
-    if query == candidate:
+    if query == candidate or _plain(query) == _plain(candidate):
         return Verdict(True)
     a, b = features(query), features(candidate)
     if a.negations % 2 != b.negations % 2 or _pole_conflict(a, b):

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -41,9 +41,12 @@ from guarita.settings import ResponseCachePolicy
 from guarita.telemetry.prices import FREE, Price
 from guarita.types import Call, Chunk, Completion, FallbackLevel, Reply, Usage
 
+if TYPE_CHECKING:  # numpy and the embedder only with the semantic extra
+    from guarita.cache.semantic import Probe, SemanticTier
+
 log = structlog.get_logger("guarita.cache")
 
-HIT, MISS, BYPASS = "hit", "miss", "bypass"
+HIT, SEMANTIC_HIT, MISS, BYPASS = "hit", "semantic-hit", "miss", "bypass"
 STORED_LEVELS = frozenset({FallbackLevel.PRIMARY, FallbackLevel.DEPLOYMENT})
 NOT_STORED_REASONS = frozenset({None, "content_filter"})
 REPLAY_CHUNK_CHARS = 64
@@ -73,6 +76,7 @@ class ResponseCache:
         stale_s: float,
         max_entry_bytes: int,
         economy_ttl_factor: float = 1.0,
+        semantic: SemanticTier | None = None,
         on_lookup: Callable[[str], None] | None = None,
         on_saved: Callable[[float], None] | None = None,
         clock: Callable[[], float] = time.time,
@@ -87,7 +91,8 @@ class ResponseCache:
         self._on_lookup = on_lookup
         self._on_saved = on_saved
         self._clock = clock
-        self.lookups = {HIT: 0, MISS: 0, BYPASS: 0}
+        self.semantic = semantic
+        self.lookups = {HIT: 0, SEMANTIC_HIT: 0, MISS: 0, BYPASS: 0}
         """This process's lookups by result."""
         self.saved_usd = 0.0
         """What this process's hits saved."""
@@ -118,34 +123,56 @@ class ResponseCache:
                 return None
         return policy
 
+    @staticmethod
+    def _namespace(call: Call, policy: ResponseCachePolicy) -> str:
+        """The storage prefix of the call's namespace."""
+        if policy.namespace == "agent" and call.agent is not None:
+            return namespace_key(f"agent:{call.agent}")
+        return namespace_key(f"key:{call.caller.key_id or 'anonymous'}")
+
+    @staticmethod
+    def _target(call: Call) -> str:
+        return f"agent:{call.agent}/{call.model}" if call.agent else f"model:{call.model}"
+
     def key_for(self, call: Call, policy: ResponseCachePolicy) -> str:
         """The storage key: the namespace's prefix and the request's hash."""
-        if policy.namespace == "agent" and call.agent is not None:
-            namespace = f"agent:{call.agent}"
-        else:
-            namespace = f"key:{call.caller.key_id or 'anonymous'}"
-        target = f"agent:{call.agent}/{call.model}" if call.agent else f"model:{call.model}"
-        return namespace_key(namespace) + request_key(target, call.body)
+        return self._namespace(call, policy) + request_key(self._target(call), call.body)
+
+    async def _probe(self, call: Call, policy: ResponseCachePolicy) -> Probe | None:
+        """The semantic tier's view of the call, if its policy is semantic."""
+        if policy.mode != "semantic" or self.semantic is None:
+            return None
+        return await self.semantic.probe(self._namespace(call, policy), self._target(call),
+                                         call.body)  # fmt: skip
 
     async def __call__(self, call: Call, next: Next) -> Reply:
         policy = self.policy_for(call)
         if policy is None:
             return await next(call)
         key = self.key_for(call, policy)
+        probe: Probe | None = None
         if call.cache_bypass:
             outcome = BYPASS
+            probe = await self._probe(call, policy)
         else:
             entry = await self._lookup(key)
             if entry is not None and entry.fresh(self._clock()):
-                return self._hit(call, entry)
+                return self._hit(call, entry, HIT)
             outcome = MISS
+            probe = await self._probe(call, policy)
+            if probe is not None:
+                assert self.semantic is not None
+                found = await self.semantic.find(probe, self._lookup)
+                if found is not None:
+                    call.record.cache_similarity = round(found.candidate.score, 4)
+                    return self._hit(call, found.entry, SEMANTIC_HIT)
         self._seen(call, outcome)
         reply = await next(call)
         ttl = policy.ttl_s * (self._economy_ttl_factor if call.economy else 1.0)
 
         async def store(done: Reply, error: BaseException | None) -> None:
             if error is None:
-                await self._store(call, done, key, ttl)
+                await self._store(call, done, key, ttl, probe)
 
         await reply.after(store)
         return reply
@@ -161,7 +188,8 @@ class ResponseCache:
     @property
     def hit_ratio(self) -> float | None:
         """This process's hits over hits and misses; None before any."""
-        hits, misses = self.lookups[HIT], self.lookups[MISS]
+        hits = self.lookups[HIT] + self.lookups[SEMANTIC_HIT]
+        misses = self.lookups[MISS]
         return hits / (hits + misses) if hits + misses else None
 
     @property
@@ -172,7 +200,7 @@ class ResponseCache:
     async def stats(self) -> dict[str, Any]:
         """What ``GET /admin/cache`` reports: the entries (every process's, when they live
         in Redis) and this process's lookups."""
-        return {
+        out: dict[str, Any] = {
             "enabled": self.enabled,
             "store": "redis" if isinstance(self.entries, SharedEntries) else "process",
             "entries": await self.entries.size(),
@@ -180,11 +208,25 @@ class ResponseCache:
             "hit_ratio": self.hit_ratio,
             "saved_usd": round(self.saved_usd, 6),
         }
+        if self.semantic is not None:
+            embedder = self.semantic.embedder
+            out["semantic"] = {
+                "embedder": embedder.name,
+                "threshold": self.semantic.threshold,
+                "indexed": len(self.semantic.index),
+                "rejected_by_verifier": dict(self.semantic.rejected),
+                "embeddings_cached": len(embedder),
+                "embedding_cache": {"hits": embedder.hits, "misses": embedder.misses},
+            }
+        return out
 
     async def clear(self, namespace: str | None = None) -> int:
         """Drop the entries of one namespace (``key:<key id>`` or ``agent:<name>``), or all;
         how many there were."""
-        return await self.entries.clear(None if namespace is None else namespace_key(namespace))
+        prefix = None if namespace is None else namespace_key(namespace)
+        if self.semantic is not None:
+            await self.semantic.clear(prefix)
+        return await self.entries.clear(prefix)
 
     def _seen(self, call: Call, outcome: str) -> None:
         call.record.cache = outcome
@@ -193,22 +235,29 @@ class ResponseCache:
         if self._on_lookup is not None:
             self._on_lookup(outcome)
 
-    def _hit(self, call: Call, entry: Entry) -> Reply:
-        self._seen(call, HIT)
+    def _hit(self, call: Call, entry: Entry, how: str) -> Reply:
+        self._seen(call, how)
         saved = self._prices.get(entry.model, FREE).cost(entry.usage)
         call.record.cache_saved_usd = saved
         self.saved_usd += saved
         if self._on_saved is not None and saved:
             self._on_saved(saved)
-        return self._answer(call, entry, HIT)
+        return self._answer(call, entry, how)
 
     async def fallback_answer(self, call: Call) -> Reply | None:
         """For the ``cache`` fallback level, when every model failed: the cached answer to
-        this request, fresh or stale (kept ``stale_s`` past its TTL), or None."""
+        this request, fresh or stale (kept ``stale_s`` past its TTL), or, with a semantic
+        policy, to a verified similar one; or None."""
         policy = self.policy_for(call)
         if policy is None:
             return None
         entry = await self._lookup(self.key_for(call, policy))
+        if entry is None:
+            probe = await self._probe(call, policy)
+            if probe is not None:
+                assert self.semantic is not None
+                found = await self.semantic.find(probe, self._lookup, stale_ok=True)
+                entry = None if found is None else found.entry
         return None if entry is None else self._answer(call, entry, "fallback")
 
     def _answer(self, call: Call, entry: Entry, how: str) -> Reply:
@@ -225,7 +274,9 @@ class ResponseCache:
         reply.cache = how
         return reply
 
-    async def _store(self, call: Call, reply: Reply, key: str, ttl_s: float) -> None:
+    async def _store(
+        self, call: Call, reply: Reply, key: str, ttl_s: float, probe: Probe | None = None
+    ) -> None:
         if reply.cache is not None or reply.fallback_level not in STORED_LEVELS:
             return
         if reply.finish_reason in NOT_STORED_REASONS:
@@ -249,6 +300,10 @@ class ResponseCache:
             await self.entries.put(key, raw, ttl_s + self._stale_s)
         except Exception as exc:  # noqa: BLE001 - an answer not cached is still an answer
             log.warning("cache_store_failed", error_type=type(exc).__name__)
+            return
+        if probe is not None:
+            assert self.semantic is not None
+            await self.semantic.add(probe, key, entry.fresh_until, now + ttl_s + self._stale_s)
 
 
 async def _replay(body: dict[str, Any], usage: Usage) -> AsyncIterator[Chunk]:

@@ -274,6 +274,11 @@ class Values(Protocol):
         """How many live values have a key starting with ``prefix`` (a scan: for reports)."""
         ...
 
+    def items_prefix(self, prefix: str) -> AsyncIterator[tuple[str, bytes]]:
+        """The live values whose key starts with ``prefix``, as ``(key, value)``, in no
+        order (a scan, in pages: for a process loading what others shared at its start)."""
+        ...
+
     async def compare_and_set(
         self, key: str, expected: bytes | None, new: bytes, ttl_s: float | None = None
     ) -> bool:

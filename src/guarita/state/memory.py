@@ -187,6 +187,13 @@ class MemorySharedState:
             self._values.pop(key, None)
         return live
 
+    async def items_prefix(self, prefix: str) -> AsyncIterator[tuple[str, bytes]]:
+        now = self._now_ms()
+        for key in [k for k in self._values if k.startswith(prefix)]:
+            entry = self._value(key, now)
+            if entry is not None:
+                yield key, entry[0]
+
     async def count_prefix(self, prefix: str) -> int:
         now = self._now_ms()
         return sum(1 for k in list(self._values) if k.startswith(prefix) and self._value(k, now))

@@ -316,6 +316,27 @@ class RedisSharedState:
             count += 1
         return count
 
+    async def items_prefix(self, prefix: str) -> AsyncIterator[tuple[str, bytes]]:
+        strip = len(self._prefix) + 2  # "v:"
+        page: list[bytes] = []
+        async for key in self._redis.scan_iter(match=self._match(prefix), count=500):
+            page.append(key)
+            if len(page) >= 500:
+                async for item in self._values_of(page, strip):
+                    yield item
+                page = []
+        if page:
+            async for item in self._values_of(page, strip):
+                yield item
+
+    async def _values_of(self, keys: list[bytes], strip: int) -> AsyncIterator[tuple[str, bytes]]:
+        pipe = self._redis.pipeline(transaction=False)  # not MGET: keys of any slot
+        for key in keys:
+            pipe.get(key)
+        for key, value in zip(keys, await pipe.execute(), strict=True):
+            if value is not None:  # expired since the scan
+                yield key.decode()[strip:], value
+
     def _match(self, prefix: str) -> str:
         """A SCAN pattern for the values under ``prefix``, its glob characters escaped."""
         escaped = "".join("\\" + c if c in "*?[]\\" else c for c in self._prefix + "v:" + prefix)

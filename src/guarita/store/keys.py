@@ -83,6 +83,13 @@ class KeyStore:
             rows = await session.scalars(select(ApiKey).order_by(ApiKey.created_at))
             return [KeyInfo.of(row) for row in rows]
 
+    async def get(self, key_id: str) -> KeyInfo | None:
+        """The active key of that id (work done later on a key's behalf, such as a batch,
+        runs with its tier and limits as they are then); None if revoked or unknown."""
+        async with self._db.sessions() as session:
+            row = await session.get(ApiKey, key_id)
+        return KeyInfo.of(row) if row is not None and row.revoked_at is None else None
+
     async def update(
         self, key_id: str, *, tier: str | None = None, limits: TierLimits | None = None,
         replace_limits: bool = False,

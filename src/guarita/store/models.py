@@ -14,6 +14,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -127,7 +128,80 @@ class Task(Base):
     request_id: Mapped[str | None] = mapped_column(String(REQUEST_ID_MAX))
     deliveries: Mapped[int] = mapped_column(Integer, default=0)
     """Claims, ended or not; ``attempts`` counts only attempts that ended."""
+    kind: Mapped[str] = mapped_column(String(20), default="agent", server_default="agent")
+    """What runs it: ``agent`` (an agent chat) or ``batch`` (a Batch API batch)."""
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class StoredFile(Base):
+    """A file of the Batch API (``/v1/files``): an uploaded batch input, or the output or
+    error file of a batch. Its bytes live in the store, where every process can read them."""
+
+    __tablename__ = "files"
+    __table_args__ = (Index("ix_files_key_created", "key_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[str | None] = mapped_column(String(32))
+    filename: Mapped[str] = mapped_column(String(255))
+    purpose: Mapped[str] = mapped_column(String(40))
+    size: Mapped[int] = mapped_column("bytes", BigInteger)
+    lines: Mapped[int] = mapped_column(Integer, default=0)
+    """Requests in a batch input file (its non-blank lines)."""
+    created_at: Mapped[datetime]
+    content: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class BatchJob(Base):
+    """A batch: the lines of its input file run through the pipeline as its key's calls."""
+
+    __tablename__ = "batches"
+    __table_args__ = (Index("ix_batches_key_created", "key_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[str | None] = mapped_column(String(32))
+    endpoint: Mapped[str] = mapped_column(String(40))
+    input_file_id: Mapped[str] = mapped_column(String(64))
+    completion_window: Mapped[str] = mapped_column(String(20))
+    status: Mapped[str] = mapped_column(String(20))
+    task_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    output_file_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    error_file_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    errors: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON, default=None)
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    completed: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    request_id: Mapped[str | None] = mapped_column(String(REQUEST_ID_MAX), default=None)
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    in_progress_at: Mapped[datetime | None] = mapped_column(default=None)
+    finalizing_at: Mapped[datetime | None] = mapped_column(default=None)
+    completed_at: Mapped[datetime | None] = mapped_column(default=None)
+    failed_at: Mapped[datetime | None] = mapped_column(default=None)
+    expired_at: Mapped[datetime | None] = mapped_column(default=None)
+    cancelling_at: Mapped[datetime | None] = mapped_column(default=None)
+    cancelled_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class BatchResult(Base):
+    """One line's outcome, stored as it completes: at most one per line, whatever runs the
+    batch again after a crash (the primary key)."""
+
+    __tablename__ = "batch_results"
+
+    batch_id: Mapped[str] = mapped_column(
+        ForeignKey("batches.id", ondelete="CASCADE"), primary_key=True
+    )
+    line: Mapped[int] = mapped_column(Integer, primary_key=True)
+    """The line's index among the requests of the input file, from 0."""
+    id: Mapped[str] = mapped_column(String(64))
+    custom_id: Mapped[str] = mapped_column(Text)
+    succeeded: Mapped[bool] = mapped_column(Boolean)
+    status_code: Mapped[int | None] = mapped_column(Integer, default=None)
+    request_id: Mapped[str | None] = mapped_column(String(REQUEST_ID_MAX), default=None)
+    body: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    error: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    created_at: Mapped[datetime]

@@ -43,6 +43,8 @@ class TaskInfo:
     finished_at: datetime | None
     claim_token: str | None = None
     deliveries: int = 0
+    kind: str = "agent"
+    """What runs it: ``agent`` (an agent chat) or ``batch`` (``batches/runner.py``)."""
 
     @property
     def attempt(self) -> int:
@@ -54,7 +56,7 @@ class TaskInfo:
         return cls(
             row.id, row.status, row.agent, row.payload, row.result, row.error, row.attempts,
             row.key_id, row.request_id, _utc(row.created_at), _utc(row.started_at),
-            _utc(row.finished_at), row.claim_token, row.deliveries,
+            _utc(row.finished_at), row.claim_token, row.deliveries, row.kind,
         )  # fmt: skip
 
 
@@ -74,13 +76,14 @@ class TaskStore:
         self._db = db
 
     async def create(
-        self, *, agent: str, payload: dict[str, Any], key_id: str | None, request_id: str | None
-    ) -> TaskInfo:
+        self, *, agent: str, payload: dict[str, Any], key_id: str | None, request_id: str | None,
+        kind: str = "agent",
+    ) -> TaskInfo:  # fmt: skip
         now = _now()
         row = Task(
             id="task_" + secrets.token_hex(12), status=QUEUED, agent=agent, payload=payload,
             attempts=0, deliveries=0, key_id=key_id, request_id=request_id, created_at=now,
-            updated_at=now,
+            updated_at=now, kind=kind,
         )  # fmt: skip
         async with self._db.sessions.begin() as session:
             session.add(row)

@@ -31,6 +31,7 @@ TASK_QUEUED = "guarita.task.queued"
 TASK_STARTED = "guarita.task.started"
 TASK_FINISHED = "guarita.task.finished"
 TASK_FAILED = "guarita.task.failed"
+BATCH_ENDED = "guarita.batch.ended"
 
 
 class EventSink(Protocol):

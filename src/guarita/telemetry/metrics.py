@@ -104,6 +104,18 @@ class Metrics:
         self.tasks = Counter(
             "guarita_tasks_total", "Tasks by outcome.", ["agent_name", "status"], registry=r
         )
+        self.batch_lines = Counter(
+            "guarita_batch_lines_total",
+            "Batch API lines that ended, by endpoint and outcome (succeeded, failed).",
+            ["endpoint", "outcome"],
+            registry=r,
+        )
+        self.batches = Counter(
+            "guarita_batches_total",
+            "Batches that ended, by status (completed, cancelled, expired, failed).",
+            ["status"],
+            registry=r,
+        )
         self.cache_lookups = Counter(
             "guarita_cache_lookups_total",
             "Response cache lookups by result (hit, semantic-hit, miss, bypass).",
