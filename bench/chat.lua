@@ -4,6 +4,7 @@
 --   BENCH_API_KEY   sent as "Authorization: Bearer <key>" when set (the gateway's key;
 --                   the fake upstream ignores it)
 --   BENCH_MODEL     the model to ask for (default "bench-model")
+--   BENCH_CACHE_BYPASS  when set, every request sends "x-guarita-cache: bypass"
 --
 -- The last line of output is `BENCH_JSON {...}` with latencies in microseconds, so that
 -- run_gateway.py does not have to parse wrk's human-readable report.
@@ -15,6 +16,9 @@ wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 if key and key ~= "" then
   wrk.headers["Authorization"] = "Bearer " .. key
+end
+if os.getenv("BENCH_CACHE_BYPASS") then
+  wrk.headers["x-guarita-cache"] = "bypass"
 end
 wrk.body = '{"model":"' .. model .. '","messages":[{"role":"user",'
   .. '"content":"Say hello in one short sentence."}],"max_tokens":16,"temperature":0}'

@@ -575,7 +575,9 @@ def report(
                 if args.limits
                 else (
                     ", the exact response cache on (every request after the first a hit) "
-                    if args.cache
+                    if args.cache == "hit"
+                    else ", the exact response cache on, every request a bypass (a miss) "
+                    if args.cache == "bypass"
                     else " "
                 )
             )
@@ -634,9 +636,13 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument(
         "--cache",
-        action="store_true",
+        nargs="?",
+        const="hit",
+        choices=["hit", "bypass"],
+        default=None,
         help="the bench model has the exact response cache on: wrk's one request is a miss "
-        "once, then hits (compare its RPS with a run without)",
+        "once, then hits (compare its RPS with a run without); `--cache bypass`: every "
+        "request sends `x-guarita-cache: bypass`, a miss that calls the upstream",
     )
     parser.add_argument(
         "--workers",
@@ -772,6 +778,8 @@ def main() -> int:
     if not (VENV_BIN / "guarita").exists():
         print(f"{VENV_BIN / 'guarita'} not found: pip install -e '.[dev]'", file=sys.stderr)
         return 2
+    if args.cache == "bypass":
+        os.environ["BENCH_CACHE_BYPASS"] = "1"  # chat.lua sends x-guarita-cache: bypass
     if args.quiet_wait > 0:
         busy = wait_until_quiet(args.quiet_wait)
         print(f"starting with {busy:.2f} cores busy elsewhere", flush=True)

@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from guarita import __version__
 from guarita.api import admin, agents, batches, health, openai
+from guarita.api.cached_chat import CachedChatPath
 from guarita.api.errors import install_error_handlers
 from guarita.api.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from guarita.api.openapi import install_openapi
@@ -42,6 +43,8 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         app.include_router(router)
     app.state.endpoints = [route for router in routers for route in router.routes]
     install_openapi(app, settings)
+    if runtime.cache.enabled:  # innermost: inside the body limit and the access log
+        app.add_middleware(CachedChatPath, runtime=runtime)
     # an upload's multipart framing (boundaries, part headers) on top of the file's own limit
     upload_limit = settings.batches.max_file_bytes + 64 * 1024
     app.add_middleware(

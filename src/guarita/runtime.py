@@ -214,7 +214,7 @@ class Runtime:
             stale_s=s.cache.stale_s,
             max_entry_bytes=s.cache.max_entry_bytes,
             economy_ttl_factor=s.limits.economy.cache_ttl_factor,
-            on_lookup=lambda result: self.metrics.cache_lookups.labels(result).inc(),
+            on_lookup=lambda result: self.metrics.child(self.metrics.cache_lookups, result).inc(),
             on_saved=self.metrics.cache_saved.inc,
         )
 

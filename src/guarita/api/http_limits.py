@@ -31,6 +31,8 @@ from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.server import ServerState
 
+from guarita.api.coalesced_writes import coalesce_writes
+
 HTTPTOOLS_INSTALLED = importlib.util.find_spec("httptools") is not None
 # After a refusal the connection is half-closed and what the client still sends is read and
 # dropped for this long, so that a client still writing its head reads the answer rather
@@ -292,7 +294,10 @@ if HTTPTOOLS_INSTALLED:
             if size > self._limits.max_bytes:
                 self._refuse_too_large()
                 raise _HeadRefused  # stops the parser: nothing of this request runs
+            before = self.cycle
             super().on_headers_complete()
+            if self.cycle is not before:  # a request to answer (not an upgrade)
+                coalesce_writes(self.cycle, self.transport, self.loop)
 
         def on_message_complete(self) -> None:
             self._reading_head = True

@@ -3,8 +3,8 @@ and latency metric, security headers, and the request body size limit."""
 
 from __future__ import annotations
 
+import secrets
 import time
-import uuid
 from collections.abc import Mapping
 
 import orjson
@@ -72,7 +72,7 @@ class RequestContextMiddleware:
                 request_id = value
                 break
         if not _valid_request_id(request_id):
-            request_id = uuid.uuid4().hex.encode()
+            request_id = secrets.token_hex(16).encode()
         context = RequestContext(request_id.decode())
         scope.setdefault("state", {})["context"] = context
         status = 500
@@ -113,7 +113,8 @@ class RequestContextMiddleware:
         elapsed = time.perf_counter() - started
         route = scope.get("route")
         template = getattr(route, "path", "unmatched")
-        self.metrics.http_duration.labels(template, scope["method"], str(status)).observe(elapsed)
+        m = self.metrics
+        m.child(m.http_duration, template, scope["method"], str(status)).observe(elapsed)
         path = scope["path"]
         if path in _QUIET_PATHS:
             return

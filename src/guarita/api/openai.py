@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
@@ -99,16 +100,35 @@ _ANSWER_HEADERS = {
     openapi_extra={**SECURED, "parameters": [DEADLINE_HEADER]},
 )
 async def chat_completions(payload: ChatCompletionRequest, request: Request) -> Response:
-    # the hot path: runtime and caller fetched directly rather than through Depends,
-    # whose resolution costs more than the rest of this function (bench/README.md)
-    runtime: Runtime = request.app.state.runtime
-    caller = await get_caller(request)
+    return await answer_chat(request, payload)
+
+
+ChatTarget = tuple[str, str | None, dict[str, Any]]
+"""The model, the agent (or None) and the provider body of a chat request."""
+
+
+def chat_target(runtime: Runtime, payload: ChatCompletionRequest) -> ChatTarget:
+    """What a validated chat request calls, with its agent's system prompt and defaults."""
     model, agent = resolve_model(runtime.settings, payload.model)
     body = payload.provider_body()
     if agent is not None:
         apply_agent(runtime.settings, agent, body)
+    return model, agent, body
+
+
+async def answer_chat(
+    request: Request, payload: ChatCompletionRequest, target: ChatTarget | None = None
+) -> Response:
+    """A validated chat request, authenticated, through the pipeline, answered; also the
+    lean path's (``api/cached_chat.py``), which found ``target`` before authenticating."""
+    # the hot path: runtime and caller fetched directly rather than through Depends,
+    # whose resolution costs more than the rest of this function (bench/README.md)
+    runtime: Runtime = request.app.state.runtime
+    caller = await get_caller(request)
+    model, agent, body = target or chat_target(runtime, payload)
     include_usage = bool(payload.stream_options and payload.stream_options.include_usage)
     asked = payload.max_completion_tokens or payload.max_tokens
+    sent = request.headers
     call = Call(
         request_id=request_id(request),
         model=model,
@@ -121,9 +141,7 @@ async def chat_completions(payload: ChatCompletionRequest, request: Request) -> 
         deadline=runtime.deadline(model, agent, requested_deadline_ms(request)),
         requested_max_tokens=asked,
         client_ip=client_ip(request),
-        cache_bypass=bypass_requested(
-            request.headers.get("cache-control"), request.headers.get("x-guarita-cache")
-        ),
+        cache_bypass=bypass_requested(sent.get("cache-control"), sent.get("x-guarita-cache")),
     )
     reply = await runtime.pipeline(call)
     headers = {

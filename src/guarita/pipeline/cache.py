@@ -105,13 +105,16 @@ class ResponseCache:
         """The call's cache policy, if it may be cached at all."""
         if call.operation != "chat":
             return None
-        if call.agent is not None:
-            policy = self._agents.get(call.agent)
-        else:
-            policy = self._models.get(call.model)
+        return self.chat_policy(call.model, call.agent, call.body)
+
+    def chat_policy(
+        self, model: str, agent: str | None, body: Mapping[str, Any]
+    ) -> ResponseCachePolicy | None:
+        """The policy of a chat request to ``model`` or ``agent``, if it may be cached (the
+        HTTP layer asks before it builds the call, ``api/cached_chat.py``)."""
+        policy = self._agents.get(agent) if agent is not None else self._models.get(model)
         if policy is None:
             return None
-        body = call.body
         if body.get("n") not in (None, 1):
             return None  # several choices: not what one entry holds
         if policy.max_temperature is not None:

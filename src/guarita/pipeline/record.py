@@ -59,8 +59,8 @@ class Recording:
         elif error is not None:
             record.status, record.status_code = "error", 499 if _is_cancel(error) else 500
             record.error_type = type(error).__name__
-        m.requests.labels(agent, record.status).inc()
-        m.duration.labels(agent).observe(elapsed)
+        m.child(m.requests, agent, record.status).inc()
+        m.child(m.duration, agent).observe(elapsed)
         if reply is not None:
             usage = reply.billed_usage
             record.provider = reply.provider
@@ -73,13 +73,13 @@ class Recording:
             record.output_tokens = usage.output_tokens
             record.cost_usd = reply.cost_usd
             if usage.total_tokens:
-                m.tokens.labels(agent, call.model).inc(usage.total_tokens)
-                m.tokens_by_kind.labels(call.model, "input").inc(usage.input_tokens)
-                m.tokens_by_kind.labels(call.model, "output").inc(usage.output_tokens)
+                m.child(m.tokens, agent, call.model).inc(usage.total_tokens)
+                m.child(m.tokens_by_kind, call.model, "input").inc(usage.input_tokens)
+                m.child(m.tokens_by_kind, call.model, "output").inc(usage.output_tokens)
             if reply.cost_usd:
-                m.cost.labels(agent).inc(reply.cost_usd)
+                m.child(m.cost, agent).inc(reply.cost_usd)
             if error is None:
-                m.fallbacks.labels(agent, reply.fallback_level).inc()
+                m.child(m.fallbacks, agent, reply.fallback_level).inc()
         self._writer.add(record.row())
         if self._events.enabled:
             self._events.publish(REQUEST_COMPLETED, record.event())

@@ -19,12 +19,23 @@ _LEVELS = {
 }
 
 
-def _add_pid(
-    _logger: object, _method: str, event: MutableMapping[str, Any]
-) -> MutableMapping[str, Any]:
-    """Which process wrote the line: ``serve --workers N`` and task workers interleave."""
-    event["pid"] = os.getpid()
-    return event
+class _AddPid:
+    """Which process wrote the line: ``serve --workers N`` and task workers interleave.
+    Read once per process (and again in a forked child): ``os.getpid()`` is a system call,
+    one per line otherwise."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        os.register_at_fork(after_in_child=self._forked)
+
+    def _forked(self) -> None:
+        self.pid = os.getpid()
+
+    def __call__(
+        self, _logger: object, _method: str, event: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        event["pid"] = self.pid
+        return event
 
 
 def configure_logging(level: str = "info") -> None:
@@ -34,7 +45,7 @@ def configure_logging(level: str = "info") -> None:
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            _add_pid,
+            _AddPid(),
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             structlog.processors.JSONRenderer(serializer=orjson.dumps),
