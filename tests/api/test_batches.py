@@ -32,6 +32,16 @@ def config(upstream_url: str) -> dict[str, Any]:
             "fast": {"provider": "scripted"},
             "slow": {"provider": "scripted", "options": {"delay_s": 1.0}},
             "steady": {"provider": "scripted", "options": {"delay_s": 0.2}},
+            "limited": {  # its upstream refuses the first three calls with a 429
+                "provider": "scripted",
+                "options": {"fail_first": 3, "error": "rate_limit", "reply": "at last"},
+                "retry": {"max_attempts": 1},
+            },
+            "pricey": {
+                "provider": "scripted",
+                "price_input_per_1m": 1_000_000.0,
+                "price_output_per_1m": 1_000_000.0,
+            },
             "up": {
                 "provider": "openai",
                 "base_url": upstream_url + "/v1",
@@ -71,6 +81,16 @@ def gateway(
             "keys", "create", "--name", "narrow", "--tier", "enterprise", "--models", "fast"
         ).stdout.strip(),
         "admin": server.create_key("ops", "admin"),
+        "frugal": server.cli(
+            "keys",
+            "create",
+            "--name",
+            "frugal",
+            "--tier",
+            "enterprise",
+            "--daily-budget-usd",
+            "0.01",
+        ).stdout.strip(),
     }
     server.start()
     yield server
@@ -248,6 +268,43 @@ def test_bad_lines_go_to_the_error_file(gateway: GuaritaServer) -> None:
     for name, param in (("empty", "messages"), ("streamed", "stream"), ("hot", "temperature")):
         assert errors[name]["response"]["status_code"] == 400
         assert errors[name]["response"]["body"]["error"]["param"] == param, errors[name]
+
+
+def test_rate_limited_lines_wait_and_succeed(gateway: GuaritaServer) -> None:
+    """The upstream refuses three calls with a 429: those lines wait its Retry-After and
+    try again, and every line is answered."""
+    api = client(gateway)
+    lines = [chat_line(f"r{i}", "x", model="limited") for i in range(5)]
+    created = api.batches.create(
+        input_file_id=upload(api, lines).id,
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+    )
+    batch = wait_for_end(api, created.id)
+    assert batch.request_counts is not None
+    assert (batch.request_counts.completed, batch.request_counts.failed) == (5, 0)
+    output = read_lines(api, batch.output_file_id)
+    assert {o["response"]["body"]["choices"][0]["message"]["content"] for o in output} == {
+        "at last"
+    }
+
+
+def test_a_used_up_budget_fails_its_lines_at_once(gateway: GuaritaServer) -> None:
+    """A budget refusal (429 insufficient_quota) is not waited out: waiting cannot help
+    before the budget's period ends, so each line fails with it and the batch ends."""
+    api = client(gateway, "frugal")  # $0.01 a day, and each call may cost dollars
+    lines = [chat_line(f"b{i}", "x", model="pricey") for i in range(3)]
+    created = api.batches.create(
+        input_file_id=upload(api, lines).id,
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+    )
+    batch = wait_for_end(api, created.id)
+    assert batch.request_counts is not None
+    assert (batch.request_counts.completed, batch.request_counts.failed) == (0, 3)
+    errors = read_lines(api, batch.error_file_id)
+    assert {e["error"]["code"] for e in errors} == {"insufficient_quota"}
+    assert {e["response"]["status_code"] for e in errors} == {429}
 
 
 MALFORMED = [
@@ -480,3 +537,12 @@ def test_200_lines_survive_a_killed_worker(upstream: FakeUpstream, tmp_path: Pat
         assert task["status"] == "succeeded"
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("path", ["/v1/batches", "/v1/files"])
+def test_a_page_cursor_that_is_no_id_is_a_400(gateway: GuaritaServer, path: str) -> None:
+    """Found by schemathesis: a NUL in ``after`` reached PostgreSQL and was a 500."""
+    response = httpx.get(gateway.base_url + path, params={"after": "batch_1\x00x"},
+                         headers={"Authorization": f"Bearer {gateway.keys['main']}"})  # type: ignore[attr-defined]  # fmt: skip
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "query.after"

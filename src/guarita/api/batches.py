@@ -200,7 +200,10 @@ async def list_files(
     caller: CallerDep,
     purpose: Annotated[Literal["batch", "batch_output"] | None, Query()] = None,
     after: Annotated[
-        str | None, Query(max_length=64, description="The last id of the page before")
+        str | None,
+        Query(
+            max_length=64, pattern=f"^{_ID.pattern}$", description="The last id of the page before"
+        ),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 10_000,
     order: Annotated[Literal["asc", "desc"], Query()] = "desc",
@@ -344,7 +347,10 @@ async def list_batches(
     runtime: RuntimeDep,
     caller: CallerDep,
     after: Annotated[
-        str | None, Query(max_length=64, description="The last id of the page before")
+        str | None,
+        Query(
+            max_length=64, pattern=f"^{_ID.pattern}$", description="The last id of the page before"
+        ),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> Response:

@@ -21,7 +21,7 @@ from guarita.api.errors import validation_message
 from guarita.api.schemas import ChatCompletionRequest, EmbeddingRequest
 from guarita.api.shapes import apply_agent, embeddings_body, resolve_model
 from guarita.batches.input import BatchRequest
-from guarita.errors import GuaritaError, InvalidRequest, RateLimited
+from guarita.errors import BudgetExceeded, GuaritaError, InvalidRequest, RateLimited
 from guarita.pipeline import Next
 from guarita.settings import Settings
 from guarita.store.batches import LineOutcome
@@ -51,6 +51,8 @@ class LineRunner:
         while True:
             try:
                 body = await self._call(request, caller, request_id)
+            except BudgetExceeded as exc:  # waiting cannot help before its period ends
+                return failed(exc, request_id)
             except RateLimited as exc:
                 wait = min(max(exc.retry_after or 1.0, 0.05), self._max_wait)
                 log.info(
