@@ -131,6 +131,16 @@ def wait_for_end(api: OpenAI, batch_id: str, ended: tuple[str, ...] = ("complete
     return batch
 
 
+def run_to_end(api: OpenAI, lines: list[Any]) -> Any:
+    """A chat batch of ``lines`` created and polled until it completed."""
+    created = api.batches.create(
+        input_file_id=upload(api, lines).id,
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+    )
+    return wait_for_end(api, created.id)
+
+
 def read_lines(api: OpenAI, file_id: str | None) -> list[dict[str, Any]]:
     if file_id is None:
         return []
@@ -252,12 +262,7 @@ def test_bad_lines_go_to_the_error_file(gateway: GuaritaServer) -> None:
         chat_line("streamed", "hi", stream=True),
         chat_line("hot", "hi", temperature=7),
     ]
-    created = api.batches.create(
-        input_file_id=upload(api, lines).id,
-        endpoint="/v1/chat/completions",
-        completion_window="24h",
-    )
-    batch = wait_for_end(api, created.id)
+    batch = run_to_end(api, lines)
     assert batch.request_counts is not None
     assert (batch.request_counts.completed, batch.request_counts.failed) == (1, 4)
     assert [o["custom_id"] for o in read_lines(api, batch.output_file_id)] == ["ok"]
@@ -275,12 +280,7 @@ def test_rate_limited_lines_wait_and_succeed(gateway: GuaritaServer) -> None:
     try again, and every line is answered."""
     api = client(gateway)
     lines = [chat_line(f"r{i}", "x", model="limited") for i in range(5)]
-    created = api.batches.create(
-        input_file_id=upload(api, lines).id,
-        endpoint="/v1/chat/completions",
-        completion_window="24h",
-    )
-    batch = wait_for_end(api, created.id)
+    batch = run_to_end(api, lines)
     assert batch.request_counts is not None
     assert (batch.request_counts.completed, batch.request_counts.failed) == (5, 0)
     output = read_lines(api, batch.output_file_id)
@@ -294,12 +294,7 @@ def test_a_used_up_budget_fails_its_lines_at_once(gateway: GuaritaServer) -> Non
     before the budget's period ends, so each line fails with it and the batch ends."""
     api = client(gateway, "frugal")  # $0.01 a day, and each call may cost dollars
     lines = [chat_line(f"b{i}", "x", model="pricey") for i in range(3)]
-    created = api.batches.create(
-        input_file_id=upload(api, lines).id,
-        endpoint="/v1/chat/completions",
-        completion_window="24h",
-    )
-    batch = wait_for_end(api, created.id)
+    batch = run_to_end(api, lines)
     assert batch.request_counts is not None
     assert (batch.request_counts.completed, batch.request_counts.failed) == (0, 3)
     errors = read_lines(api, batch.error_file_id)
