@@ -235,10 +235,17 @@ class Runtime:
                                      api_key_env=s.embedder.api_key_env)  # fmt: skip
             assert s.threshold is not None  # the settings require it
             threshold = s.threshold
+        judge = None
+        if s.judge_mode == "model":
+            from guarita.cache.judge import PairJudge
+
+            assert isinstance(inner, WordLlamaEmbedder)  # the settings require it
+            judge = PairJudge(inner.embed_now, threshold=s.judge_threshold)
         shared = self.state if self.redis is not None else None
         embedder = CachedEmbedder(inner, max_entries=s.embedding_cache_entries, shared=shared)
         dims = inner.dims or 0
         return SemanticTier(
+            judge=judge,
             embedder=embedder,
             index=VectorIndex(dims, max_entries=s.max_entries),
             threshold=threshold,

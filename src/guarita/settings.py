@@ -227,6 +227,19 @@ class SemanticCacheSettings(_Strict):
         description="Cosine from which a verified candidate is served; none: the threshold "
         "calibrated for wordllama (required with an endpoint: `guarita cache calibrate`).",
     )
+    judge: Literal["model", "rules"] | None = Field(
+        default=None,
+        description="model: the learned judge (all-MiniLM-L6-v2 and boosted trees, with "
+        "wordllama only); rules: the cosine threshold and the rule verifier; none: model "
+        "with wordllama, rules with an endpoint.",
+    )
+    judge_threshold: float | None = Field(
+        default=None,
+        gt=0,
+        lt=1,
+        description="The judge's probability from which a candidate is served; none: the "
+        "one shipped with it, calibrated for at most 1 % of trap pairs served.",
+    )
     candidates: int = Field(default=4, ge=1, le=32, description="Neighbours verified per lookup.")
     max_entries: int = Field(default=100_000, gt=0, description="Indexed questions (LRU).")
     max_question_chars: int = Field(
@@ -235,6 +248,19 @@ class SemanticCacheSettings(_Strict):
     embedding_cache_entries: int = Field(
         default=50_000, ge=0, description="Embeddings kept in process, by text (LRU)."
     )
+
+    @model_validator(mode="after")
+    def _judge_needs_wordllama(self) -> SemanticCacheSettings:
+        if self.judge == "model" and self.embedder != "wordllama":
+            raise ValueError("judge: model reads WordLlama's vectors; with an endpoint "
+                             "embedder use judge: rules and a calibrated threshold")  # fmt: skip
+        return self
+
+    @property
+    def judge_mode(self) -> Literal["model", "rules"]:
+        if self.judge is not None:
+            return self.judge
+        return "model" if self.embedder == "wordllama" else "rules"
 
 
 class CacheSettings(_Strict):

@@ -639,6 +639,9 @@ GLUED_UNIT = re.compile(
 )
 IDENTIFIER = re.compile(r"\b(?=[\w-]*\d)(?=[\w-]*[a-zA-Z])[\w][\w-]*\b")
 CAPITALISED = re.compile(r"\b[A-Z][\w&'-]*(?:\s+(?:of\s+|de\s+|the\s+)?[A-Z][\w&'-]*)*")
+WORD_TIME = re.compile(
+    r"\b(one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve)\s*([ap])\.?\s?m\b\.?", re.I
+)
 WORD = re.compile(r"[a-z0-9$€£¥%]+(?:[.,][0-9]+)*")
 
 

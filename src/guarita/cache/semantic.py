@@ -6,14 +6,19 @@ prompt, earlier turns, tools, sampling parameters). Entries are grouped by names
 context, so only questions asked in the same namespace and the same context are compared.
 The question is embedded (the embedding cache keeps each text's vector), its nearest
 neighbours are found in the group (:mod:`guarita.cache.index`), and a neighbour is served
-only if
+only if its answer is still in the exact tier (the index keeps the answer's key, not the
+answer) and it passes one of two decisions:
 
-1. its cosine is at least the **threshold**, calibrated on labelled pairs for a target
-   false-hit rate (:data:`WORDLLAMA_THRESHOLD`, ``bench/semantic_calibration.py``), and
-2. the **verifier** finds no difference of negation, number, date, entity, scope, roles or
-   substituted words between the two questions (:func:`guarita.cache.verify.verify`),
-3. and its answer is still in the exact tier (the index keeps the answer's key, not the
-   answer).
+* the **judge** (``judge: model``, the default with WordLlama): the neighbours above the
+  judge's retrieval floor are read, with the question, by a learned model
+  (:mod:`guarita.cache.judge`: all-MiniLM-L6-v2 token alignments, the verifier's checks and
+  boosted trees), whose threshold is calibrated for at most 1 % of trap pairs served
+  (``bench/semantic_judge.py``);
+* the **rules** (``judge: rules``, the only choice with an endpoint embedder): the cosine
+  is at least the threshold calibrated for the embedder (:data:`WORDLLAMA_THRESHOLD`,
+  ``bench/semantic_calibration.py``) and the verifier finds no difference of negation,
+  number, date, entity, scope, roles or substituted words
+  (:func:`guarita.cache.verify.verify`).
 
 In scale-out mode each indexed question is also a value of the shared state (with the
 answer's TTL) and a message on a channel: every API process adds what another indexed
@@ -29,7 +34,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
@@ -41,6 +46,9 @@ from guarita.cache.index import Candidate, SemanticEntry, VectorIndex
 from guarita.cache.verify import verify
 from guarita.state import SharedState
 from guarita.state.listener import Listener
+
+if TYPE_CHECKING:
+    from guarita.cache.judge import PairJudge
 
 log = structlog.get_logger("guarita.cache")
 
@@ -101,6 +109,8 @@ class Probe:
 class Found:
     entry: Entry
     candidate: Candidate
+    judged: float | None = None
+    """The judge's probability (with ``judge: model``)."""
 
 
 class SemanticTier:
@@ -115,9 +125,11 @@ class SemanticTier:
         candidates: int = 4,
         max_question_chars: int = 2000,
         state: SharedState | None = None,
+        judge: PairJudge | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.embedder = embedder
+        self.judge = judge
         self.index = index
         self.threshold = threshold
         self._candidates = candidates
@@ -128,7 +140,7 @@ class SemanticTier:
         self._listener: Listener | None = None
         self._loading: asyncio.Task[None] | None = None
         self.rejected: dict[str, int] = {}
-        """Candidates above the threshold that the verifier rejected, by reason."""
+        """Candidates rejected, by reason: the verifier's, or ``judge``."""
 
     async def probe(
         self, namespace_prefix: str, target: str, body: Mapping[str, Any]
@@ -154,31 +166,50 @@ class SemanticTier:
         *,
         stale_ok: bool = False,
     ) -> Found | None:
-        """The first neighbour above the threshold that the verifier accepts and whose
-        answer is still there (fresh, unless ``stale_ok``)."""
+        """The first neighbour the judge (or the threshold and the verifier) accepts and
+        whose answer is still there (fresh, unless ``stale_ok``)."""
         now = self._clock()
+        floor = self.judge.retrieval_floor if self.judge is not None else self.threshold
+        live: list[Candidate] = []
         for candidate in self.index.search(probe.group, probe.vector, self._candidates):
-            if candidate.score < self.threshold:
+            if candidate.score < floor:
                 break  # most similar first
             indexed = candidate.entry
             if now >= indexed.keep_until:
                 self.index.remove(candidate.label)
-                continue
-            if not stale_ok and now >= indexed.fresh_until:
-                continue
-            verdict = verify(probe.question, indexed.text)
-            if not verdict.ok:
-                self.rejected[verdict.reason] = self.rejected.get(verdict.reason, 0) + 1
-                continue
-            entry = await lookup(indexed.key)
+            elif stale_ok or now < indexed.fresh_until:
+                live.append(candidate)
+        if not live:
+            return None
+        ranked: list[tuple[Candidate, float | None]]
+        if self.judge is None:
+            ranked = [(c, None) for c in live if self._verified(probe.question, c)]
+        else:
+            judgements = await self.judge.judge(
+                probe.question, [(c.entry.text, c.score) for c in live]
+            )
+            if judgements is None:
+                self.rejected["judge_busy"] = self.rejected.get("judge_busy", 0) + 1
+                return None
+            accepted = [(c, j.score) for c, j in zip(live, judgements, strict=True) if j.accepted]
+            self.rejected["judge"] = self.rejected.get("judge", 0) + len(live) - len(accepted)
+            ranked = [(c, score) for c, score in sorted(accepted, key=lambda pair: -pair[1])]
+        for candidate, judged in ranked:
+            entry = await lookup(candidate.entry.key)
             if entry is None:
                 self.index.remove(candidate.label)  # the answer was evicted or cleared
                 continue
             if not stale_ok and not entry.fresh(now):
                 continue
             self.index.touch(candidate.label)
-            return Found(entry, candidate)
+            return Found(entry, candidate, judged)
         return None
+
+    def _verified(self, question: str, candidate: Candidate) -> bool:
+        verdict = verify(question, candidate.entry.text)
+        if not verdict.ok:
+            self.rejected[verdict.reason] = self.rejected.get(verdict.reason, 0) + 1
+        return verdict.ok
 
     async def add(self, probe: Probe, key: str, fresh_until: float, keep_until: float) -> None:
         """Index the answered question (and share it, in scale-out mode)."""
@@ -206,7 +237,10 @@ class SemanticTier:
     # -- scale-out: what other processes index -------------------------------------------
 
     async def start(self) -> None:
-        """Listen for what other processes index, and load what they indexed before."""
+        """Load the judge's encoder; listen for what other processes index, and load what
+        they indexed before."""
+        if self.judge is not None:
+            await self.judge.start()
         if self._state is None:
             return
         self._listener = Listener(self._state, CHANNEL, self._on_message,
@@ -260,6 +294,8 @@ class SemanticTier:
             await self._listener.aclose()
         if self._loading is not None:
             self._loading.cancel()
+        if self.judge is not None:
+            await self.judge.aclose()
         await self.embedder.aclose()
 
 

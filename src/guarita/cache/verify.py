@@ -74,9 +74,10 @@ from guarita.cache.lexicon import (
     UNITS,
     URL,
     WORD,
+    WORD_TIME,
 )
 
-__all__ = ["Features", "Verdict", "features", "verify"]
+__all__ = ["Differences", "Features", "Verdict", "differences", "features", "verify"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +149,8 @@ def _word_numbers(words: list[str]) -> list[str]:  # noqa: C901 - a small parser
         word = words[i]
         if word in ORDINALS:
             # "second" is also a unit of time: an ordinal only before a noun, not after a number
-            if not (word == "second" and i > 0 and words[i - 1] in NUMBER_WORDS):
+            after_number = i > 0 and words[i - 1] in NUMBER_WORDS and words[i - 1] not in ARTICLES
+            if not (word == "second" and after_number):
                 out.append(f"ord{ORDINALS[word]}")
             i += 1
             continue
@@ -250,10 +252,16 @@ def _apply_phrases(lowered: str) -> str:
     return lowered
 
 
+def _word_time(match: re.Match[str]) -> str:
+    """``eight a.m.`` -> ``8am``, so that the time parser reads it as ``8am`` is read."""
+    return f"{NUMBER_WORDS[match.group(1).lower()]:g}{match.group(2).lower()}m"
+
+
 @lru_cache(maxsize=65536)
 def features(text: str) -> Features:  # noqa: C901 - one pass over the kinds of fact
     """The facts :func:`verify` compares, read from ``text`` (cached per text)."""
     text = text.replace("\u2019", "'").replace("\u2018", "'")
+    text = WORD_TIME.sub(_word_time, text)
     entities: list[str] = []
     numbers: list[str] = []
     dates: set[str] = set()
@@ -472,6 +480,33 @@ def _content_diff(a: Features, b: Features) -> str:
     return ""
 
 
+_NUMBER = re.compile(r"((?:ord)?-?[0-9]+(?:\.[0-9]+)?)(.*)")
+
+
+def _split_number(number: str) -> tuple[str, str]:
+    """``"15year"`` -> ``("15", "year")``; ``"ord2"`` keeps its ``ord`` with the value."""
+    match = _NUMBER.fullmatch(number)
+    return (match.group(1), match.group(2)) if match else (number, "")
+
+
+def _numbers_differ(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
+    """Whether the numbers differ as multisets of values, a unit counting only when both
+    sides give one ("a 15-year loan" = "a fifteen year loan", but 5 GB != 5 MB)."""
+    if sorted(a) == sorted(b):
+        return False
+    if len(a) != len(b):
+        return True
+    left = [_split_number(n) for n in b]
+    for value, unit in (_split_number(n) for n in a):
+        for i, (other_value, other_unit) in enumerate(left):
+            if value == other_value and (unit == other_unit or not unit or not other_unit):
+                del left[i]
+                break
+        else:
+            return True
+    return False
+
+
 def _plural_diff(a: Features, b: Features) -> bool:
     singular_a = {stem(w) for w in a.tokens} - a.plurals
     singular_b = {stem(w) for w in b.tokens} - b.plurals
@@ -497,9 +532,9 @@ def verify(query: str, candidate: str) -> Verdict:
     a, b = features(query), features(candidate)
     if a.negations % 2 != b.negations % 2 or _pole_conflict(a, b):
         return Verdict(False, "negation")
-    if sorted(a.numbers) != sorted(b.numbers):
+    if _numbers_differ(a.numbers, b.numbers):
         return Verdict(False, "number")
-    if a.numbers != b.numbers:
+    if [_split_number(n)[0] for n in a.numbers] != [_split_number(n)[0] for n in b.numbers]:
         return Verdict(False, "swap")
     if a.dates != b.dates:
         return Verdict(False, "date")
@@ -513,3 +548,53 @@ def verify(query: str, candidate: str) -> Verdict:
     if reason:
         return Verdict(False, reason)
     return Verdict(True)
+
+
+@dataclass(frozen=True, slots=True)
+class Differences:
+    """Every check of :func:`verify` on a pair, each on its own (``verify`` stops at the
+    first): what the learned judge (:mod:`guarita.cache.judge`) reads as features."""
+
+    negation: bool
+    poles: bool
+    numbers: bool
+    number_order: bool
+    dates: bool
+    swap: bool
+    entities: bool
+    scope: bool
+    plural: bool
+    only_query: tuple[str, ...]
+    only_candidate: tuple[str, ...]
+    shared: int
+    content_words: int
+    substitution: bool
+    plain_equal: bool
+    verified: bool
+
+
+def differences(query: str, candidate: str) -> Differences:
+    """All the checks of :func:`verify` for ``query`` and ``candidate``."""
+    a, b = features(query), features(candidate)
+    only_a = _unmatched(list(dict.fromkeys(a.content)), list(dict.fromkeys(b.content)))
+    only_b = _unmatched(list(dict.fromkeys(b.content)), list(dict.fromkeys(a.content)))
+    numbers = _numbers_differ(a.numbers, b.numbers)
+    return Differences(
+        negation=a.negations % 2 != b.negations % 2,
+        poles=_pole_conflict(a, b),
+        numbers=numbers,
+        number_order=not numbers
+        and [_split_number(n)[0] for n in a.numbers] != [_split_number(n)[0] for n in b.numbers],
+        dates=a.dates != b.dates,
+        swap=_swapped(a, b),
+        entities=_entity_diff(a, b),
+        scope=a.scope != b.scope,
+        plural=_plural_diff(a, b),
+        only_query=tuple(only_a),
+        only_candidate=tuple(only_b),
+        shared=len(set(a.content) & set(b.content)),
+        content_words=len(set(a.content) | set(b.content)),
+        substitution=_content_diff(a, b) == "substitution",
+        plain_equal=_plain(query) == _plain(candidate),
+        verified=verify(query, candidate).ok,
+    )

@@ -209,12 +209,13 @@ class ResponseCache:
             "saved_usd": round(self.saved_usd, 6),
         }
         if self.semantic is not None:
-            embedder = self.semantic.embedder
+            embedder, judge = self.semantic.embedder, self.semantic.judge
             out["semantic"] = {
                 "embedder": embedder.name,
-                "threshold": self.semantic.threshold,
+                "judge": judge.name if judge else "rules",
+                "threshold": judge.threshold if judge else self.semantic.threshold,
                 "indexed": len(self.semantic.index),
-                "rejected_by_verifier": dict(self.semantic.rejected),
+                "rejected": dict(self.semantic.rejected),
                 "embeddings_cached": len(embedder),
                 "embedding_cache": {"hits": embedder.hits, "misses": embedder.misses},
             }
