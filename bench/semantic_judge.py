@@ -31,7 +31,14 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from guarita.cache.calibration import POSITIVE_KINDS, LabelledPair, load_pairs, wilson_upper  # noqa: E402
 from guarita.cache.embedder import WordLlamaEmbedder  # noqa: E402
-from guarita.cache.judge import FEATURES, PairJudge, Trees, load_model, pair_features  # noqa: E402
+from guarita.cache.judge import (  # noqa: E402
+    FEATURES,
+    PairJudge,
+    Trees,
+    export_trees,
+    load_model,
+    pair_features,
+)
 from guarita.cache.semantic import embedding_text  # noqa: E402
 
 PAIRS = ROOT / "tests" / "cache" / "data" / "pairs.jsonl"
@@ -67,34 +74,6 @@ def lowest_threshold(scores: np.ndarray, positive: np.ndarray, target: float = T
     return 1.0 + 1e-9
 
 
-def export(clf: Any) -> dict[str, Any]:
-    """The fitted HistGradientBoostingClassifier's trees as plain arrays."""
-    feature: list[int] = []
-    threshold: list[float] = []
-    left: list[int] = []
-    right: list[int] = []
-    value: list[float] = []
-    leaf: list[bool] = []
-    roots = []
-    depth = 0
-    for (predictor,) in clf._predictors:
-        nodes = predictor.nodes
-        base = len(feature)
-        roots.append(base)
-        for n in nodes:
-            feature.append(int(n["feature_idx"]))
-            threshold.append(float(n["num_threshold"]))
-            left.append(base + int(n["left"]))
-            right.append(base + int(n["right"]))
-            value.append(float(n["value"]))
-            leaf.append(bool(n["is_leaf"]))
-            depth = max(depth, int(n["depth"]))
-    return {"nodes": {"feature": feature, "threshold": threshold, "left": left, "right": right,
-                      "value": value, "leaf": leaf},
-            "roots": roots, "depth": depth,
-            "baseline": float(np.ravel(clf._baseline_prediction)[0])}  # fmt: skip
-
-
 def train(x: np.ndarray, retrieval: np.ndarray, pairs: list[LabelledPair]) -> dict[str, Any]:
     from sklearn import __version__ as sklearn_version
     from sklearn.ensemble import HistGradientBoostingClassifier
@@ -125,7 +104,7 @@ def train(x: np.ndarray, retrieval: np.ndarray, pairs: list[LabelledPair]) -> di
                         "traps_served": int(((oof >= threshold) & traps).sum()),
                         "positives": int(yc.sum()),
                         "positives_served": int(((oof >= threshold) & yc).sum())},
-        **export(clf),
+        **export_trees(clf),
     }  # fmt: skip
     return model
 

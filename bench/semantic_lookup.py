@@ -1,6 +1,7 @@
 """The semantic tier's lookup with 100,000 entries, the embedding excluded.
 
     OPENBLAS_NUM_THREADS=1 .venv/bin/python bench/semantic_lookup.py [--entries 100000]
+    OPENBLAS_NUM_THREADS=1 .venv/bin/python bench/semantic_lookup.py --judge --lookups 200
 
 Fills one group (the worst case: one namespace and one context holding every entry) with
 WordLlama vectors of generated questions, then times :meth:`SemanticTier.find` (the HNSW
@@ -8,6 +9,8 @@ search, the verifier on the candidates above the threshold, the answer's lookup 
 in-process exact tier) for near repeats of indexed questions and for new ones, and
 reports the wall time (what a busy machine adds: waiting for a core) and the CPU time of
 each, and the embedder's time per text alone (one text per call, as a request does).
+With ``--judge`` the candidates are judged (``judge: model``, the default) instead of
+verified: the judge works on a thread of its own, so the CPU given is the process's.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--entries", type=int, default=100_000)
     parser.add_argument("--lookups", type=int, default=2_000)
+    parser.add_argument("--judge", action="store_true", help="judge: model instead of rules")
     args = parser.parse_args()
     model = WordLlamaEmbedder()
     texts = questions(args.entries)
@@ -74,8 +78,15 @@ async def main() -> None:
         body = {"choices": [{"message": {"content": f"answer {i}"}}]}
         await entries.put(f"k{i}", Entry(body, Usage(1, 1), "m", 0, 1e12).encode(), 1e9)
     print(f"indexed {len(index)} entries in {time.perf_counter() - started:.1f} s")
+    judge = None
+    if args.judge:
+        from guarita.cache.judge import PairJudge
+
+        judge = PairJudge(model.embed_now)
+        await judge.start()
     semantic = SemanticTier(embedder=CachedEmbedder(model), index=index,
-                            threshold=WORDLLAMA_THRESHOLD)  # fmt: skip
+                            threshold=WORDLLAMA_THRESHOLD, judge=judge)  # fmt: skip
+    clock = time.process_time if args.judge else time.thread_time
 
     async def lookup(key: str) -> Entry | None:
         raw = await entries.get(key)
@@ -88,9 +99,9 @@ async def main() -> None:
         times, cpu, hits = [], [], 0
         for i, vector in enumerate(probes):
             text = originals[i].upper() if originals else f"new question {i}"
-            t0, c0 = time.perf_counter(), time.thread_time()
+            t0, c0 = time.perf_counter(), clock()
             found = await semantic.find(Probe("g", text, vector), lookup)
-            cpu.append(time.thread_time() - c0)
+            cpu.append(clock() - c0)
             times.append(time.perf_counter() - t0)
             hits += found is not None
         print(f"find, {name}: wall {percentiles(times)}; CPU {percentiles(cpu)}; "

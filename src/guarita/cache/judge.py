@@ -32,6 +32,7 @@ and skips the semantic lookup (an exact-only miss) when too many judgements wait
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import math
 import re
@@ -48,7 +49,15 @@ from guarita.cache.lexicon import FILLERS
 from guarita.cache.minilm import Encoded, MiniLM
 from guarita.cache.verify import differences
 
-__all__ = ["FEATURES", "Judgement", "PairJudge", "Trees", "judge_text", "pair_features"]
+__all__ = [
+    "FEATURES",
+    "Judgement",
+    "PairJudge",
+    "Trees",
+    "export_trees",
+    "judge_text",
+    "pair_features",
+]
 
 FEATURES = (
     "cosine", "query_min", "candidate_min", "query_mean", "candidate_mean",
@@ -108,6 +117,35 @@ def _nearest(words: Sequence[str], others: Sequence[str], vectors: WordVectors) 
         return 0.0
     a, b = vectors(list(words)), vectors(list(others))
     return float((a @ b.T).max(axis=1).min())
+
+
+def export_trees(clf: Any) -> dict[str, Any]:
+    """A fitted scikit-learn ``HistGradientBoostingClassifier`` (binary) as the plain
+    arrays :class:`Trees` reads (training only: scikit-learn is not needed to serve)."""
+    feature: list[int] = []
+    threshold: list[float] = []
+    left: list[int] = []
+    right: list[int] = []
+    value: list[float] = []
+    leaf: list[bool] = []
+    roots = []
+    depth = 0
+    for (predictor,) in clf._predictors:
+        nodes = predictor.nodes
+        base = len(feature)
+        roots.append(base)
+        for n in nodes:
+            feature.append(int(n["feature_idx"]))
+            threshold.append(float(n["num_threshold"]))
+            left.append(base + int(n["left"]))
+            right.append(base + int(n["right"]))
+            value.append(float(n["value"]))
+            leaf.append(bool(n["is_leaf"]))
+            depth = max(depth, int(n["depth"]))
+    return {"nodes": {"feature": feature, "threshold": threshold, "left": left, "right": right,
+                      "value": value, "leaf": leaf},
+            "roots": roots, "depth": depth,
+            "baseline": float(np.ravel(clf._baseline_prediction)[0])}  # fmt: skip
 
 
 class Trees:
@@ -198,19 +236,25 @@ class PairJudge:
                           self._words, retrieval)  # fmt: skip
         return self.trees.probability(x)
 
-    def judge_now(self, query: str, candidates: Sequence[tuple[str, float]]) -> list[Judgement]:
-        """Each ``(text, retrieval cosine)`` candidate judged against ``query``."""
+    def judge_now(
+        self, query: str, candidates: Sequence[tuple[str, float]], *, first: bool = False
+    ) -> list[Judgement]:
+        """Each ``(text, retrieval cosine)`` candidate judged against ``query``; with
+        ``first``, only up to the first accepted (each judgement may cost an encoding)."""
         out = []
         for candidate, retrieval in candidates:
             score = self.score_now(query, candidate, retrieval)
             out.append(Judgement(score, score >= self.threshold))
+            if first and out[-1].accepted:
+                break
         return out
 
     async def judge(
-        self, query: str, candidates: Sequence[tuple[str, float]]
+        self, query: str, candidates: Sequence[tuple[str, float]], *, first: bool = False
     ) -> list[Judgement] | None:
-        """Each candidate's judgement, or None when the judge is saturated (the caller
-        treats the request as a semantic miss rather than queueing behind others)."""
+        """The candidates' judgements (see :meth:`judge_now`), or None when the judge is
+        saturated (the caller treats the request as a semantic miss rather than queueing
+        behind others)."""
         if self._pending >= self._max_pending:
             self.busy += 1
             return None
@@ -219,8 +263,10 @@ class PairJudge:
         self._pending += 1
         try:
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._thread, self.judge_now, query,
-                                              list(candidates))  # fmt: skip
+            return await loop.run_in_executor(
+                self._thread, functools.partial(self.judge_now, query, list(candidates),
+                                                first=first)
+            )  # fmt: skip
         finally:
             self._pending -= 1
 

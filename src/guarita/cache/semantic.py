@@ -181,29 +181,59 @@ class SemanticTier:
                 live.append(candidate)
         if not live:
             return None
-        ranked: list[tuple[Candidate, float | None]]
-        if self.judge is None:
-            ranked = [(c, None) for c in live if self._verified(probe.question, c)]
-        else:
+        if self.judge is not None:
+            return await self._judged(probe, live, lookup, now, stale_ok)
+        for candidate in live:
+            if self._verified(probe.question, candidate):
+                found = await self._answer(candidate, lookup, now, stale_ok)
+                if found is not None:
+                    return Found(found, candidate)
+        return None
+
+    async def _judged(
+        self,
+        probe: Probe,
+        live: list[Candidate],
+        lookup: Callable[[str], Awaitable[Entry | None]],
+        now: float,
+        stale_ok: bool,
+    ) -> Found | None:
+        """The most similar candidate the judge accepts, judged in order of similarity and
+        no further than the first accepted whose answer is there (each judgement of a
+        question not seen lately costs an encoding)."""
+        assert self.judge is not None
+        while live:
             judgements = await self.judge.judge(
-                probe.question, [(c.entry.text, c.score) for c in live]
+                probe.question, [(c.entry.text, c.score) for c in live], first=True
             )
             if judgements is None:
                 self.rejected["judge_busy"] = self.rejected.get("judge_busy", 0) + 1
                 return None
-            accepted = [(c, j.score) for c, j in zip(live, judgements, strict=True) if j.accepted]
-            self.rejected["judge"] = self.rejected.get("judge", 0) + len(live) - len(accepted)
-            ranked = [(c, score) for c, score in sorted(accepted, key=lambda pair: -pair[1])]
-        for candidate, judged in ranked:
-            entry = await lookup(candidate.entry.key)
-            if entry is None:
-                self.index.remove(candidate.label)  # the answer was evicted or cleared
-                continue
-            if not stale_ok and not entry.fresh(now):
-                continue
-            self.index.touch(candidate.label)
-            return Found(entry, candidate, judged)
+            refused = sum(1 for j in judgements if not j.accepted)
+            self.rejected["judge"] = self.rejected.get("judge", 0) + refused
+            if not judgements[-1].accepted:
+                return None
+            candidate, live = live[len(judgements) - 1], live[len(judgements) :]
+            found = await self._answer(candidate, lookup, now, stale_ok)
+            if found is not None:
+                return Found(found, candidate, judgements[-1].score)
         return None
+
+    async def _answer(
+        self,
+        candidate: Candidate,
+        lookup: Callable[[str], Awaitable[Entry | None]],
+        now: float,
+        stale_ok: bool,
+    ) -> Entry | None:
+        entry = await lookup(candidate.entry.key)
+        if entry is None:
+            self.index.remove(candidate.label)  # the answer was evicted or cleared
+            return None
+        if not stale_ok and not entry.fresh(now):
+            return None
+        self.index.touch(candidate.label)
+        return entry
 
     def _verified(self, question: str, candidate: Candidate) -> bool:
         verdict = verify(question, candidate.entry.text)
