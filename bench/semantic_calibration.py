@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 from guarita.cache.calibration import (  # noqa: E402
+    PAIR_SOURCES,
     POSITIVE_KINDS,
     LabelledPair,
     ScoredPair,
@@ -37,11 +38,10 @@ from guarita.cache.semantic import WORDLLAMA_THRESHOLD, embedding_text  # noqa: 
 from guarita.cache.verify import verify  # noqa: E402
 
 DATA = ROOT / "tests" / "cache" / "data"
-SOURCES = ("pairs.txt", "pairs_more.txt")
 
 
 def build() -> list[LabelledPair]:
-    source = "\n".join((DATA / name).read_text() for name in SOURCES)
+    source = "\n".join((DATA / name).read_text() for name in PAIR_SOURCES)
     return build_pairs(source)
 
 

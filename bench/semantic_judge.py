@@ -38,6 +38,7 @@ from guarita.cache.judge import (  # noqa: E402
     export_trees,
     load_model,
     pair_features,
+    same_words,
 )
 from guarita.cache.semantic import embedding_text  # noqa: E402
 
@@ -88,6 +89,7 @@ def train(x: np.ndarray, retrieval: np.ndarray, pairs: list[LabelledPair]) -> di
         clf = HistGradientBoostingClassifier(**PARAMS).fit(xc[fit_rows], yc[fit_rows])
         oof[score_rows] = clf.predict_proba(xc[score_rows])[:, 1]
     oof[rc < RETRIEVAL_FLOOR] = 0.0
+    oof[[same_words(p.query, p.candidate) for p in np.array(pairs, dtype=object)[cal]]] = 1.0
     threshold = lowest_threshold(oof, yc)
     clf = HistGradientBoostingClassifier(**PARAMS).fit(xc, yc)
     traps = ~yc
@@ -118,7 +120,9 @@ def measure(model: dict[str, Any], x: np.ndarray, retrieval: np.ndarray,
     for p, row, r in zip(pairs, x, retrieval, strict=True):
         if p.split != split:
             continue
-        served = r >= model["retrieval_floor"] and trees.probability(row) >= model["threshold"]
+        served = r >= model["retrieval_floor"] and (
+            same_words(p.query, p.candidate) or trees.probability(row) >= model["threshold"]
+        )
         counts = out.setdefault(p.kind, {"served": 0, "total": 0})
         counts["total"] += 1
         counts["served"] += int(served)
@@ -196,6 +200,7 @@ def main() -> None:
             if p.split != "heldout":
                 continue
             s = trees.probability(row) if r >= model["retrieval_floor"] else 0.0
+            s = 1.0 if same_words(p.query, p.candidate) and r >= model["retrieval_floor"] else s
             if not p.positive and s >= model["threshold"]:
                 served_traps.append((s, p))
             elif p.kind == "paraphrase" and s < model["threshold"]:

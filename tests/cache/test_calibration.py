@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from guarita.cache.calibration import (
+    PAIR_SOURCES,
     ScoredPair,
     build_pairs,
     calibrate,
@@ -58,7 +59,7 @@ def test_evaluate_counts_per_kind() -> None:
 
 
 def test_shipped_pairs_match_their_source() -> None:
-    source = "\n".join((DATA / name).read_text() for name in ("pairs.txt", "pairs_more.txt"))
+    source = "\n".join((DATA / name).read_text() for name in PAIR_SOURCES)
     built = build_pairs(source)
     assert built == load_pairs(DATA / "pairs.jsonl")
     kinds = {p.kind for p in built}

@@ -23,6 +23,7 @@ from pathlib import Path
 from statistics import NormalDist
 
 __all__ = [
+    "PAIR_SOURCES",
     "POSITIVE_KINDS",
     "Calibration",
     "LabelledPair",
@@ -35,6 +36,8 @@ __all__ = [
 ]
 
 POSITIVE_KINDS = frozenset({"paraphrase", "near_repeat"})
+PAIR_SOURCES = ("pairs.txt", "pairs_more.txt", "pairs_extra.txt")
+"""The hand-written files of ``tests/cache/data`` that ``pairs.jsonl`` is built from, in order."""
 KIND_CODES = {
     "P": "paraphrase",
     "R": "near_repeat",

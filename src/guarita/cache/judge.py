@@ -108,6 +108,17 @@ def judge_text(text: str) -> str:
     return " ".join(_FILLER.sub(" ", text.lower()).split()) or text.lower()
 
 
+_PUNCTUATION = re.compile(r"(?<!\d)[.,]|[.,](?!\d)|[;:?\"'\u2019]|!(?!=)")
+
+
+def same_words(query: str, candidate: str) -> bool:
+    """The same words and symbols in the same order once case, punctuation, apostrophes
+    and greetings are set aside: a repeat, accepted without the model ("3x + 7" and
+    "3x - 7" differ)."""
+    a = _PUNCTUATION.sub(" ", judge_text(query)).split()
+    return bool(a) and a == _PUNCTUATION.sub(" ", judge_text(candidate)).split()
+
+
 def _nearest(words: Sequence[str], others: Sequence[str], vectors: WordVectors) -> float:
     """The worst-placed word's cosine to its nearest other word (1 with nothing to place,
     0 with nothing to place it near)."""
@@ -243,7 +254,10 @@ class PairJudge:
         ``first``, only up to the first accepted (each judgement may cost an encoding)."""
         out = []
         for candidate, retrieval in candidates:
-            score = self.score_now(query, candidate, retrieval)
+            if same_words(query, candidate):
+                score = 1.0
+            else:
+                score = self.score_now(query, candidate, retrieval)
             out.append(Judgement(score, score >= self.threshold))
             if first and out[-1].accepted:
                 break
