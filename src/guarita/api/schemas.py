@@ -400,9 +400,10 @@ class CacheReport(BaseModel):
     saved_usd: float = Field(description="What this process's hits saved")
     semantic: dict[str, Any] | None = Field(
         default=None,
-        description="The semantic tier, when a policy uses it: embedder, threshold, questions "
-        "indexed in this process, candidates the verifier rejected by reason, the embedding "
-        "cache's size, hits and misses",
+        description="The semantic tier, when a policy uses it: embedder, judge (its name, or "
+        "rules), threshold, questions indexed in this process, candidates rejected by reason "
+        "(the judge's, judge_busy, or the verifier's), the embedding cache's size, hits and "
+        "misses",
     )
 
 
