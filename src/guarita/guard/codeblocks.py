@@ -121,10 +121,13 @@ class BlockSplitter:
         block = self._open
         if block is not None and block.fenced:
             closing = _CLOSE.match(line)
-            if closing and closing["fence"][0] == block.fence[0]:
-                if len(closing["fence"]) >= len(block.fence):
-                    done.append(self._emit(closed=True))
-                    return
+            if (
+                closing
+                and closing["fence"][0] == block.fence[0]
+                and len(closing["fence"]) >= len(block.fence)
+            ):
+                done.append(self._emit(closed=True))
+                return
             self._add_code(_dedent(line, block.indent) + "\n", continues=False)
             return
         if block is not None:  # an indented block: ends at a less indented text line
@@ -142,11 +145,11 @@ class BlockSplitter:
             self._open = _Open(tag, opening["fence"], len(opening["indent"]), self._line_no + 1)
             return
         needed = 8 if self._in_list else 4
-        if self._indented and self._after_blank and line.strip():
-            if _indent_width(line) >= needed:
-                self._open = _Open("", "", needed, self._line_no, fenced=False)
-                self._add_code(_dedent(line, needed) + "\n", continues=False)
-                return
+        starts_indented = self._after_blank and line.strip() and _indent_width(line) >= needed
+        if self._indented and starts_indented:
+            self._open = _Open("", "", needed, self._line_no, fenced=False)
+            self._add_code(_dedent(line, needed) + "\n", continues=False)
+            return
         if line.strip():
             if _indent_width(line) < 4:
                 self._in_list = bool(_LIST_ITEM.match(line))

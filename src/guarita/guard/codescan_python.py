@@ -85,9 +85,14 @@ class _Visitor(ast.NodeVisitor):
 
     # -- bookkeeping -------------------------------------------------------------------
     def report(
-        self, node: ast.AST, rule: str, category: Category, severity: Severity,
-        confidence: Confidence, message: str,
-    ) -> None:  # fmt: skip
+        self,
+        node: ast.AST,
+        rule: str,
+        category: Category,
+        severity: Severity,
+        confidence: Confidence,
+        message: str,
+    ) -> None:
         line = getattr(node, "lineno", 1)
         self.findings.append(
             Finding(f"py.{rule}", category, severity, confidence, line, message, "ast")
@@ -145,8 +150,14 @@ class _Visitor(ast.NodeVisitor):
         if self.tainted(value):
             self.scope.tainted.add(target.id)
         if UNSAFE_NAMES.search(target.id) and self.calls_random(value):
-            self.report(value, "weak-random", "weak_crypto", "medium", "high",
-                        "the random module is predictable: use secrets for tokens")  # fmt: skip
+            self.report(
+                value,
+                "weak-random",
+                "weak_crypto",
+                "medium",
+                "high",
+                "the random module is predictable: use secrets for tokens",
+            )
 
     def inline(self, value: ast.BinOp, name: str) -> ast.expr:
         """``q = q + x``: the earlier value of ``q`` in place of the name."""
@@ -199,8 +210,9 @@ class _Visitor(ast.NodeVisitor):
     def _template(self, node: ast.expr, depth: int, counter: list[int], quoted: list[int]) -> str:
         def gap(piece: ast.expr) -> str:
             if isinstance(piece, ast.Call) and self.qualname(piece.func) in (
-                "shlex.quote", "pipes.quote"
-            ):  # fmt: skip
+                "shlex.quote",
+                "pipes.quote",
+            ):
                 quoted[0] += 1
             counter[0] += 1
             return hole(counter[0])
@@ -237,7 +249,11 @@ class _Visitor(ast.NodeVisitor):
         self.generic_visit(node)
         name = self.qualname(node.func)
         last = name.rsplit(".", 1)[-1]
-        if last in SQL_SINKS and node.args and (last != "text" or name in ("text", "sqlalchemy.text")):
+        if (
+            last in SQL_SINKS
+            and node.args
+            and (last != "text" or name in ("text", "sqlalchemy.text"))
+        ):
             self.check_sql(node, node.args[0])
         if name in SUBPROCESS:
             self.check_subprocess(node)
@@ -260,11 +276,23 @@ class _Visitor(ast.NodeVisitor):
         if not verdict.is_sql or verdict.placement == "none":
             return
         if verdict.placement == "identifier":
-            self.report(node, "sql-dynamic-identifier", "sql_injection", "medium", "medium",
-                        "query with an interpolated table or column name: allow-list it")  # fmt: skip
+            self.report(
+                node,
+                "sql-dynamic-identifier",
+                "sql_injection",
+                "medium",
+                "medium",
+                "query with an interpolated table or column name: allow-list it",
+            )
             return
-        self.report(node, "sql-interpolated", "sql_injection", "high", "high",
-                    "SQL built by string formatting reaches a query call: use parameters")  # fmt: skip
+        self.report(
+            node,
+            "sql-interpolated",
+            "sql_injection",
+            "high",
+            "high",
+            "SQL built by string formatting reaches a query call: use parameters",
+        )
 
     def check_subprocess(self, node: ast.Call) -> None:
         shell = any(
@@ -279,19 +307,33 @@ class _Visitor(ast.NodeVisitor):
             if shell or (len(items) >= 3 and _const(items[1]) == "-c"):
                 dynamic = any(self.template(i).holes for i in items)
                 if dynamic:
-                    self.report(node, "shell-list-dynamic", "command_injection", "high", "medium",
-                                "a shell runs a command assembled from variables")  # fmt: skip
+                    self.report(
+                        node,
+                        "shell-list-dynamic",
+                        "command_injection",
+                        "high",
+                        "medium",
+                        "a shell runs a command assembled from variables",
+                    )
             return
         if shell:
-            self.check_shell_string(node, command, "subprocess with shell=True on a non-constant command")
+            self.check_shell_string(
+                node, command, "subprocess with shell=True on a non-constant command"
+            )
 
     def check_shell_string(self, node: ast.Call, command: ast.expr, message: str) -> None:
         template = self.template(command)
         if not template.holes:
             return
         if template.quoted == template.holes:
-            self.report(node, "shell-quoted", "command_injection", "low", "medium",
-                        "shell command built from shlex-quoted pieces")  # fmt: skip
+            self.report(
+                node,
+                "shell-quoted",
+                "command_injection",
+                "low",
+                "medium",
+                "shell command built from shlex-quoted pieces",
+            )
             return
         confidence: Confidence = "high"
         self.report(node, "shell-injection", "command_injection", "high", confidence, message)
@@ -299,21 +341,39 @@ class _Visitor(ast.NodeVisitor):
     def check_eval(self, node: ast.Call, name: str) -> None:
         if _const(node.args[0]) is not None:
             return
-        self.report(node, f"{name}-dynamic", "code_injection", "high", "high",
-                    f"{name}() of a non-constant value runs arbitrary code")  # fmt: skip
+        self.report(
+            node,
+            f"{name}-dynamic",
+            "code_injection",
+            "high",
+            "high",
+            f"{name}() of a non-constant value runs arbitrary code",
+        )
 
     def check_deserialise(self, node: ast.Call, name: str) -> None:
         if name.startswith("yaml."):
             if name == "yaml.load" and self.safe_yaml(node):
                 return
-            self.report(node, "yaml-unsafe-load", "insecure_deserialization", "high", "high",
-                        "yaml load without SafeLoader constructs arbitrary objects")  # fmt: skip
+            self.report(
+                node,
+                "yaml-unsafe-load",
+                "insecure_deserialization",
+                "high",
+                "high",
+                "yaml load without SafeLoader constructs arbitrary objects",
+            )
             return
         tainted = any(self.tainted(a) for a in node.args)
         confidence: Confidence = "high" if tainted else "medium"
         severity: Severity = "high" if tainted else "medium"
-        self.report(node, "unpickle", "insecure_deserialization", severity, confidence,
-                    f"{name} deserialises arbitrary objects: never on untrusted data")  # fmt: skip
+        self.report(
+            node,
+            "unpickle",
+            "insecure_deserialization",
+            severity,
+            confidence,
+            f"{name} deserialises arbitrary objects: never on untrusted data",
+        )
 
     def safe_yaml(self, node: ast.Call) -> bool:
         loaders = [k.value for k in node.keywords if k.arg == "Loader"] + node.args[1:2]
@@ -323,22 +383,43 @@ class _Visitor(ast.NodeVisitor):
         if any(k.arg == "usedforsecurity" for k in node.keywords):
             return
         if name == "hashlib.new" and _const(node.args[0] if node.args else None) not in (
-            "md5", "sha1", "MD5", "SHA1"
-        ):  # fmt: skip
+            "md5",
+            "sha1",
+            "MD5",
+            "SHA1",
+        ):
             return
         context = ast.unparse(node)
         if UNSAFE_NAMES.search(context):
-            self.report(node, "weak-password-hash", "weak_crypto", "high", "high",
-                        "MD5/SHA-1 used on a password: use a slow salted hash (argon2, bcrypt)")  # fmt: skip
+            self.report(
+                node,
+                "weak-password-hash",
+                "weak_crypto",
+                "high",
+                "high",
+                "MD5/SHA-1 used on a password: use a slow salted hash (argon2, bcrypt)",
+            )
             return
-        self.report(node, "weak-hash", "weak_crypto", "low", "medium",
-                    "MD5/SHA-1 is broken for security uses")  # fmt: skip
+        self.report(
+            node,
+            "weak-hash",
+            "weak_crypto",
+            "low",
+            "medium",
+            "MD5/SHA-1 is broken for security uses",
+        )
 
     def check_path(self, node: ast.Call) -> None:
         if self.scope.normalises or not any(self.tainted(a) for a in node.args):
             return
-        self.report(node, "path-from-request", "path_traversal", "high", "medium",
-                    "a file path taken from request data without normalising or checking it")  # fmt: skip
+        self.report(
+            node,
+            "path-from-request",
+            "path_traversal",
+            "high",
+            "medium",
+            "a file path taken from request data without normalising or checking it",
+        )
 
 
 def _from_request(name: str) -> bool:

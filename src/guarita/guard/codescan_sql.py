@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from guarita.guard.codefindings import Category, Confidence, Finding, Severity
 from guarita.providers.base import missing_extra
 
 HOLE_PREFIX = "guarita_hole_"
@@ -106,9 +107,10 @@ class SqlAnalyser:
         if not found:
             # the hole vanished into syntax sqlglot folded (comments, keywords): be wary
             return "unknown" if _HOLE.search(text) else "none"
+        worst: Placement
         for worst in ("quoted", "value", "unknown", "identifier"):
             if worst in found:
-                return worst  # type: ignore[return-value]
+                return worst
         return "identifier"
 
     def _identifier_placement(self, node: Any) -> Placement:
@@ -118,7 +120,8 @@ class SqlAnalyser:
             return "identifier"
         parent = column.parent
         if isinstance(
-            parent, exp.In | exp.Tuple | exp.Values | exp.Limit | exp.Offset | exp.Where | exp.Having
+            parent,
+            exp.In | exp.Tuple | exp.Values | exp.Limit | exp.Offset | exp.Where | exp.Having,
         ):
             return "value"
         if isinstance(parent, exp.Between):
@@ -128,3 +131,77 @@ class SqlAnalyser:
         if isinstance(parent, exp.Binary) and isinstance(parent.expression, exp.Column):
             return "value"  # `a = b` with both unknown: either side may be the value
         return "identifier"
+
+
+_TEMPLATE_HOLE = re.compile(
+    r"\$\{[^}\n]*\}|\{\{[^}\n]*\}\}|\{\w+\}|'\s*(\+|\|\|)\s*@?\w+\s*(\+|\|\|)\s*'"
+)
+_DYNAMIC_CONCAT = re.compile(
+    r"(?i)\b(exec(ute)?(\s+immediate)?|sp_executesql|set\s+@\w+\s*=|prepare\s+\w+\s+from)\b"
+    r"[^;]*'[^']*'\s*(\+|\|\|)\s*(?!quote_literal|quote_ident|quotename)@?[a-z_]\w*"
+)
+_STATEMENT = re.compile(r"[^;]+")
+
+
+class SqlBlockScanner:
+    """SQL blocks: template holes written into a query (``'{name}'``, ``${id}``) and
+    dynamic SQL run from concatenated strings (``EXEC('...' + @name)``, PL/pgSQL
+    ``EXECUTE '...' || name``). A query with ``?``/``:name``/``$1``, ``format('%I')``
+    or ``USING`` is fine."""
+
+    languages = frozenset({"sql"})
+
+    def __init__(self, sql: SqlAnalyser, blanker: Any) -> None:
+        self._sql = sql
+        self._blanker = blanker
+
+    def scan(self, code: str) -> list[Finding]:
+        text = self._blanker.blank(code, "sql")
+        findings: list[Finding] = []
+        for match in _DYNAMIC_CONCAT.finditer(text):
+            findings.append(
+                Finding(
+                    "sql.dynamic-exec",
+                    "sql_injection",
+                    "high",
+                    "medium",
+                    text.count("\n", 0, match.start()) + 1,
+                    "dynamic SQL assembled by concatenation: use parameters or quote_literal",
+                    "regex",
+                )
+            )
+        for statement in _STATEMENT.finditer(text):
+            template = _with_holes(statement.group(0))
+            if template == statement.group(0):
+                continue
+            verdict = self.classify_statement(template)
+            if verdict is None:
+                continue
+            line = text.count("\n", 0, statement.start() + _leading(statement.group(0))) + 1
+            findings.append(Finding(*verdict, line, _BLOCK_MESSAGES[verdict[0]], "sqlglot"))
+        return findings
+
+    def classify_statement(
+        self, template: str
+    ) -> tuple[str, Category, Severity, Confidence] | None:
+        verdict = self._sql.classify(template)
+        if not verdict.is_sql or verdict.placement == "none":
+            return None
+        if verdict.placement == "identifier":
+            return ("sql.template-identifier", "sql_injection", "medium", "medium")
+        return ("sql.template-value", "sql_injection", "high", "medium")
+
+
+_BLOCK_MESSAGES = {
+    "sql.template-identifier": "a template fills in a table or column name: allow-list it",
+    "sql.template-value": "a template pastes a value into the query text: use parameters",
+}
+
+
+def _with_holes(statement: str) -> str:
+    counter = iter(range(1, 1_000_000))
+    return _TEMPLATE_HOLE.sub(lambda _: hole(next(counter)), statement)
+
+
+def _leading(text: str) -> int:
+    return len(text) - len(text.lstrip())
