@@ -304,7 +304,7 @@ class _Visitor(ast.NodeVisitor):
         command = node.args[0]
         if isinstance(command, ast.List | ast.Tuple):
             items = command.elts
-            if shell or (len(items) >= 3 and _const(items[1]) == "-c"):
+            if shell or _is_shell_c(items):
                 dynamic = any(self.template(i).holes for i in items)
                 if dynamic:
                     self.report(
@@ -420,6 +420,17 @@ class _Visitor(ast.NodeVisitor):
             "medium",
             "a file path taken from request data without normalising or checking it",
         )
+
+
+def _is_shell_c(items: list[ast.expr]) -> bool:
+    """``["sh", "-c", ...]``: a list that still hands a string to a shell."""
+    shell = _const(items[0]) if items else None
+    return (
+        len(items) >= 3
+        and isinstance(shell, str)
+        and shell.rsplit("/", 1)[-1] in ("sh", "bash", "zsh", "dash")
+        and _const(items[1]) == "-c"
+    )
 
 
 def _from_request(name: str) -> bool:

@@ -39,7 +39,7 @@ JAVASCRIPT_RULES: tuple[RegexRule, ...] = (
     RegexRule("eval", "code_injection", "high", "high",
               r"(?<![.\w])eval\(\s*(?P<arg>)", "eval of a non-constant value"),
     RegexRule("new-function", "code_injection", "high", "high",
-              r"\bnew\s+Function\((?P<arg>)", "new Function() compiles a non-constant string"),
+              r"\bnew\s+Function\((\s*[\"'][^\"']*[\"']\s*,)*\s*(?P<arg>)", "new Function() compiles a non-constant string"),
     RegexRule("timer-string", "code_injection", "high", "medium",
               r"\b(setTimeout|setInterval)\(\s*(?=[\"'`])(?P<arg>)",
               "a timer given code as a string"),
