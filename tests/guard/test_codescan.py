@@ -250,7 +250,8 @@ def test_indented_blocks_only_when_asked() -> None:
         ("<?php\n$name = $_GET['n'];\necho $name;\n", "php"),
         ("package main\n\nfunc main() {\n    x := 1\n    fmt.Println(x)\n}\n", "go"),
         (
-            "public class A {\n  public static void main(String[] a) {\n    System.out.println(1);\n  }\n}\n",
+            "public class A {\n  public static void main(String[] a) {\n"
+            "    System.out.println(1);\n  }\n}\n",
             "java",
         ),
         ("just some words\n", "text"),
