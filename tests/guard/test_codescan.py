@@ -180,6 +180,12 @@ def test_shell_rules(scanner: CodeScanner, code: str, rules: list[str]) -> None:
     assert [f.rule for f in scanner.scan_block(code, "shell")] == rules
 
 
+def test_a_long_shell_script_gets_the_line_rules(scanner: CodeScanner) -> None:
+    code = 'echo "$HOME"\n' * 1000 + "rm -rf $TARGET\n"
+    (finding,) = scanner.scan_block(code, "shell")
+    assert (finding.rule, finding.engine, finding.line) == ("sh.rm-unquoted", "regex", 1001)
+
+
 # -- SQL analysis ----------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("template", "placement", "parameterised"),

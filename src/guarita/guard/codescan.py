@@ -72,6 +72,8 @@ class CodeScanConfig:
     use_bandit: bool = True
     """Bandit adds checks (TLS, XML, Flask debug, tar, Jinja autoescape) for ~1 ms a block."""
     sql_dialect: str | None = None
+    shell_parse_chars: int = 8192
+    """Longer shell blocks get the line rules only: bashlex costs ~15 ms per KiB."""
     weights: ScoreWeights = field(default_factory=ScoreWeights)
 
 
@@ -175,7 +177,7 @@ class CodeScanner:
         self._by_language: Mapping[str, tuple[BlockScanner, ...]] = {
             "python": (PythonScanner(sql, bandit, blanker),),
             "sql": (SqlBlockScanner(sql, blanker),),
-            "shell": (ShellScanner(blanker),),
+            "shell": (ShellScanner(blanker, self.config.shell_parse_chars),),
             "javascript": (rules("javascript", JAVASCRIPT_RULES),),
             "html": (rules("html", (*HTML_RULES, *JAVASCRIPT_RULES)),),
             "php": (rules("php", (*PHP_RULES, *HTML_RULES)),),

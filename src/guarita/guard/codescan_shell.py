@@ -69,7 +69,8 @@ def _walk(node: Any) -> Iterator[Any]:
 class ShellScanner:
     languages = frozenset({"shell"})
 
-    def __init__(self, blanker: CommentBlanker) -> None:
+    def __init__(self, blanker: CommentBlanker, max_parse_chars: int = 8192) -> None:
+        self._max_parse_chars = max_parse_chars
         try:
             import bashlex  # type: ignore[import-untyped]
         except ImportError as error:  # pragma: no cover - the guard extra is installed
@@ -94,6 +95,9 @@ class ShellScanner:
         lines = self._blanker.blank(code, "shell").split("\n")
         lines = [_PROMPT.sub("", line) for line in lines]
         script = "\n".join(lines)
+        if len(script) > self._max_parse_chars:
+            # bashlex costs ~15 ms per KiB: a long script gets the line rules only
+            return [f for n, line in enumerate(lines) for f in self._scan_line(line, n + 1)]
         trees = self._try_parse(script)
         if trees is not None:
             return self._scan_trees(trees, script, line_offset=0)
