@@ -43,6 +43,11 @@ def judge(wordllama: WordLlamaEmbedder, encoder: MiniLM, **kwargs: int) -> PairJ
     return PairJudge(wordllama.embed_now, encoder=encoder, **kwargs)
 
 
+def cosine(wordllama: WordLlamaEmbedder, a: str, b: str) -> float:
+    """The retrieval score of a pair, as the index gives it."""
+    return float(np.dot(*wordllama.embed_now([embedding_text(a), embedding_text(b)])))
+
+
 def stage(wordllama: WordLlamaEmbedder, pair_judge: PairJudge) -> ResponseCache:
     tier = SemanticTier(embedder=CachedEmbedder(wordllama), index=VectorIndex(256, 1000),
                         threshold=0.99, judge=pair_judge)  # fmt: skip
@@ -105,9 +110,7 @@ def test_a_trap_of_each_kind_is_refused(
 ) -> None:
     query, candidate = TRAPS[kind]
     j = judge(wordllama, encoder)
-    retrieval = float(np.dot(*wordllama.embed_now([embedding_text(query),
-                                                   embedding_text(candidate)])))  # fmt: skip
-    [verdict] = j.judge_now(query, [(candidate, retrieval)])
+    [verdict] = j.judge_now(query, [(candidate, cosine(wordllama, query, candidate))])
     assert not verdict.accepted, (kind, verdict.score)
 
 
@@ -117,9 +120,7 @@ def test_a_rewording_is_accepted(
 ) -> None:
     query, candidate = pair
     j = judge(wordllama, encoder)
-    retrieval = float(np.dot(*wordllama.embed_now([embedding_text(query),
-                                                   embedding_text(candidate)])))  # fmt: skip
-    [verdict] = j.judge_now(query, [(candidate, retrieval)])
+    [verdict] = j.judge_now(query, [(candidate, cosine(wordllama, query, candidate))])
     assert verdict.accepted, verdict.score
 
 
