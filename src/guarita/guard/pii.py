@@ -158,7 +158,7 @@ class PiiScanner:
             r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}+"
             r"(?:(?:\d{1,3}\.){3}\d{1,3}|[0-9A-Fa-f]{1,4})?(?![\w:]|\.\d)"
         )
-        self._phone = re.compile(r"(?<!\w)\+?\(?\d(?:[ \u00a0().\-/]{0,3}\d){6,}+")
+        self._phone = re.compile(r"(?<![\w.,/-])\+?\(?\d(?:[ \u00a0().\-/]{0,3}\d){6,}+")
         self._secrets, self._secret_subkinds, self._secret_markers = _compile_secrets(
             self.config.extra_secrets
         )
@@ -239,18 +239,18 @@ class PiiScanner:
             issuer = card_issuer(digits)
             if issuer is not None and luhn.is_valid(digits):
                 return "card", issuer
-        if size == 11 and "cpf" in wanted and cpf.is_valid(digits):
+        if size == 11 and "cpf" in wanted and _valid_br(cpf.is_valid, digits):
             return "cpf", None
-        if size == 14 and "cnpj" in wanted and cnpj.is_valid(digits):
+        if size == 14 and "cnpj" in wanted and _valid_br(cnpj.is_valid, digits):
             return "cnpj", None
         return None
 
     def _find_br_formatted(self, text: str, wanted: frozenset[PiiKind]) -> Iterator[Finding]:
         for match in self._br_formatted.finditer(text):
             if match["cpf"] is not None:
-                if "cpf" in wanted and cpf.is_valid(match[0]):
+                if "cpf" in wanted and _valid_br(cpf.is_valid, match[0]):
                     yield Finding("cpf", match.start(), match.end())
-            elif "cnpj" in wanted and cnpj.is_valid(match[0]):
+            elif "cnpj" in wanted and _valid_br(cnpj.is_valid, match[0]):
                 yield Finding("cnpj", match.start(), match.end())
 
     def _find_ibans(self, text: str) -> Iterator[Finding]:
@@ -350,6 +350,13 @@ def _compile_secrets(extra: tuple[str, ...]) -> tuple[re.Pattern[str], dict[str,
     except re.error as exc:
         raise ConfigError(f"pii extra_secrets: not a valid regular expression: {exc}") from exc
     return pattern, subkinds, markers
+
+
+def _valid_br(is_valid: Callable[[str], bool], number: str) -> bool:
+    """Check digits hold and the number is not one repeated digit (111.111.111-11 passes
+    the check but is never issued; people type it as a dummy)."""
+    digits = [c for c in number if c.isalnum()]
+    return len(set(digits)) > 1 and is_valid(number)
 
 
 def _group_windows(groups: list[str]) -> list[tuple[int, int]]:
