@@ -264,6 +264,11 @@ def test_phones_are_found_and_never_taken_for_cards(scanner: PiiScanner, phone: 
     assert found(scanner, f"call me on {phone} today") == [("phone", phone)]
 
 
+def test_a_phone_next_to_other_numbers_is_still_found(scanner: PiiScanner) -> None:
+    text = "call +1 650-253-0000 2026-12-01T10:20:30Z or 4155552671 1733050000000"
+    assert found(scanner, text) == [("phone", "+1 650-253-0000"), ("phone", "4155552671")]
+
+
 def test_phone_region_decides_national_numbers() -> None:
     text = "ligue (11) 2395-8400"
     assert found(PiiScanner(PiiConfig(phone_region="BR")), text) == [("phone", "(11) 2395-8400")]
