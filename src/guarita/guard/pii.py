@@ -167,7 +167,7 @@ class PiiScanner:
         )
         self._phone = re.compile(
             r"[+(\d](?<![\w.,/-][+(\d])(?:(?<=\+)\(?\d|(?<=\()\d|(?<=\d))"
-            r"(?:[ \u00a0().\-/]{0,3}\d){6,}+"
+            r"(?:[ \u00a0().\-/]{0,3}\d){6,19}+"  # a long run comes in pieces
         )
         self._country_code = re.compile(r"(?<![\w+])\+(?P<code>\d{1,3})[ \u00a0.-]?\Z")
         self._secrets, self._secret_subkinds, self._secret_markers = _compile_secrets(
@@ -319,7 +319,7 @@ class PiiScanner:
             # already a card, IBAN, CPF...: do not pay libphonenumber for it
             if not _covered(taken, starts, match.start(), match.end()) and _may_be_phone(match[0])
         )
-        for window_start, window_end in _windows(candidates, len(text), margin=6):
+        for window_start, window_end in _windows(candidates, len(text), margin=6, most=80):
             window = text[window_start:window_end]
             for number in phonenumbers.PhoneNumberMatcher(
                 window, self.config.phone_region, leniency=phonenumbers.Leniency.VALID
@@ -407,13 +407,16 @@ def _card(groups: list[str]) -> str | None:
     return issuer if issuer is not None and luhn.is_valid(digits) else None
 
 
-def _windows(spans: Iterable[tuple[int, int]], size: int, margin: int) -> Iterator[tuple[int, int]]:
+def _windows(
+    spans: Iterable[tuple[int, int]], size: int, margin: int, most: int
+) -> Iterator[tuple[int, int]]:
     """``spans`` (in order) widened by ``margin`` characters of context on each side,
-    within 0..size, merged where they touch."""
+    within 0..size, merged where they touch while the merged window stays under ``most``
+    characters (so a megabyte of "1234 1234 ..." costs linear time, not one huge call)."""
     current: tuple[int, int] | None = None
     for span_start, span_end in spans:
         start, end = max(0, span_start - margin), min(size, span_end + margin)
-        if current is not None and start <= current[1]:
+        if current is not None and start <= current[1] and end - current[0] <= most:
             current = (current[0], end)
             continue
         if current is not None:
