@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 POSITIVE_KINDS = frozenset({"paraphrase", "near_repeat"})
-PAIR_SOURCES = ("pairs.txt", "pairs_more.txt", "pairs_extra.txt")
+PAIR_SOURCES = ("pairs.txt", "pairs_more.txt", "pairs_extra.txt", "pairs_fourth.txt")
 """The hand-written files of ``tests/cache/data`` that ``pairs.jsonl`` is built from, in order."""
 KIND_CODES = {
     "P": "paraphrase",

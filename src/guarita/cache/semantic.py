@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("guarita.cache")
 
-WORDLLAMA_THRESHOLD = 0.968
+WORDLLAMA_THRESHOLD = 0.975
 """The cosine threshold for ``wordllama-l2_supercat-256``, calibrated for at most 1 % of
 trap pairs served (upper 95 % Wilson bound, after verification) on the calibration split
 of ``tests/cache/data``; ``bench/semantic_calibration.py`` computes it and
