@@ -1,0 +1,1 @@
+"""Guardrails: input sanitisation, injection detection, PII, generated-code scanning."""
