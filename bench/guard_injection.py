@@ -59,12 +59,12 @@ def run_speed(detector: InjectionDetector, count: int) -> None:
     messages = speed_messages(count, seed=1)
     for text in messages[:50]:
         detector.score(text)
-    timings = []
+    pairs = []
     for text in messages:
         start = time.perf_counter()
         detector.score(text)
-        timings.append((time.perf_counter() - start) * 1000)
-    timings.sort()
+        pairs.append(((time.perf_counter() - start) * 1000, len(text)))
+    timings = sorted(t for t, _ in pairs)
     p95 = timings[int(len(timings) * 0.95) - 1]
     sizes = sorted(len(m) for m in messages)
     print(f"{count} messages, {sizes[0]}-{sizes[-1]} chars (median {statistics.median(sizes):.0f})")
@@ -74,7 +74,7 @@ def run_speed(detector: InjectionDetector, count: int) -> None:
         ("1-16 KB", 1025, 16384),
         ("> 16 KB", 16385, 10**9),
     ):
-        part = sorted(t for t, m in zip(timings, messages, strict=True) if low <= len(m) <= high)
+        part = sorted(t for t, n in pairs if low <= n <= high)
         if part:
             print(
                 f"  {label:8} n={len(part):4}  p50 {statistics.median(part):.2f} ms  "

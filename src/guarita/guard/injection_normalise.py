@@ -55,6 +55,7 @@ _HEX_CHUNK = re.compile(r"(?:[0-9a-fA-F]{2}[ :]?){12,}")
 _MAX_DECODED_CHUNKS = 8
 _MAX_CHUNK_CHARS = 8192
 _MAX_VARIANT_CHARS = 32768
+_MAX_TRANSFORMED_CHARS = 8192
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +185,8 @@ def normalise(text: str) -> NormalisedText:
     if _LEET_HINT.search(head):
         variants.append(("leet", head.translate(_LEET)))
     variants.extend(_decoded_chunks(text[:_MAX_VARIANT_CHARS]))
-    variants.append(("rot13", codecs.encode(head, "rot13")))
-    variants.append(("reversed", head[::-1]))
+    # ROT13 and reversed text are whole-message tricks: the head is enough.
+    short = head[:_MAX_TRANSFORMED_CHARS]
+    variants.append(("rot13", codecs.encode(short, "rot13")))
+    variants.append(("reversed", short[::-1]))
     return NormalisedText(folded=folded, variants=tuple(variants), signals=signals)

@@ -49,12 +49,18 @@ _REVEAL = (
 
 @dataclass(frozen=True, slots=True)
 class Rule:
-    """One named pattern; ``strong`` rules are dampened when quoted in a discussion."""
+    """One named pattern; ``strong`` rules are dampened when quoted in a discussion.
+
+    ``hints`` are substrings one of which any match must contain: a plain ``in`` test on
+    them skips the regular expression on most text, which is what keeps a 60 KB tool
+    output cheap. An empty tuple always runs the pattern.
+    """
 
     id: str
     pattern: str
     weight: float
     strong: bool = False
+    hints: tuple[str, ...] = ()
 
 
 DEFAULT_RULES: tuple[Rule, ...] = (
@@ -64,6 +70,22 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         rf"\b{_OVERRIDE_VERBS}\b[^.\n]{{0,40}}?\b{_EARLIER}\b[^.\n]{{0,24}}?\b{_DIRECTIVES}\b",
         0.9,
         strong=True,
+        hints=(
+            "ignor",
+            "disregard",
+            "forget",
+            "skip",
+            "overlook",
+            "bypass",
+            "overrid",
+            "neglect",
+            "abandon",
+            "discard",
+            "dismiss",
+            "aside",
+            "throw",
+            "follow",
+        ),
     ),
     Rule(
         "ignore_everything",
@@ -73,6 +95,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         r"i) (?:told|said|given|instructed)|(?:up to|until) (?:now|this point))",
         0.75,
         strong=True,
+        hints=("ignore", "disregard", "forget"),
     ),
     Rule(
         "ignore_multilingual",
@@ -83,21 +106,39 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         r"|instrucciones|reglas|istruzioni|regole|instrucoes|regras|instructies)\b",
         0.85,
         strong=True,
+        hints=(
+            "ignor",
+            "vergiss",
+            "oubli",
+            "olvid",
+            "dimentic",
+            "esquec",
+            "descart",
+            "negeer",
+            "vergeet",
+        ),
     ),
     Rule(
         "new_instructions",
         r"\b(?:new|updated|real|actual|true|revised|override|overriding|secret|hidden)"
         r" (?:system )?(?:instructions?|directives?|orders|task|rules|prompt) ?:",
         0.45,
+        hints=("instruction", "directive", "orders", "task", "rules", "prompt"),
     ),
     # Persona and jailbreak framings.
-    Rule("do_anything_now", r"\bdo anything now\b|\bdan mode\b", 0.85),
+    Rule(
+        "do_anything_now",
+        r"\bdo anything now\b|\bdan mode\b",
+        0.85,
+        hints=("anything now", "dan mode"),
+    ),
     Rule(
         "become_persona",
         r"\b(?:you are|you're|you will be|act as|become|pretend to be|play|roleplay as"
         r"|role-play as|simulate|be) (?:now )?(?:an? |the )?(?:dan|stan|dude|aim|mongo tom"
         r"|evil confidant|bettergpt|antigpt|jailbreak|jailbroken \w+)\b",
         0.85,
+        hints=("dan", "stan", "dude", "aim", "mongo", "evil", "bettergpt", "antigpt", "jailbr"),
     ),
     Rule(
         "mode_enabled",
@@ -105,6 +146,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         rf"|\byou\b[^.\n]{{0,30}}?\b(?:are|will|now|in|act|simulate|enter|switch)\b[^.\n]{{0,30}}?"
         rf"\b(?:{_MODES}|maintenance|admin|debug|sudo|root) mode\b",
         0.8,
+        hints=(" mode",),
     ),
     Rule(
         "unrestricted_ai",
@@ -112,6 +154,19 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         r"|amoral|unethical|rogue|evil) (?:ai|assistant|model|chatbot|bot|version|mode"
         r"|persona|character|llm|entity|alter ego|twin)\b",
         0.6,
+        hints=(
+            "unrestricted",
+            "unfiltered",
+            "uncensored",
+            "unlimited",
+            "unbound",
+            "jailbroken",
+            "unchained",
+            "amoral",
+            "unethical",
+            "rogue",
+            "evil",
+        ),
     ),
     Rule(
         "no_restrictions",
@@ -119,6 +174,21 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         rf"|follow) any|none of the|no|zero|ignore (?:all|any|your))(?: any)?(?: (?:ethical|moral"
         rf"|content|safety|openai|ai|usual|normal))? {_LIMITS}\b",
         0.45,
+        hints=(
+            "restrict",
+            "limit",
+            "filter",
+            "censor",
+            "guideline",
+            "rules",
+            "boundar",
+            "constraint",
+            "moral",
+            "ethic",
+            "polic",
+            "safeguard",
+            "guardrail",
+        ),
     ),
     Rule(
         "roleplay_unrestricted",
@@ -127,17 +197,30 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         r"|morals)|without (?:rules|limits|restrictions|filters|ethics|morals)|unrestricted"
         r"|unfiltered|uncensored|evil|amoral|unethical|jailbroken)\b",
         0.7,
+        hints=(
+            "no ",
+            "without",
+            "unrestricted",
+            "unfiltered",
+            "uncensored",
+            "evil",
+            "amoral",
+            "unethical",
+            "jailbroken",
+        ),
     ),
     Rule(
         "persona_switch",
         r"\byou are (?:now|no longer)\b|\byou(?:'re| are) going to (?:act|pretend|be|play)\b"
         r"|\bfrom now on,? you (?:are|will|must|shall|can)\b|\byour new (?:name|role|persona) is\b",
         0.4,
+        hints=("you are", "you're", "from now on", "your new"),
     ),
     Rule(
         "stay_in_character",
         r"\b(?:stay|remain|keep) in character\b|\bbreak(?:ing)? character\b",
         0.4,
+        hints=("character",),
     ),
     Rule(
         "never_refuse",
@@ -146,6 +229,17 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         r"|\b(?:must|will|shall|have to|always) (?:always )?(?:comply|answer|obey|respond)\b"
         r"[^.\n]{0,30}?\b(?:any|every|all|regardless|no matter|whatever)\b",
         0.6,
+        hints=(
+            "refus",
+            "declin",
+            "reject",
+            "say no",
+            "deny",
+            "comply",
+            "answer",
+            "obey",
+            "respond",
+        ),
     ),
     Rule(
         "refusal_suppression",
@@ -154,6 +248,16 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         r" (?:lectures?|lessons?|policing)|ethical (?:concerns?|considerations?|guidelines?)"
         r"|caveats?|reminders?|censorship)\b",
         0.5,
+        hints=(
+            "warning",
+            "disclaimer",
+            "apolog",
+            "moral",
+            "ethical",
+            "caveat",
+            "reminder",
+            "censor",
+        ),
     ),
     # System prompt and secret extraction.
     Rule(
@@ -165,6 +269,17 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         rf"|text|context)\b",
         0.8,
         strong=True,
+        hints=(
+            "prompt",
+            "instruction",
+            "message",
+            "directive",
+            "configuration",
+            "rules",
+            "guideline",
+            "text",
+            "context",
+        ),
     ),
     Rule(
         "repeat_above",
@@ -172,12 +287,14 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         r"|the text|the words|the content|what(?:ever)? (?:is|was|you (?:see|read)))"
         r" (?:above|before (?:this|that)|written above|prior to this|in your context)\b",
         0.75,
+        hints=("above", "before this", "before that", "prior to this", "in your context"),
     ),
     Rule(
         "what_were_you_told",
         r"\bwhat (?:were|was|have) you (?:been )?(?:told|instructed|programmed|given)\b"
         r"|\bhow (?:were|have) you been (?:instructed|programmed|prompted)\b",
         0.55,
+        hints=("you been", "were you", "was you", "have you"),
     ),
     Rule(
         "leak_multilingual",
@@ -186,6 +303,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         r"systeme|prompt del sistema|prompt do sistema|prompt di sistema|instructions? systeme"
         r"|instrucciones del sistema|istruzioni di sistema|instrucoes do sistema)\b",
         0.8,
+        hints=("system", "sistema"),
     ),
     # Injections planted in documents and tool output.
     Rule(
@@ -193,6 +311,18 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         r"<\|(?:im_start|im_end|system|user|assistant|endoftext|eot_id|start_header_id"
         r"|end_header_id)\|>|\[/?inst\]|<</?sys>>|</?(?:system|sys|instructions?)>",
         0.7,
+        hints=(
+            "<|",
+            "[inst",
+            "[/inst",
+            "<<",
+            "<sys",
+            "</sys",
+            "<instr",
+            "</instr",
+            "<system",
+            "</system",
+        ),
     ),
     Rule(
         "fake_role_header",
@@ -200,6 +330,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         r"|root|operator)(?: (?:message|override|note|instruction|prompt|update|alert))?"
         r" ?(?:\]|\*\*)? ?: ",
         0.45,
+        hints=("system", "admin", "developer", "root", "operator"),
     ),
     Rule(
         "end_of_input",
@@ -207,6 +338,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         r"|begin (?:new |admin |system |real )?(?:instructions|prompt))\b"
         r"|(?:#{2,}|={3,}|-{3,}) ?(?:new|system|admin) ",
         0.45,
+        hints=("end of", "begin ", "##", "===", "---"),
     ),
     Rule(
         "addressed_to_ai",
@@ -215,6 +347,16 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         rf"|\bif you are an? (?:ai|llm|language model|assistant|agent)\b"
         rf"|\bwhen you (?:summari[sz]e|process|read|analy[sz]e) this\b",
         0.6,
+        hints=(
+            "note",
+            "message",
+            "instruction",
+            "attention",
+            "important",
+            "reminder",
+            " this",
+            "if you are",
+        ),
     ),
     Rule(
         "exfiltrate",
@@ -222,6 +364,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         r"\b(?:to|at) (?:https?://|[\w.+-]+@[\w-]+\.\w+)"
         r"|!\[[^\]]*\]\(https?://[^)\s]*[?&][^)\s]*=",
         0.35,
+        hints=("http", "@"),
     ),
 )
 
@@ -258,6 +401,8 @@ class RuleSet:
         hits: list[RuleHit] = []
         discussion: bool | None = None
         for rule, pattern in self._rules:
+            if rule.hints and not any(hint in text for hint in rule.hints):
+                continue
             found = pattern.search(text)
             if found is None:
                 continue
