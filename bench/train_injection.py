@@ -154,7 +154,7 @@ def main() -> None:
         threshold_for(cal_scores[cal_labels == 0], args.target_fpr),
         threshold_for(hard_scores, args.target_fpr),
     )
-    meta["threshold"] = round(threshold, 6)
+    meta["threshold"] = threshold  # unrounded: rounding down could flag one more
     meta["target_fpr"] = args.target_fpr
     save_model(args.out, LinearModel(featurizer, model.weights, model.bias, meta))
     print(
