@@ -32,6 +32,66 @@ _CHAR_BASE = np.uint64(0x100000001B3)
 _SALT_WORD = np.uint64(0x51 << 56)
 _SALT_BIGRAM = np.uint64(0x52 << 56)
 _SALT_CHAR = np.uint64(0x43 << 56)
+_SALT_TRIGRAM = np.uint64(0x54 << 56)
+_SALT_CUE = np.uint64(0x45 << 56)
+
+# Cues: co-occurrences a bag of n-grams cannot express, each one extra feature when
+# all of its parts occur in the text (a window). They describe the shapes attacks take
+# in general, an instruction addressed to the AI, a persona defined by having no limits,
+# a fictional or hypothetical frame around a dangerous subject, data sent somewhere.
+_AI_WORDS = (
+    r"\b(?:ai|assistant|chatbot|bot|llm|model|agent|language model|summari[sz]er|gpt"
+    r"|chatgpt|copilot|claude|gemini)s?\b"
+)
+_CUE_PARTS: dict[str, tuple[str, ...]] = {
+    # "the assistant should ...", "AI: ...", "to any model reading this"
+    "addressed_ai": (
+        _AI_WORDS + r"[^.\n]{0,40}?\b(?:must|should|shall|needs? to|is to|has to|will now"
+        r"|reading|processing|handling)\b|\b(?:to|for) (?:the |any |all )?" + _AI_WORDS,
+    ),
+    # a document or tool result talking to its reader's AI
+    "addressed_ai_in_document": (
+        _AI_WORDS + r"[^.\n]{0,40}?\b(?:must|should|shall|needs? to|is to|has to|reading"
+        r"|processing|handling)\b|\b(?:to|for) (?:the |any |all )?" + _AI_WORDS,
+        r"\b(?:email|e-mail|page|document|review|invoice|ticket|readme|article|summar"
+        r"|tool|result|report|memo|file|inbox|message|website|site)",
+    ),
+    # a persona or character described by what it will not hold back
+    "persona_without_limits": (
+        r"\b(?:you are|you're|you will (?:be|play|act)|act as|pretend|play(?:ing)? (?:as|the)"
+        r"|character|persona|role-?play|stay as|speak as|respond as|answer as|reply as)\b",
+        r"\b(?:no|never|without|any|free of|beyond|outside|unbound|unrestricted|unfiltered"
+        r"|uncensored|amoral|forbidden|unshackled)\b[^.\n]{0,30}?\b(?:rules?|limits?"
+        r"|restrictions?|boundaries|filters?|ethics|morals?|polic(?:y|ies)|guidelines?"
+        r"|refus\w*|warnings?|disclaimers?|consequences|censor\w*|hesitation)",
+    ),
+    # fiction or hypothesis wrapped around a dangerous subject
+    "framed_harm": (
+        r"\b(?:novel|story|fiction\w*|screenplay|hypothetic\w*|imagine|pretend|game"
+        r"|role-?play|character|thought experiment|parallel universe|simulat\w*)\b",
+        r"\b(?:bombs?|explosives?|meth\w*|weapons?|poisons?|malware|ransomware|keylogger"
+        r"|hack\w*|phishing|nerve agents?|ricin|napalm|thermite|fentanyl|counterfeit"
+        r"|launder\w*|steal\w*|exploit)\b",
+        r"\b(?:steps?|exact\w*|precise\w*|detail\w*|recipe|procedure|instructions"
+        r"|quantit\w*|code|how to|accurate)\b",
+    ),
+    # data sent or linked out: a verb of sending and a destination
+    "send_out": (
+        r"\b(?:send|forward|email|post|upload|include|append|add|embed|render|share)\b",
+        r"https?://|[\w.+-]+@[\w-]+\.\w+|!\[",
+        r"\b(?:passwords?|keys?|tokens?|credentials|conversation|history|contacts|secrets?"
+        r"|data|address|emails|codes?|cookies|files)\b",
+    ),
+    # answers shaped to dodge refusals
+    "refusal_suppression": (
+        r"\b(?:do not|don't|never|without|no)\b[^.\n]{0,20}?\b(?:apologi[sz]e|refuse|refusal"
+        r"|warnings?|disclaimers?|caveats|moralis\w*|moraliz\w*|mention (?:safety|ethics|legal))",
+        r"\b(?:how to|how do i|steps?|explain|tell me|give me|write|provide)\b",
+    ),
+}
+_CUES = tuple(
+    (name, tuple(re.compile(part) for part in parts)) for name, parts in sorted(_CUE_PARTS.items())
+)
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float32]
@@ -49,6 +109,8 @@ class HashingFeaturizer:
     char_min: int = 3
     char_max: int = 5
     word_bigrams: bool = True
+    word_trigrams: bool = False
+    cues: bool = False
 
     def _bucket(self, hashes: npt.NDArray[np.uint64], salt: np.uint64) -> IntArray:
         mixed = (hashes ^ salt) * _MIX
@@ -65,7 +127,24 @@ class HashingFeaturizer:
         if self.word_bigrams and len(words) > 1:
             pairs = hashes[:-1] * _CHAR_BASE + hashes[1:]
             parts.append(self._bucket(pairs, _SALT_BIGRAM))
+        if self.word_trigrams and len(words) > 2:
+            triples = (hashes[:-2] * _CHAR_BASE + hashes[1:-1]) * _CHAR_BASE + hashes[2:]
+            parts.append(self._bucket(triples, _SALT_TRIGRAM))
         return parts
+
+    def _cue_buckets(self, text: str) -> list[IntArray]:
+        if not self.cues:
+            return []
+        found = [
+            zlib.crc32(name.encode("ascii"))
+            for name, parts in _CUES
+            if all(part.search(text) for part in parts)
+        ]
+        if not found:
+            return []
+        hashes = np.array(found, dtype=np.uint64)
+        # Counted thrice, so one cue weighs about as much as a handful of n-grams.
+        return [self._bucket(hashes, _SALT_CUE)] * 3
 
     def _char_buckets(self, text: str) -> list[IntArray]:
         padded = f" {text} "
@@ -83,7 +162,7 @@ class HashingFeaturizer:
 
     def features(self, text: str) -> tuple[IntArray, FloatArray]:
         """Sorted bucket indices and their values; empty arrays for empty text."""
-        parts = self._word_buckets(text) + self._char_buckets(text)
+        parts = self._word_buckets(text) + self._char_buckets(text) + self._cue_buckets(text)
         if not parts:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
         buckets, counts = np.unique(np.concatenate(parts), return_counts=True)
@@ -97,6 +176,8 @@ class HashingFeaturizer:
             "char_min": self.char_min,
             "char_max": self.char_max,
             "word_bigrams": self.word_bigrams,
+            "word_trigrams": self.word_trigrams,
+            "cues": self.cues,
         }
 
 

@@ -259,6 +259,25 @@ DEFAULT_RULES: tuple[Rule, ...] = (
             "censor",
         ),
     ),
+    # Prefix injection: the answer is made to open with a compliance phrase.
+    Rule(
+        "prefix_injection",
+        r"\b(?:start|begin|open|prefix)\w* (?:your|each|every|the) (?:response|reply|answer"
+        r"|message|output)s? with\b[^.\n]{0,6}?[\"'\u201c\u2018]?(?:sure|absolutely|certainly"
+        r"|of course|understood|jailbroken|\[jailbroken)\b[^\n]{0,30}?\b(?:here|step 1|i will"
+        r"|i can|no restrictions|how to)\b",
+        0.5,
+        hints=("start", "begin", "open", "prefix"),
+    ),
+    # Payload splitting: pieces joined and the result obeyed.
+    Rule(
+        "payload_splitting",
+        r"\b(?:concatenat\w*|join (?:them|the (?:parts|pieces|strings|words))|combine (?:them"
+        r"|the (?:parts|pieces|strings|words))|[a-z]\d? ?\+ ?[a-z]\d?)\b[^.\n]{0,60}?"
+        r"\b(?:follow|obey|execute|carry out|do what)\b",
+        0.4,
+        hints=("concaten", "join", "combine", "+"),
+    ),
     # System prompt and secret extraction.
     Rule(
         "system_prompt_leak",
