@@ -207,7 +207,8 @@ class PairJudge:
         cache_entries: int = 4096,
         max_pending: int = 8,
     ) -> None:
-        self._words = words
+        self._embed_words = words
+        self._word_vectors: OrderedDict[str, np.ndarray] = OrderedDict()
         self._encoder = encoder
         model = model if model is not None else load_model()
         self.trees = Trees(model)
@@ -239,6 +240,17 @@ class PairJudge:
         while len(self._cache) > self._cache_entries:
             self._cache.popitem(last=False)
         return encoded
+
+    def _words(self, words: Sequence[str]) -> np.ndarray:
+        """Word vectors, each word embedded once (WordLlama's tokenizer costs more than
+        its lookup, and the same words come back)."""
+        unseen = [w for w in dict.fromkeys(words) if w not in self._word_vectors]
+        if unseen:
+            for word, vector in zip(unseen, self._embed_words(unseen), strict=True):
+                self._word_vectors[word] = vector
+            while len(self._word_vectors) > 8 * self._cache_entries:
+                self._word_vectors.popitem(last=False)
+        return np.stack([self._word_vectors[w] for w in words])
 
     def score_now(self, query: str, candidate: str, retrieval: float) -> float:
         """The probability that ``candidate``'s answer answers ``query`` (calling thread);

@@ -383,6 +383,7 @@ def features(text: str) -> Features:  # noqa: C901 - one pass over the kinds of 
     )
 
 
+@lru_cache(maxsize=65536)
 def _similar(a: str, b: str) -> bool:
     """Same word up to a typo (one edit in a word of five letters or more)."""
     if a == b:
