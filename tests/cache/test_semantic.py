@@ -190,9 +190,9 @@ async def test_the_embedding_cache_embeds_a_text_once(wordllama: WordLlamaEmbedd
 
 def test_the_index_is_bounded_and_moves_large_groups_to_hnsw() -> None:
     rng = np.random.default_rng(5)
-    vectors = rng.standard_normal((HNSW_FROM + 10, 8)).astype(np.float32)
+    vectors = rng.standard_normal((HNSW_FROM + 10, 32)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    index = VectorIndex(8, max_entries=HNSW_FROM + 5)
+    index = VectorIndex(32, max_entries=HNSW_FROM + 5)
     for i, v in enumerate(vectors):
         index.add("g", v, SemanticEntry(f"q{i}", f"k{i}", 1e12, 1e12))
     assert len(index) == HNSW_FROM + 5 and index.evicted == 5
