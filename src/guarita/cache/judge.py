@@ -284,13 +284,11 @@ class PairJudge:
         if self._pending >= self._max_pending:
             self.busy += 1
             return None
-        if self._thread is None:
-            self._thread = ThreadPoolExecutor(1, thread_name_prefix="guarita-judge")
         self._pending += 1
         try:
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(
-                self._thread, functools.partial(self.judge_now, query, list(candidates),
+                self._executor(), functools.partial(self.judge_now, query, list(candidates),
                                                 first=first)
             )  # fmt: skip
         finally:
@@ -300,10 +298,13 @@ class PairJudge:
         """Load the encoder now (at start, not on the first lookup)."""
         self.encode("warm up")
 
-    async def start(self) -> None:
+    def _executor(self) -> ThreadPoolExecutor:
         if self._thread is None:
             self._thread = ThreadPoolExecutor(1, thread_name_prefix="guarita-judge")
-        await asyncio.get_running_loop().run_in_executor(self._thread, self.warm)
+        return self._thread
+
+    async def start(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._executor(), self.warm)
 
     async def aclose(self) -> None:
         if self._thread is not None:

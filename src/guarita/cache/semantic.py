@@ -109,8 +109,6 @@ class Probe:
 class Found:
     entry: Entry
     candidate: Candidate
-    judged: float | None = None
-    """The judge's probability (with ``judge: model``)."""
 
 
 class SemanticTier:
@@ -216,7 +214,7 @@ class SemanticTier:
             candidate, live = live[len(judgements) - 1], live[len(judgements) :]
             found = await self._answer(candidate, lookup, now, stale_ok)
             if found is not None:
-                return Found(found, candidate, judgements[-1].score)
+                return Found(found, candidate)
         return None
 
     async def _answer(
