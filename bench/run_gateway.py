@@ -350,6 +350,13 @@ def gateway_env(tmp: Path, config: Path) -> dict[str, str]:
 LIMITED_KEY = ["--rpm", "10000000", "--rpd", "100000000", "--tpm", "1000000000",
                "--concurrency", "100000", "--max-tokens", "4000",
                "--daily-budget-usd", "1000000", "--monthly-budget-usd", "10000000"]  # fmt: skip
+GUARD_CONFIG = """\
+guard:
+  injection: {mode: flag}
+  pii: {mode: redact}
+  code: {mode: annotate}
+"""
+
 BUDGETS_CONFIG = """\
 limits:
   budgets:
@@ -581,6 +588,7 @@ def report(
                     else " "
                 )
             )
+            + ("every guard on (injection flag, PII redact, code annotate) " if args.guard else "")
             + f"({STORES[args.scale_out]}).",
             "",
             table(rows),
@@ -645,6 +653,11 @@ def parse_args() -> argparse.Namespace:
         "request sends `x-guarita-cache: bypass`, a miss that calls the upstream",
     )
     parser.add_argument(
+        "--guard",
+        action="store_true",
+        help="every guard on for every call: injection flag, PII redact, code annotate",
+    )
+    parser.add_argument(
         "--workers",
         type=int,
         default=None,
@@ -692,7 +705,11 @@ def run(args: argparse.Namespace, tmp: Path) -> str:
         if args.cache:  # the same request every time: one miss, then hits
             prices = "    price_output_per_1m: 15\n"
             text = text.replace(prices, prices + "    cache: {mode: exact, ttl_s: 86400}\n")
-        config.write_text(text + (BUDGETS_CONFIG if args.limits == "all" else ""))
+        config.write_text(
+            text
+            + (BUDGETS_CONFIG if args.limits == "all" else "")
+            + (GUARD_CONFIG if args.guard else "")
+        )
         env = gateway_env(tmp, config)
         if args.scale_out:
             env.update(scale_out_env(args, tmp))

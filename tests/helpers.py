@@ -7,6 +7,7 @@ import os
 import secrets
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -201,6 +202,7 @@ class GuaritaServer:
         self.env.update(env or {})
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
+        self.verify: ssl.SSLContext | bool = True  # the CA of an HTTPS server's certificate
         self.api_processes = workers
         self.process: Process | None = None
         self.worker: Process | None = None
@@ -246,7 +248,8 @@ class GuaritaServer:
             assert self.process is not None and self.process.proc is not None
             if self.process.proc.poll() is not None:
                 raise AssertionError(f"server exited early:\n{self.process.output()}")
-            return httpx.get(self.base_url + path, timeout=2).status_code == 200
+            response = httpx.get(self.base_url + path, timeout=2, verify=self.verify)
+            return response.status_code == 200
 
         wait_until(up, timeout=timeout, what=f"{self.base_url}{path}")
         return self

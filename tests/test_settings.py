@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from guarita.errors import ConfigError
-from guarita.settings import LOCAL_MODEL, load_settings
+from guarita.settings import DEFAULT_AGENT_MODEL, LOCAL_MODEL, load_settings
 
 
 @pytest.fixture(autouse=True)
@@ -24,7 +24,7 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 def test_defaults_describe_the_embedded_install() -> None:
     settings = load_settings()
     assert settings.models[LOCAL_MODEL].provider == "llamacpp"
-    assert settings.agents[settings.default_agent].model == LOCAL_MODEL
+    assert settings.agents[settings.default_agent].model == DEFAULT_AGENT_MODEL
     assert settings.store_url.startswith("sqlite+aiosqlite:///")
     assert (settings.server.host, settings.server.port) == ("127.0.0.1", 8080)
     assert settings.auth.enabled and not settings.auth.allow_unauthenticated_localhost
@@ -122,3 +122,32 @@ def test_own_models_without_agents_get_a_default_agent(
     settings = load_settings()
     assert settings.agents["assistant"].model == "gpt"
     assert settings.default_agent == "assistant"
+
+
+def _doc_section(heading: str) -> str:
+    text = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
+    start = text.index(f"\n{heading}\n")
+    end = text.find("\n#", start + len(heading) + 2)
+    return text[start : end if end != -1 else None]
+
+
+@pytest.mark.parametrize(
+    ("heading", "model"),
+    [
+        ("## `auth`", "AuthSettings"),
+        ("### `auth.jwt`", "JwtSettings"),
+        ("## `audit` (see [audit.md](audit.md))", "AuditSettings"),
+    ],
+)
+def test_the_configuration_reference_names_every_setting(heading: str, model: str) -> None:
+    """docs/configuration.md has a row for each field of these settings, and no row for a
+    field that does not exist."""
+    import re
+
+    from guarita import settings
+
+    fields = set(getattr(settings, model).model_fields)
+    section = _doc_section(heading)
+    documented = set(re.findall(r"^\| `([a-z0-9_]+)` \|", section, re.M))
+    nested = {"jwt"} if model == "AuthSettings" else set()
+    assert documented == fields - nested

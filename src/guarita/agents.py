@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from opentelemetry import trace
+from sqlalchemy.exc import SQLAlchemyError
 
-from guarita.errors import AgentNotFound, InvalidRequest, NotFound
+from guarita.errors import AgentNotFound, InvalidRequest, NotFound, ServiceUnavailable
+from guarita.ops.prompts import PromptRegistry, RenderedPrompt
 from guarita.pipeline import Next
 from guarita.settings import AgentSettings, ModelSettings, Settings
 from guarita.store.sessions import SessionStore, Turn
@@ -50,6 +52,19 @@ def fit_history(history: list[Turn], budget: int) -> list[Turn]:
         kept.append(turn)
     kept.reverse()
     return kept
+
+
+def _model_and_body(
+    agent: AgentSettings, rendered: RenderedPrompt | None
+) -> tuple[str, dict[str, Any]]:
+    """The model to call and the sampling fields: the agent's, overridden by its prompt
+    version's model configuration."""
+    body: dict[str, Any] = {"temperature": agent.temperature, "max_tokens": agent.max_tokens}
+    if rendered is None:
+        return agent.model, body
+    config = rendered.version.model_config
+    body.update(config.body_fields())
+    return config.model or agent.model, body
 
 
 @dataclass(slots=True, frozen=True)
@@ -89,8 +104,10 @@ class AgentService:
         *,
         tracer: trace.Tracer,
         deadline: Callable[[str, str | None, float | None], float],
+        prompts: PromptRegistry | None = None,
     ) -> None:
         self._deadline = deadline
+        self._prompts = prompts
         self._settings = settings
         self._sessions = sessions
         self._pipeline = pipeline
@@ -103,6 +120,34 @@ class AgentService:
             known = ", ".join(sorted(self._settings.agents)) or "none"
             raise AgentNotFound(f"agent {name!r} does not exist (known: {known})", param="agent")
         return name, agent
+
+    async def prompt_for(
+        self, name: str, agent: AgentSettings, ref: str | None = None
+    ) -> RenderedPrompt | None:
+        """The agent's registry prompt (or ``ref``, a rollout's candidate), resolved and
+        rendered with its variables; None for an agent with an inline system prompt. A
+        prompt that does not resolve is a 4xx; a store that cannot be read a 503."""
+        ref = ref or agent.prompt
+        if ref is None:
+            return None
+        if self._prompts is None:
+            raise ServiceUnavailable(f"agent {name!r}: the prompt registry is not available",
+                                     code="prompt_unavailable")  # fmt: skip
+        with self._tracer.start_as_current_span("guarita.prompt.resolve") as span:
+            try:
+                rendered = await self._prompts.render(ref, agent.prompt_variables)
+            except (SQLAlchemyError, OSError) as exc:
+                raise ServiceUnavailable(
+                    f"agent {name!r}: prompt {ref!r} cannot be read now",
+                    code="prompt_unavailable", retry_after=1, detail=type(exc).__name__,
+                ) from None  # fmt: skip
+            version = rendered.version
+            attributes: dict[str, str | int] = {"guarita.prompt.name": version.name,
+                          "guarita.prompt.version": version.version,
+                          "guarita.prompt.hash": version.sha256}  # fmt: skip
+            span.set_attributes(attributes)
+            trace.get_current_span().set_attributes(attributes)
+        return rendered
 
     async def chat(
         self,
@@ -130,9 +175,21 @@ class AgentService:
                     )
         else:
             session_id = uuid.uuid4().hex
-        model = self._settings.models[agent.model]
+        rendered = await self.prompt_for(name, agent)
+        messages: list[dict[str, Any]] = []
+        if rendered is not None:
+            messages.extend(rendered.messages)
+        elif agent.system_prompt:
+            messages.append({"role": "system", "content": agent.system_prompt})
+        model_name, body = _model_and_body(agent, rendered)
+        model = self._settings.models[model_name]
         window = model.context_window
-        budget = context_room(agent, model) - estimate_tokens(message)
+        prefix = (
+            sum(estimate_tokens(m["content"]) for m in messages)
+            if rendered is not None
+            else estimate_tokens(agent.system_prompt)
+        )
+        budget = window - body["max_tokens"] - prefix - estimate_tokens(message)
         if budget < 0:
             raise InvalidRequest(
                 f"message too long for agent {name!r}: about {estimate_tokens(message)} tokens, "
@@ -140,42 +197,47 @@ class AgentService:
                 code="context_length_exceeded",
                 param="message",
             )
-        messages: list[dict[str, Any]] = []
-        if agent.system_prompt:
-            messages.append({"role": "system", "content": agent.system_prompt})
         messages.extend(
             {"role": t.role, "content": t.content} for t in fit_history(history, budget)
         )
         messages.append({"role": "user", "content": message})
         call = Call(
             request_id=request_id,
-            model=agent.model,
-            body={
-                "messages": messages,
-                "temperature": agent.temperature,
-                "max_tokens": agent.max_tokens,
-            },
+            model=model_name,
+            body={"messages": messages, **body},
             caller=caller,
             agent=name,
             endpoint=endpoint,
             session_id=session_id,
             context=context,
-            deadline=self._deadline(agent.model, name, deadline_ms),
+            deadline=self._deadline(model_name, name, deadline_ms),
             client_ip=client_ip,
         )
+        if rendered is not None:
+            version = rendered.version
+            call.record.prompt_name = version.name
+            call.record.prompt_version = version.version
+            call.record.prompt_hash = version.sha256
         reply = await self._pipeline(call)
+        # the session keeps the turn as the provider saw it: sanitised, and with personal
+        # data as placeholders when the agent redacts (the values live for this call only)
+        sent = call.messages[-1].get("content") if call.messages else message
+        answer = reply.text if call.redactor is None else call.redactor.redact(reply.text)
         with self._tracer.start_as_current_span("guarita.session.append"):
             await self._sessions.append(
                 session_id,
                 agent=name,
                 key_id=caller.key_id,
-                turns=[Turn("user", message), Turn("assistant", reply.text)],
+                turns=[
+                    Turn("user", sent if isinstance(sent, str) else message),
+                    Turn("assistant", answer),
+                ],
             )
         return ChatResult(
             response=reply.text,
             session_id=session_id,
             agent=name,
-            model=reply.served_by or agent.model,
+            model=reply.served_by or model_name,
             usage=reply.usage,
             cost_usd=reply.cost_usd,
             request_id=request_id,

@@ -8,11 +8,13 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from guarita import __version__
-from guarita.api import admin, agents, batches, health, openai
+from guarita.api import admin, admin_prompts, agents, batches, health, openai
 from guarita.api.cached_chat import CachedChatPath
+from guarita.api.cors import CorsMiddleware
 from guarita.api.errors import install_error_handlers
 from guarita.api.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from guarita.api.openapi import install_openapi
+from guarita.api.security_headers import SecurityHeaders
 from guarita.runtime import Runtime
 from guarita.settings import Settings, load_settings
 from guarita.telemetry.logging import configure_logging
@@ -30,15 +32,21 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         finally:
             await runtime.aclose()
 
+    docs = settings.server.docs
     app = FastAPI(
         title="Guarita",
         version=__version__,
         description="A production runtime for LLM agents: OpenAI-compatible gateway and agent API.",
         lifespan=lifespan,
+        # off in production (server.docs): the three paths then answer 404
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
     )
     app.state.runtime = runtime
     install_error_handlers(app)
-    routers = (openai.router, agents.router, batches.router, health.router, admin.router)
+    routers = (openai.router, agents.router, batches.router, health.router, admin.router,
+               admin_prompts.router)  # fmt: skip
     for router in routers:
         app.include_router(router)
     app.state.endpoints = [route for router in routers for route in router.routes]
@@ -52,8 +60,13 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         max_bytes=settings.server.max_body_bytes,
         paths={batches.FILE_UPLOAD_PATH: max(upload_limit, settings.server.max_body_bytes)},
     )
+    if settings.server.cors.enabled:  # closed by default: no CORS headers, preflights 405
+        app.add_middleware(CorsMiddleware, cors=settings.server.cors)
     tracer = runtime.tracing.tracer if runtime.tracing.enabled else None
-    app.add_middleware(RequestContextMiddleware, metrics=runtime.metrics, tracer=tracer)
+    security = SecurityHeaders.from_settings(settings.server)
+    app.add_middleware(
+        RequestContextMiddleware, metrics=runtime.metrics, tracer=tracer, security=security
+    )
     return app
 
 

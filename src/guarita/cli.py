@@ -1,4 +1,4 @@
-"""The ``guarita`` command: serve, keys, cost, migrate."""
+"""The ``guarita`` command: serve, keys, cost, usage, audit, migrate."""
 
 from __future__ import annotations
 
@@ -7,18 +7,19 @@ import dataclasses
 import os
 import sys
 import tempfile
-from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import orjson
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from guarita.cli_common import audit_entry, cli_settings, err, out, parse_option, run_async
+from guarita.cli_keys import keys_app
+from guarita.cli_prompts import prompts_app
 from guarita.errors import ConfigError
-from guarita.settings import Settings, TierLimits, load_settings
-from guarita.store.keys import KeyStore
+from guarita.settings import Settings
 from guarita.store.usage import (
     DEFAULT_DAYS,
     UsageCounts,
@@ -31,7 +32,6 @@ from guarita.store.usage import (
 from guarita.telemetry import prices
 
 app = typer.Typer(help="Guarita: a production runtime for LLM agents.", no_args_is_help=True)
-keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 cost_app = typer.Typer(help="Cost estimates.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 economy_app = typer.Typer(
@@ -39,31 +39,17 @@ economy_app = typer.Typer(
 )
 app.add_typer(cost_app, name="cost")
 app.add_typer(economy_app, name="economy")
+audit_app = typer.Typer(
+    help="The audit log in the store: verify its chain, list its entries.", no_args_is_help=True
+)
+app.add_typer(audit_app, name="audit")
 cache_app = typer.Typer(
-    help="The response cache of a running server (GUARITA_ADMIN_KEY: an admin key).",
+    help="The response cache of a running server (GUARITA_ADMIN_KEY: a key or JWT with the "
+    "role viewer to read, operator to change, or admin).",
     no_args_is_help=True,
 )
 app.add_typer(cache_app, name="cache")
-
-out = Console()
-err = Console(stderr=True)
-T = TypeVar("T")
-
-
-def _settings(**overrides: object) -> Settings:
-    try:
-        return load_settings(**overrides)
-    except ConfigError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(2) from None
-
-
-def _run(factory: Callable[[Settings], Coroutine[Any, Any, T]], settings: Settings) -> T:
-    try:
-        return asyncio.run(factory(settings))
-    except ConfigError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(2) from None
+app.add_typer(prompts_app, name="prompts")
 
 
 @app.command()
@@ -73,11 +59,19 @@ def serve(
     ] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on [default: 8080].")] = None,
     workers: Annotated[int, typer.Option(min=1, help="API processes sharing the port.")] = 1,
+    ssl_certfile: Annotated[
+        Path | None, typer.Option(help="Serve HTTPS with this PEM certificate (chain).")
+    ] = None,
+    ssl_keyfile: Annotated[
+        Path | None, typer.Option(help="Its PEM private key [default: inside the certificate].")
+    ] = None,
 ) -> None:
     """Serve the HTTP API (embedded default: SQLite and the local model)."""
     import uvicorn
 
     from guarita.api.http_limits import HeaderLimits, header_limited_protocol
+    from guarita.api.security_headers import NO_STORE, SecurityHeaders
+    from guarita.api.tls import uvicorn_tls_options
     from guarita.app import create_app
     from guarita.runtime import Runtime
     from guarita.telemetry.logging import configure_logging
@@ -86,30 +80,43 @@ def serve(
         os.environ["GUARITA_SERVER__HOST"] = host
     if port is not None:
         os.environ["GUARITA_SERVER__PORT"] = str(port)
-    settings = _settings()
+    if ssl_certfile is not None:  # through the environment: it reaches --workers processes too
+        os.environ["GUARITA_SERVER__SSL_CERTFILE"] = str(ssl_certfile)
+    if ssl_keyfile is not None:
+        os.environ["GUARITA_SERVER__SSL_KEYFILE"] = str(ssl_keyfile)
+    settings = cli_settings()
     configure_logging(settings.server.log_level)
     try:
+        tls = uvicorn_tls_options(settings.server)  # a missing file stops here, named
         runtime = Runtime(settings)  # validates providers and keys before anything listens
     except ConfigError as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from None
-    where = f"http://{settings.server.host}:{settings.server.port}"
+    scheme = "https" if tls else "http"
+    where = f"{scheme}://{settings.server.host}:{settings.server.port}"
     err.print(
         f"Guarita serving on {where} ({workers} process{'es' if workers > 1 else ''})",
         highlight=False,
     )
-    limits = HeaderLimits(settings.server.max_header_bytes, settings.server.header_timeout_s)
+    refusal_headers = (*SecurityHeaders.from_settings(settings.server).api, NO_STORE)
+    limits = HeaderLimits(
+        settings.server.max_header_bytes, settings.server.header_timeout_s, refusal_headers
+    )
     options: dict[str, Any] = dict(
         host=settings.server.host, port=settings.server.port, access_log=False, log_level="warning",
         timeout_graceful_shutdown=30,
         http=header_limited_protocol(limits),  # uvicorn bounds neither the head's size nor time
+        **tls,
     )  # fmt: skip
     if workers == 1:
         uvicorn.run(create_app(settings, runtime=runtime), **options)
         return
     with tempfile.TemporaryDirectory(prefix="guarita-metrics-") as metrics_dir:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-        uvicorn.run("guarita.app:app_from_environment", factory=True, workers=workers, **options)
+        uvicorn.run(
+            "guarita.app:app_from_environment", factory=True, workers=workers,
+            timeout_worker_healthcheck=settings.server.worker_healthcheck_s, **options,
+        )  # fmt: skip
 
 
 @app.command()
@@ -126,7 +133,7 @@ def worker(
     from guarita.telemetry.logging import configure_logging
     from guarita.worker import run_worker
 
-    settings = _settings()
+    settings = cli_settings()
     if settings.task_queue != "celery":
         err.print("[red]error:[/red] task_queue is 'local': tasks run inside `guarita serve`; "
                   "set GUARITA_TASK_QUEUE=celery to use workers", highlight=False)  # fmt: skip
@@ -151,198 +158,8 @@ def migrate() -> None:
         finally:
             await db.aclose()
 
-    _run(go, _settings())
+    run_async(go, cli_settings())
     out.print("store schema is up to date")
-
-
-def _with_keys(
-    action: Callable[[KeyStore], Coroutine[Any, Any, T]], *, changes: str | None = None
-) -> T:
-    """Run ``action`` on the key store of the configured database (migrated first). When it
-    ``changes`` a key and succeeds, announce it on the shared state (scale-out mode), so
-    every API process drops the key from its cache at once (else within
-    ``auth.revocation_check_s``, when it sees the store change)."""
-
-    async def go(settings: Settings) -> T:
-        from guarita.store.database import Database
-
-        db = Database(settings.store_url)
-        try:
-            await db.migrate()
-            result = await action(KeyStore(db))
-        finally:
-            await db.aclose()
-        if changes is not None and result and settings.redis_url:
-            await _announce_key_change(settings, changes)
-        return result
-
-    return _run(go, _settings())
-
-
-RpmOption = Annotated[int | None, typer.Option("--rpm", min=1, help="Requests per minute.")]
-RpdOption = Annotated[int | None, typer.Option("--rpd", min=1, help="Requests per day.")]
-TpmOption = Annotated[int | None, typer.Option("--tpm", min=1, help="Tokens per minute.")]
-ConcurrencyOption = Annotated[
-    int | None, typer.Option("--concurrency", min=1, help="Requests at once.")
-]
-MaxTokensOption = Annotated[
-    int | None, typer.Option("--max-tokens", min=1, help="Largest max_tokens per request.")
-]
-ModelsOption = Annotated[
-    str | None, typer.Option("--models", help="Comma-separated models and agents it may use.")
-]
-DailyBudgetOption = Annotated[
-    float | None, typer.Option("--daily-budget-usd", min=0.000001, help="Spend per UTC day.")
-]
-MonthlyBudgetOption = Annotated[
-    float | None,
-    typer.Option("--monthly-budget-usd", min=0.000001, help="Spend per UTC calendar month."),
-]
-
-
-def _key_limits(
-    settings: Settings, *, rpm: int | None, rpd: int | None, tpm: int | None,
-    concurrency: int | None, max_tokens: int | None, models: str | None,
-    daily_budget: float | None = None, monthly_budget: float | None = None,
-) -> TierLimits | None:  # fmt: skip
-    """The limits a key sets over its tier, from the CLI's options (only those given)."""
-    given: dict[str, object] = {
-        "requests_per_minute": rpm, "requests_per_day": rpd, "tokens_per_minute": tpm,
-        "concurrent_requests": concurrency, "max_tokens": max_tokens,
-        "daily_budget_usd": daily_budget, "monthly_budget_usd": monthly_budget,
-    }  # fmt: skip
-    values = {k: v for k, v in given.items() if v is not None}
-    if models is not None:
-        names = [m.strip() for m in models.split(",") if m.strip()]
-        unknown = [n for n in names if n not in settings.models and n not in settings.agents]
-        if unknown:
-            err.print(f"[red]error:[/red] --models: unknown model {unknown[0]!r}", highlight=False)
-            raise typer.Exit(2)
-        values["models"] = names
-    return TierLimits.model_validate(values) if values else None
-
-
-def _known_tier(settings: Settings, tier: str) -> None:
-    if tier not in settings.limits.tiers:
-        known = ", ".join(sorted(settings.limits.tiers))
-        err.print(f"[red]error:[/red] --tier: unknown tier {tier!r} (known: {known})",
-                  highlight=False)  # fmt: skip
-        raise typer.Exit(2)
-
-
-@keys_app.command("create")
-def keys_create(
-    name: Annotated[str, typer.Option(help="Who or what the key is for.")],
-    tier: Annotated[
-        str, typer.Option(help="A tier of limits.tiers: free, pro, enterprise, admin, ...")
-    ] = "free",
-    rpm: RpmOption = None,
-    rpd: RpdOption = None,
-    tpm: TpmOption = None,
-    concurrency: ConcurrencyOption = None,
-    max_tokens: MaxTokensOption = None,
-    models: ModelsOption = None,
-    daily_budget_usd: DailyBudgetOption = None,
-    monthly_budget_usd: MonthlyBudgetOption = None,
-) -> None:
-    """Create a key; its own limits (if any) override its tier's. Its secret is printed
-    once; only a hash is stored."""
-    settings = _settings()
-    _known_tier(settings, tier)
-    limits = _key_limits(settings, rpm=rpm, rpd=rpd, tpm=tpm, concurrency=concurrency,
-                         max_tokens=max_tokens, models=models, daily_budget=daily_budget_usd,
-                         monthly_budget=monthly_budget_usd)  # fmt: skip
-    secret, info = _with_keys(lambda keys: keys.create(name, tier, limits))
-    err.print(
-        f"created key {info.id} (name {name!r}, tier {tier}); "
-        "store the secret now, it is not shown again:",
-        highlight=False,
-    )
-    print(secret)
-
-
-@keys_app.command("update")
-def keys_update(
-    key_id: Annotated[str, typer.Argument(help="The key's id (key_…).")],
-    tier: Annotated[str | None, typer.Option(help="A new tier.")] = None,
-    rpm: RpmOption = None,
-    rpd: RpdOption = None,
-    tpm: TpmOption = None,
-    concurrency: ConcurrencyOption = None,
-    max_tokens: MaxTokensOption = None,
-    models: ModelsOption = None,
-    daily_budget_usd: DailyBudgetOption = None,
-    monthly_budget_usd: MonthlyBudgetOption = None,
-    reset_limits: Annotated[
-        bool, typer.Option("--reset-limits", help="Drop the key's own limits first.")
-    ] = False,
-) -> None:
-    """Change a key's tier or its own limits; every API process applies it within
-    `auth.revocation_check_s`."""
-    settings = _settings()
-    if tier is not None:
-        _known_tier(settings, tier)
-    limits = _key_limits(settings, rpm=rpm, rpd=rpd, tpm=tpm, concurrency=concurrency,
-                         max_tokens=max_tokens, models=models, daily_budget=daily_budget_usd,
-                         monthly_budget=monthly_budget_usd)  # fmt: skip
-    info = _with_keys(
-        lambda keys: keys.update(key_id, tier=tier, limits=limits, replace_limits=reset_limits),
-        changes=key_id,
-    )
-    if info is None:
-        err.print(f"[red]error:[/red] no active key {key_id}", highlight=False)
-        raise typer.Exit(1)
-    own = info.limits.model_dump(exclude_unset=True) if info.limits else {}
-    out.print(f"updated {key_id}: tier {info.tier}, own limits {own or 'none'}", highlight=False)
-
-
-@keys_app.command("list")
-def keys_list(
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per key.")] = False,
-) -> None:
-    """List keys (never their secrets)."""
-    keys = _with_keys(lambda store: store.list())
-    if as_json:
-        for info in keys:
-            row = dataclasses.asdict(info)
-            row["limits"] = info.limits.model_dump(exclude_unset=True) if info.limits else None
-            print(orjson.dumps(row).decode())
-        return
-    table = Table("id", "name", "tier", "own limits", "prefix", "created", "revoked")
-    for info in keys:
-        revoked = f"{info.revoked_at:%Y-%m-%d %H:%M}" if info.revoked_at else ""
-        created = f"{info.created_at:%Y-%m-%d %H:%M}"
-        own = info.limits.model_dump(exclude_unset=True) if info.limits else {}
-        limits = ", ".join(f"{k}={v}" for k, v in own.items())
-        table.add_row(info.id, info.name, info.tier, limits, info.prefix + "…", created, revoked)
-    Console(width=max(out.width, 120)).print(table)
-
-
-async def _announce_key_change(settings: Settings, key_id: str) -> None:
-    from guarita.state.redis import RedisSharedState
-    from guarita.store.keys import announce_key_change
-
-    try:
-        async with RedisSharedState.from_url(
-            settings.redis_url or "", prefix=settings.redis_prefix, max_connections=2
-        ) as state:
-            await announce_key_change(state, key_id)
-    except Exception as exc:  # noqa: BLE001 - the processes see it in the store anyway
-        err.print(
-            f"[yellow]warning:[/yellow] could not announce the change on Redis "
-            f"({type(exc).__name__}); API processes see it within auth.revocation_check_s",
-            highlight=False,
-        )
-
-
-@keys_app.command("revoke")
-def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (key_…).")]) -> None:
-    """Revoke a key: every API process refuses it at once with Redis, and in any case within
-    `auth.revocation_check_s` (0.5 s)."""
-    if not _with_keys(lambda keys: keys.revoke(key_id), changes=key_id):
-        err.print(f"[red]error:[/red] no active key {key_id}", highlight=False)
-        raise typer.Exit(1)
-    out.print(f"revoked {key_id}")
 
 
 UrlOption = Annotated[
@@ -351,7 +168,9 @@ UrlOption = Annotated[
 
 
 def _admin(method: str, url: str, path: str, body: dict[str, Any] | None = None) -> Any:
-    """Call an /admin endpoint of a running server with the key in GUARITA_ADMIN_KEY."""
+    """Call an /admin endpoint of a running server with the API key or JWT in
+    GUARITA_ADMIN_KEY (reading needs the role viewer, operator or admin; changing, operator
+    or admin)."""
     import httpx
 
     key = os.environ.get("GUARITA_ADMIN_KEY", "").strip()
@@ -364,9 +183,13 @@ def _admin(method: str, url: str, path: str, body: dict[str, Any] | None = None)
         raise typer.Exit(1) from None
     if response.status_code != 200:
         message = response.json().get("error", {}).get("message", response.text)
-        hint = (
-            " (set GUARITA_ADMIN_KEY to an admin key)" if response.status_code in (401, 403) else ""
-        )
+        hint = ""
+        if response.status_code == 401:
+            hint = (" (set GUARITA_ADMIN_KEY to an API key or a JWT with the role needed)"
+                    if not key else " (GUARITA_ADMIN_KEY was refused)")  # fmt: skip
+        elif response.status_code == 403:
+            hint = (" (GUARITA_ADMIN_KEY lacks that role: give a key one with `guarita keys "
+                    "update KEY_ID --role operator`, or use a token that carries it)")  # fmt: skip
         err.print(f"[red]error:[/red] {message}{hint}", highlight=False)
         raise typer.Exit(1)
     return response.json()
@@ -483,7 +306,7 @@ def cost_project(
     days: Annotated[int, typer.Option(min=1)] = 30,
 ) -> None:
     """Project the monthly cost of a request mix on one model."""
-    settings = _settings()
+    settings = cli_settings()
     configured = settings.models.get(model)
     price = prices.price_for(model, configured) if configured else prices.lookup(model)
     if price is None:
@@ -542,14 +365,10 @@ def usage(
     """Requests, errors, tokens and cost from the request records, grouped."""
     from guarita.store.database import Database
 
-    def option(name: str, parse: Callable[[], T]) -> T:
-        try:
-            return parse()
-        except ValueError as exc:
-            raise typer.BadParameter(str(exc), param_hint=f"'--{name}'") from None
-
-    start = option("since", lambda: parse_time(since)) if since is not None else None
-    end = option("until", lambda: parse_time(until, end_of_day=True)) if until is not None else None
+    start = parse_option("since", lambda: parse_time(since)) if since is not None else None
+    end = None
+    if until is not None:
+        end = parse_option("until", lambda: parse_time(until, end_of_day=True))
     if start is not None and days is not None:
         raise typer.BadParameter("give --since or --days, not both", param_hint="'--days'")
     if start is not None and end is not None and start > end:
@@ -561,18 +380,25 @@ def usage(
         key_id=key,
         agent=agent,
         model=model,
-        by=option("by", lambda: parse_grouping(by.replace(" ", ""))),
+        by=parse_option("by", lambda: parse_grouping(by.replace(" ", ""))),
     )
+
+    filters = {"since": since, "until": until, "days": days, "key_id": key, "agent": agent,
+               "model": model, "by": by}  # fmt: skip
 
     async def go(settings: Settings) -> UsageReport:
         db = Database(settings.store_url)
         try:
             await db.migrate()
-            return await usage_report(db, query)
+            report = await usage_report(db, query)
+            given = {k: v for k, v in filters.items() if v is not None}
+            await audit_entry(settings, db, "data", ("data.read", "requests", "success",
+                                                {"filters": given}))  # fmt: skip
+            return report
         finally:
             await db.aclose()
 
-    report = _run(go, _settings())
+    report = run_async(go, cli_settings())
     if as_json:
         for row in report.rows:
             print(orjson.dumps(report.row_json(row)).decode())
@@ -598,6 +424,90 @@ def _print_usage(report: UsageReport) -> None:
 def _usage_counts(counts: UsageCounts) -> list[str]:
     numbers = (counts.requests, counts.errors, counts.input_tokens, counts.output_tokens)
     return [*(f"{n:,}" for n in numbers), f"${counts.cost_usd:,.6f}"]
+
+
+@audit_app.command("verify")
+def audit_verify() -> None:
+    """Walk the audit chain: exit 0 with "ok: N entries", or 1 naming the first broken seq
+    (an edited, deleted, inserted or moved row) and why."""
+    from guarita.store.audit import AuditChain, Verification
+    from guarita.store.database import Database
+
+    async def go(settings: Settings) -> Verification:
+        db = Database(settings.store_url)
+        try:
+            await db.migrate()
+            return await AuditChain(db).verify()
+        finally:
+            await db.aclose()
+
+    result = run_async(go, cli_settings())
+    if not result.ok:
+        err.print(f"[red]error:[/red] audit chain {result.message()}", highlight=False,
+                  markup=False)  # fmt: skip
+        raise typer.Exit(1)
+    out.print(result.message(), highlight=False)
+
+
+@audit_app.command("list")
+def audit_list(
+    actor: Annotated[
+        str | None, typer.Option(help="Only this actor (a key id, cli:<user>).")
+    ] = None,
+    action: Annotated[str | None, typer.Option(help="Only this action (auth.failed, …).")] = None,
+    target: Annotated[str | None, typer.Option(help="Only this target.")] = None,
+    category: Annotated[str | None, typer.Option(help="access, data or change.")] = None,
+    outcome: Annotated[str | None, typer.Option(help="success, denied or failure.")] = None,
+    since: Annotated[
+        str | None, typer.Option(metavar="DATE", help="Start: a date (UTC) or a date-time.")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(metavar="DATE", help="End, exclusive; a date includes that day.")
+    ] = None,
+    after: Annotated[int | None, typer.Option(min=0, help="Entries after this seq.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="At most this many.")] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per entry.")] = False,
+) -> None:
+    """Audit entries from the store, oldest first (reading them is audited too)."""
+    from guarita.store.audit import CATEGORIES, OUTCOMES, AuditChain, AuditQuery
+    from guarita.store.database import Database
+
+    if category is not None and category not in CATEGORIES:
+        raise typer.BadParameter(f"one of {', '.join(CATEGORIES)}", param_hint="'--category'")
+    if outcome is not None and outcome not in OUTCOMES:
+        raise typer.BadParameter(f"one of {', '.join(OUTCOMES)}", param_hint="'--outcome'")
+    query = AuditQuery(
+        actor=actor, action=action, target=target, category=category, outcome=outcome,
+        since=parse_option("since", lambda: parse_time(since)) if since is not None else None,
+        until=parse_option("until", lambda: parse_time(until, end_of_day=True)) if until else None,
+        after=after, limit=limit,
+    )  # fmt: skip
+    given = {k: v for k, v in dataclasses.asdict(query).items() if v is not None}
+    given.pop("limit", None)
+
+    async def go(settings: Settings) -> tuple[list[dict[str, Any]], bool]:
+        db = Database(settings.store_url)
+        try:
+            await db.migrate()
+            page = await AuditChain(db).list(query)
+            await audit_entry(settings, db, "data", ("data.read", "audit_log", "success",
+                                                {"filters": given}))  # fmt: skip
+            return page
+        finally:
+            await db.aclose()
+
+    entries, more = run_async(go, cli_settings())
+    if as_json:
+        for entry in entries:
+            print(orjson.dumps(entry).decode())
+        return
+    table = Table("seq", "time (UTC)", "category", "action", "actor", "target", "outcome")
+    for e in entries:
+        table.add_row(str(e["seq"]), e["created_at"][:19].replace("T", " "), e["category"],
+                      e["action"], e["actor"], e["target"] or "", e["outcome"])  # fmt: skip
+    Console(width=max(out.width, 140)).print(table)
+    if more:
+        err.print(f"more entries follow: --after {entries[-1]['seq']}", highlight=False)
 
 
 def main() -> None:

@@ -6,7 +6,9 @@ in one place (``api/errors.py``).
 
     GuaritaError                      500 internal_error
     ├── InvalidRequest                400 invalid_request_error
-    │   └── UnsupportedOperation      400 invalid_request_error
+    │   ├── UnsupportedOperation      400 invalid_request_error
+    │   ├── PiiBlocked                400 (code pii_detected)
+    │   └── InjectionDetected         400 (code prompt_injection_detected)
     ├── AuthenticationFailed          401 authentication_error
     ├── PermissionDenied              403 permission_error
     │   └── ModelNotAllowed           403 permission_error (code model_not_allowed)
@@ -43,6 +45,7 @@ the request id and never sent.
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 
 
 class ConfigError(Exception):
@@ -97,6 +100,28 @@ class InvalidRequest(GuaritaError):
 
 class UnsupportedOperation(InvalidRequest):
     code = "unsupported_operation"
+
+
+class PiiBlocked(InvalidRequest):
+    """The agent blocks personal data and the request has some. It carries the kinds
+    found, never the values, so the 400 can name them and the log line stays clean."""
+
+    code = "pii_detected"
+
+    def __init__(self, kinds: Collection[str], *, param: str = "messages") -> None:
+        self.kinds: frozenset[str] = frozenset(kinds)
+        names = ", ".join(sorted(self.kinds))
+        super().__init__(
+            f"The request contains personal data or credentials this agent does not accept "
+            f"({names}); remove them and try again.",
+            param=param,
+        )
+
+
+class InjectionDetected(InvalidRequest):
+    """The agent blocks prompt injection and a message scored at or over its threshold."""
+
+    code = "prompt_injection_detected"
 
 
 class AuthenticationFailed(GuaritaError):

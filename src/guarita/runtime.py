@@ -9,6 +9,7 @@ from settings alone: SQLite or PostgreSQL by ``store.url``, in-process or Redis 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -23,9 +24,13 @@ from guarita.backends.tasks import LocalTaskQueue, Outcome, TaskExecutor, TaskQu
 from guarita.batches.lines import LineRunner
 from guarita.batches.runner import BatchRunner
 from guarita.cache.exact import Entries, LocalEntries, SharedEntries
+from guarita.ops.consistency import ConsistencyStage
+from guarita.ops.prompts import PromptRegistry
+from guarita.ops.scorers import Scoring, ScoringStage
 from guarita.pipeline import Next, Stage, compose
 from guarita.pipeline.account import Accounting
 from guarita.pipeline.cache import ResponseCache
+from guarita.pipeline.guard import Guards, InputGuard, OutputGuard
 from guarita.pipeline.provider_call import ProviderCall
 from guarita.pipeline.record import Recording
 from guarita.providers.base import ProviderRegistry
@@ -40,10 +45,12 @@ from guarita.state.redis import RedisSharedState
 from guarita.store.batches import BatchInfo, BatchStore, FileStore
 from guarita.store.database import Database
 from guarita.store.keys import KeyStore, RevocationWatch
+from guarita.store.prompts import PromptStore
 from guarita.store.records import RecordWriter
 from guarita.store.sessions import SessionStore, SqlSessionStore
 from guarita.store.tasks import TaskInfo, TaskStore
 from guarita.telemetry import events
+from guarita.telemetry.audit import AuditLog, settings_digest
 from guarita.telemetry.metrics import Metrics
 from guarita.telemetry.prices import Price, price_for
 from guarita.telemetry.tracing import Tracing
@@ -81,7 +88,9 @@ class Runtime:
             settings.events, settings.redis_url, on_drop=self.metrics.events_dropped.inc
         )
         self.keys = KeyStore(self.db, cache_ttl_s=settings.auth.key_cache_ttl_s)
-        self.auth = Authenticator(self.keys, settings.auth)
+        # JWTs are verified by API processes only (a missing secret stops their start)
+        self.auth = Authenticator(self.keys, settings.auth, tiers=frozenset(settings.limits.tiers),
+                                  jwt=role == "api")  # fmt: skip
         self.records = RecordWriter(
             self.db,
             spool_dir=settings.data_dir / "spool",
@@ -90,6 +99,18 @@ class Runtime:
             flush_interval_s=settings.store.record_flush_interval_s,
             max_pending=settings.store.record_queue_max,
             on_dead_letter=self.metrics.records_dead_lettered.inc,
+        )
+        self.audit = AuditLog(
+            self.db,
+            spool_dir=settings.data_dir / "audit-spool",
+            dead_letter_dir=settings.data_dir / "dead-letter",
+            enabled=settings.audit.enabled,
+            batch_size=settings.audit.batch_size,
+            flush_interval_s=settings.audit.flush_interval_s,
+            on_entry=lambda category, outcome: self.metrics.child(
+                self.metrics.audit_entries, category, outcome
+            ).inc(),
+            on_dead_letter=self.metrics.audit_dead_lettered.inc,
         )
         self.sessions = self._session_store()
         self.task_store = TaskStore(self.db)
@@ -102,10 +123,14 @@ class Runtime:
             self.keys, interval_s=settings.auth.revocation_check_s, broadcast=self.state
         )
         self.breakers = SharedBreakerStore(self.state)
+        # quality: scorers (runtime.scoring), the live scoring and consistency stages
+        self.scoring = Scoring(settings)
+        scoring_stages = self._quality_stages()
         # Building providers reads their keys: a missing one stops the start here.
         self.models: dict[str, ModelGroup] = build_groups(
-            settings, registry or ProviderRegistry(), self.breakers, self.metrics
-        )
+            settings, registry or ProviderRegistry(), self.breakers, self.metrics,
+            scorer=self.scoring.resilience_scorer(),
+        )  # fmt: skip
         self.prices: dict[str, Price] = {
             name: price_for(name, m) for name, m in settings.models.items()
         }
@@ -140,6 +165,13 @@ class Runtime:
             {n: a.routing for n, a in settings.agents.items() if a.routing is not None}
         )
         self.cache = self._response_cache()
+        self.guards = Guards(settings)  # the detectors load here, when a policy uses them
+
+        def count_verdict(guard: str, action: str, agent: str) -> None:
+            self.metrics.guard_verdicts.labels(guard, action, agent).inc()
+
+        self.input_guard = InputGuard(self.guards, on_verdict=count_verdict)
+        output_guard = OutputGuard(self.guards, on_verdict=count_verdict)
         fallback = FallbackChain(
             settings.models,
             {name: agent.fallbacks for name, agent in settings.agents.items()},
@@ -147,20 +179,33 @@ class Runtime:
             static_reply=settings.resilience.static_reply,
             cached=self.cache.fallback_answer if self.cache.enabled else None,
         )
-        stages: list[Stage] = [self.recording, compression, routing, self.rate_limits]
+        stages: list[Stage] = [
+            self.recording, *scoring_stages, self.input_guard, compression, routing,
+            self.rate_limits,
+        ]  # fmt: skip
         if self.cache.enabled:
             stages.append(self.cache)
+        stages.append(Accounting(self.prices))
+        if self.guards.output_on:
+            stages.append(output_guard)
         self.pipeline: Next = compose(
-            [*stages, Accounting(self.prices), fallback],
+            [*stages, fallback],
             ProviderCall(self.models, tracer=tracer),
             tracer=tracer,
         )
+        # the prompt registry: label moves announced on the shared state
+        self.prompts = PromptRegistry(
+            PromptStore(self.db), models=settings.models, broadcast=self.state,
+            audit=self.audit.record, publish=self.events.publish,
+        )  # fmt: skip
+        self.scoring.bind(self.pipeline)
         self.agents = AgentService(
             settings,
             self.sessions,
             self.pipeline,
             tracer=self.tracing.tracer,
             deadline=self.deadline,
+            prompts=self.prompts,
         )
         self.files = FileStore(self.db)
         self.batches = BatchStore(self.db)
@@ -192,6 +237,25 @@ class Runtime:
             listener=self._on_task_event,
         )
         self.tasks: TaskQueue = self._task_queue()
+
+    def _quality_stages(self) -> list[Stage]:
+        """Consistency trials and live scoring (docs/quality.md), when an agent uses them."""
+        m, agents = self.metrics, self.settings.agents.values()
+        stages: list[Stage] = []
+
+        def checked(agent: str, _score: float, low: bool) -> None:
+            m.child(m.consistency_checks, agent, "low" if low else "ok").inc()
+
+        def scored(agent: str, score: float) -> None:
+            m.child(m.quality_scores, agent).observe(score)
+
+        if any(a.consistency is not None for a in agents):
+            stages.append(
+                ConsistencyStage(self.settings, self.scoring.similarity, on_score=checked)
+            )
+        if any(a.quality is not None for a in agents):
+            stages.append(ScoringStage(self.scoring, on_score=scored))
+        return stages
 
     def _response_cache(self) -> ResponseCache:
         """The cache stage: entries in this process (LRU), or in Redis for every process."""
@@ -329,6 +393,8 @@ class Runtime:
         if self.settings.store.auto_migrate:
             await self.db.migrate()
         await self.records.start()
+        await self.audit.start()
+        self._audit_settings_loaded()
         await self.events.start()
         await self.breakers.start()
         for group in self.models.values():
@@ -336,6 +402,7 @@ class Runtime:
                 await deployment.provider.start()
         if self.cache.semantic is not None:
             await self.cache.semantic.start()
+        await self.prompts.start()
         if self.role == "api":
             await self.tasks.start()
             if self.settings.auth.enabled:
@@ -346,6 +413,26 @@ class Runtime:
                  store=self.db.engine.url.render_as_string(hide_password=True),
                  shared_state="redis" if self.redis is not None else "in-process",
                  task_queue=self.settings.task_queue)  # fmt: skip
+
+    def _audit_settings_loaded(self) -> None:
+        """``settings.loaded``, once per process start: which file, and a digest of what
+        was loaded (never a value of it)."""
+        from guarita.settings import config_path
+
+        try:
+            path = config_path()
+        except Exception:  # noqa: BLE001 - the settings were loaded; the file is only named
+            path = None
+        self.audit.record(
+            "change",
+            "settings.loaded",
+            f"process:{self.role}",
+            "settings",
+            "success",
+            details={"config_file": str(path.resolve()) if path is not None else None,
+                     "digest": settings_digest(self.settings), "role": self.role,
+                     "pid": os.getpid()},
+        )  # fmt: skip
 
     async def submit_task(
         self, *, agent: str, payload: dict[str, Any], key_id: str | None, request_id: str | None
@@ -419,6 +506,7 @@ class Runtime:
     async def aclose(self) -> None:
         if self.role == "api":
             await self.revocations.aclose()
+            await self.auth.aclose()
             await self.tasks.aclose()
         if self._background:  # batches abandoned by their task: failed before the store goes
             await asyncio.gather(*self._background, return_exceptions=True)
@@ -426,10 +514,13 @@ class Runtime:
         await self.rate_limits.aclose()
         await self.economy.aclose()
         await self.breakers.aclose()
+        await self.prompts.aclose()
+        await self.scoring.aclose()
         if self.cache.semantic is not None:
             await self.cache.semantic.aclose()
         await self.state.aclose()
         await self.records.aclose()
+        await self.audit.aclose()
         await self.events.aclose()
         await asyncio.gather(
             *(d.provider.aclose() for g in self.models.values() for d in g.deployments)

@@ -8,12 +8,12 @@ the local llama.cpp model behind one agent.
 
 from __future__ import annotations
 
-import ipaddress
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -22,12 +22,86 @@ from pydantic_settings import (
 )
 
 from guarita.errors import ConfigError
+from guarita.settings_auth import (  # re-exported: settings are read from here
+    ROLES as ROLES,
+)
+from guarita.settings_auth import (
+    AuthSettings as AuthSettings,
+)
+from guarita.settings_auth import (
+    JwtAlgorithm as JwtAlgorithm,
+)
+from guarita.settings_auth import (
+    JwtSettings as JwtSettings,
+)
+from guarita.settings_auth import (
+    Role as Role,
+)
+from guarita.settings_base import Strict as _Strict
+from guarita.settings_cors import CorsSettings as CorsSettings
+from guarita.settings_guard import (
+    AgentGuardSettings as AgentGuardSettings,
+)
+from guarita.settings_guard import (
+    CodeGuardSettings as CodeGuardSettings,
+)
+from guarita.settings_guard import (
+    GuardSettings as GuardSettings,
+)
+from guarita.settings_guard import (
+    InjectionGuardSettings as InjectionGuardSettings,
+)
+from guarita.settings_guard import (  # re-exported: settings are read from here
+    InputGuardSettings as InputGuardSettings,
+)
+from guarita.settings_guard import (
+    PiiGuardSettings as PiiGuardSettings,
+)
+from guarita.settings_guard import (
+    PiiKindName as PiiKindName,
+)
+from guarita.settings_limits import (
+    Budget as Budget,
+)
+from guarita.settings_limits import (
+    BudgetSettings as BudgetSettings,
+)
+from guarita.settings_limits import (
+    EconomySettings as EconomySettings,
+)
+from guarita.settings_limits import (
+    LimitSettings as LimitSettings,
+)
+from guarita.settings_limits import (  # re-exported: settings are read from here
+    TierLimits as TierLimits,
+)
+from guarita.settings_limits import (
+    _default_tiers as _default_tiers,
+)
+from guarita.settings_quality import (  # re-exported: settings are read from here
+    AgentQualitySettings as AgentQualitySettings,
+)
+from guarita.settings_quality import ConsistencySettings as ConsistencySettings
+from guarita.settings_quality import QualityScoringSettings as QualityScoringSettings
+from guarita.settings_quality import ScorerSettings as ScorerSettings
+from guarita.settings_rollouts import (
+    CanaryPolicy as CanaryPolicy,
+)
+from guarita.settings_rollouts import (
+    ChangeTypeRule as ChangeTypeRule,
+)
+from guarita.settings_rollouts import (
+    RolloutSettings as RolloutSettings,
+)
+from guarita.settings_rollouts import (
+    ShadowPolicy as ShadowPolicy,
+)
 
 LOCAL_MODEL = "gemma3-270m"
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+SMOLLM2_MODEL = "smollm2-135m"
+DEFAULT_AGENT_MODEL = SMOLLM2_MODEL
+"""The default agent's: SmolLM2-135M-Instruct answers chat where the Gemma 3 270M base model
+mostly repeats its prompt (docs/quality.md, bench/local_models.py)."""
 
 
 class RetrySettings(_Strict):
@@ -282,11 +356,25 @@ class CacheSettings(_Strict):
     semantic: SemanticCacheSettings = SemanticCacheSettings()
 
 
+_PROMPT_REF = re.compile(
+    r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}(@([1-9][0-9]*|[A-Za-z][A-Za-z0-9_.-]{0,99}))?$"
+)
+"""``guarita.ops.prompts.parse_ref``'s grammar (checked there again at resolution)."""
+
+
 class AgentSettings(_Strict):
     """An agent declared in config: a model, a system prompt and sampling parameters."""
 
     model: str
     system_prompt: str = ""
+    prompt: str | None = Field(
+        default=None,
+        description="A registry prompt instead of system_prompt: 'name', 'name@label' or "
+        "'name@3' (docs/prompts.md).",
+    )
+    prompt_variables: dict[str, str] = Field(
+        default_factory=dict, description="The values of the prompt's template variables."
+    )
     temperature: float = Field(default=0.7, ge=0, le=2)
     max_tokens: int = Field(default=256, gt=0)
     description: str = ""
@@ -303,6 +391,23 @@ class AgentSettings(_Strict):
     cache: ResponseCachePolicy | None = Field(
         default=None, description="Cache this agent's answers; unset: off."
     )
+    guard: AgentGuardSettings | None = Field(
+        default=None, description="Guardrails of this agent over the global ones."
+    )
+    quality: AgentQualitySettings | None = Field(
+        default=None, description="Score this agent's answers (docs/quality.md); unset: off."
+    )
+    consistency: ConsistencySettings | None = Field(
+        default=None, description="Run N trials and score their agreement; unset: off."
+    )
+
+    @model_validator(mode="after")
+    def _one_prompt(self) -> AgentSettings:
+        if self.prompt is not None and self.system_prompt:
+            raise ValueError("give prompt (a registry prompt) or system_prompt, not both")
+        if self.prompt is not None and not _PROMPT_REF.fullmatch(self.prompt):
+            raise ValueError(f"prompt {self.prompt!r}: not 'name', 'name@label' or 'name@3'")
+        return self
 
 
 class RuleSettings(_Strict):
@@ -345,149 +450,46 @@ class ServerSettings(_Strict):
         description="Longest wait for a request's line and headers, from its first byte "
         "(a new connection: from its opening); slower heads get 408 (slowloris).",
     )
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
-
-
-class TierLimits(_Strict):
-    """What a tier (or one key, overriding its tier) may use; unset means unlimited."""
-
-    requests_per_minute: int | None = Field(default=None, ge=1)
-    requests_per_day: int | None = Field(default=None, ge=1)
-    tokens_per_minute: int | None = Field(
-        default=None, ge=1, description="Estimated at admission (prompt + max_tokens), settled."
-    )
-    concurrent_requests: int | None = Field(default=None, ge=1)
-    max_tokens: int | None = Field(
-        default=None,
+    worker_healthcheck_s: int = Field(
+        default=30,
         ge=1,
-        description="Largest max_tokens a request may ask (400 above it); applied when absent.",
+        description="With --workers: how long an API process may take to answer the "
+        "supervisor's ping before it is killed and replaced (uvicorn's default of 5 s kills "
+        "busy processes on small machines, and their requests in flight with them).",
     )
-    models: list[str] | None = Field(
-        default=None, description="Models and agents the tier may call; unset: all."
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    ssl_certfile: Path | None = Field(
+        default=None, description="PEM certificate chain: serve HTTPS (and send HSTS)."
     )
-    daily_budget_usd: float | None = Field(default=None, gt=0, description="Per key, UTC day.")
-    monthly_budget_usd: float | None = Field(
-        default=None, gt=0, description="Per key, UTC calendar month."
+    ssl_keyfile: Path | None = Field(
+        default=None, description="PEM private key; default: the key inside ssl_certfile."
     )
-
-    def merged(self, overrides: TierLimits | None) -> TierLimits:
-        """This tier with a key's own limits on top (a key sets only what it overrides)."""
-        if overrides is None:
-            return self
-        return self.model_copy(update=overrides.model_dump(exclude_unset=True))
-
-
-def _default_tiers() -> dict[str, TierLimits]:
-    # the source document's tiers: free 10 requests/day and 1,000 tokens/request, pro
-    # 1,000/day and 4,000, enterprise unlimited and 8,000; admin keys are for operators
-    return {
-        "free": TierLimits(requests_per_day=10, max_tokens=1000),
-        "pro": TierLimits(requests_per_day=1000, max_tokens=4000),
-        "enterprise": TierLimits(max_tokens=8000),
-        "admin": TierLimits(),
-    }
-
-
-class Budget(_Strict):
-    daily_usd: float | None = Field(default=None, gt=0, description="UTC day.")
-    monthly_usd: float | None = Field(default=None, gt=0, description="UTC calendar month.")
-
-
-class BudgetSettings(_Strict):
-    """Spend limits beyond each key's own (``daily_budget_usd`` of a tier or key)."""
-
-    total: Budget = Field(default_factory=Budget, description="All callers together.")
-    agents: dict[str, Budget] = Field(default_factory=dict, description="Per agent.")
-    alert_thresholds: tuple[float, ...] = Field(
-        default=(0.5, 0.8, 1.0),
-        description="Shares of a budget at which to alert, once per budget and period.",
+    ssl_keyfile_password_env: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="The environment variable holding the private key's password.",
     )
-    webhook_url: str | None = Field(
-        default=None, description="Alerts are also POSTed here as JSON."
+    hsts_max_age_s: int = Field(
+        default=63_072_000,
+        ge=0,
+        description="Strict-Transport-Security max-age while TLS is on (0: no HSTS header).",
     )
-    action: Literal["block", "economy"] = Field(
-        default="block",
-        description="At 100 %: refuse (429 insufficient_quota), or go on in economy mode.",
+    hsts_include_subdomains: bool = True
+    cors: CorsSettings = CorsSettings()
+    docs: bool = Field(
+        default=True,
+        description="Serve /docs, /redoc and /openapi.json; turn off in production (404).",
     )
 
-    @field_validator("alert_thresholds")
-    @classmethod
-    def _shares(cls, value: tuple[float, ...]) -> tuple[float, ...]:
-        if any(not 0 < share <= 1 for share in value):
-            raise ValueError("each threshold must be a share of the budget, above 0 and at most 1")
-        return tuple(sorted(set(value)))
+    @model_validator(mode="after")
+    def _key_needs_certificate(self) -> ServerSettings:
+        if self.ssl_certfile is None and (self.ssl_keyfile or self.ssl_keyfile_password_env):
+            raise ValueError("ssl_keyfile: a private key needs ssl_certfile too")
+        return self
 
-
-class EconomySettings(_Strict):
-    """What economy mode changes, for the calls charged to a budget that is used up."""
-
-    models: dict[str, str] = Field(
-        default_factory=dict, description="A cheaper model for a model (both configured)."
-    )
-    limit_factor: float = Field(
-        default=0.5, gt=0, le=1, description="Request, token and concurrency limits times this."
-    )
-    cache_ttl_factor: float = Field(
-        default=2.0, ge=1, description="Response cache TTLs times this (the cache stage)."
-    )
-
-
-class LimitSettings(_Strict):
-    tiers: dict[str, TierLimits] = Field(
-        default_factory=_default_tiers,
-        description="Tiers by name; the ones given replace the defaults of the same name.",
-    )
-    per_ip_per_minute: int | None = Field(
-        default=None, ge=1, description="Requests per client address and minute on chat routes."
-    )
-    per_ip_endpoints: tuple[Literal["chat.completions", "api.chat", "embeddings"], ...] = (
-        "chat.completions",
-        "api.chat",
-    )
-    trusted_proxies: list[str] = Field(
-        default_factory=list,
-        description="Addresses or networks (CIDR) whose X-Forwarded-For is believed.",
-    )
-    budgets: BudgetSettings = Field(default_factory=BudgetSettings)
-    economy: EconomySettings = Field(default_factory=EconomySettings)
-    hold_margin_s: float = Field(
-        default=30.0,
-        gt=0,
-        description="A call's reservation outlives its deadline by this much, then expires "
-        "by itself (a process killed mid-call releases its holds).",
-    )
-
-    @field_validator("tiers", mode="before")
-    @classmethod
-    def _over_the_defaults(cls, value: Any) -> Any:
-        if isinstance(value, dict):
-            return {**_default_tiers(), **value}
-        return value
-
-    @field_validator("trusted_proxies")
-    @classmethod
-    def _networks(cls, value: list[str]) -> list[str]:
-        for entry in value:
-            try:
-                ipaddress.ip_network(entry, strict=False)
-            except ValueError:
-                raise ValueError(f"{entry!r} is not an address or network") from None
-        return value
-
-
-class AuthSettings(_Strict):
-    enabled: bool = True
-    allow_unauthenticated_localhost: bool = Field(
-        default=False,
-        description="Development only: callers on 127.0.0.1/::1 need no key.",
-    )
-    key_cache_ttl_s: float = Field(default=30.0, ge=0)
-    revocation_check_s: float = Field(
-        default=0.5,
-        gt=0,
-        description="How often each process checks the store for revoked keys; a revocation "
-        "takes effect everywhere within this.",
-    )
+    @property
+    def tls(self) -> bool:
+        return self.ssl_certfile is not None
 
 
 class StoreSettings(_Strict):
@@ -502,6 +504,19 @@ class StoreSettings(_Strict):
         gt=0,
         description="Records held in memory; past it they wait in spool files on disk, "
         "and /ready reports the writer as behind.",
+    )
+
+
+class AuditSettings(_Strict):
+    """The audit log (docs/audit.md): access, data access and changes, hash-chained."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Record audit entries; false records none (verify and list still work).",
+    )
+    batch_size: int = Field(default=100, gt=0, description="Entries per chained append.")
+    flush_interval_s: float = Field(
+        default=0.5, gt=0, description="How often queued entries are written."
     )
 
 
@@ -601,14 +616,23 @@ def _default_models() -> dict[str, ModelSettings]:
             options={"instances": 1, "max_queue": 64},
             # a small base model often answers nothing: that is its quality, not an outage
             quality=QualitySettings(reject_empty=False),
-        )
+        ),
+        SMOLLM2_MODEL: ModelSettings(
+            provider="llamacpp",
+            upstream="SmolLM2-135M-Instruct.Q4_1.gguf",
+            price_input_per_1m=0.0,
+            price_output_per_1m=0.0,
+            context_window=2048,
+            options={"packaged": "smollm2", "instances": 1, "max_queue": 64},
+            quality=QualitySettings(reject_empty=False),
+        ),
     }
 
 
 def _default_agents() -> dict[str, AgentSettings]:
     return {
         "assistant": AgentSettings(
-            model=LOCAL_MODEL,
+            model=DEFAULT_AGENT_MODEL,
             system_prompt="You are a helpful assistant. Answer briefly.",
             temperature=0.7,
             max_tokens=128,
@@ -634,6 +658,7 @@ class Settings(BaseSettings):
     auth: AuthSettings = AuthSettings()
     limits: LimitSettings = LimitSettings()
     store: StoreSettings = StoreSettings()
+    audit: AuditSettings = AuditSettings()
     tasks: TaskSettings = TaskSettings()
     batches: BatchSettings = BatchSettings()
     sessions: SessionSettings = SessionSettings()
@@ -641,6 +666,8 @@ class Settings(BaseSettings):
     tracing: TracingSettings = TracingSettings()
     resilience: ResilienceSettings = ResilienceSettings()
     cache: CacheSettings = CacheSettings()
+    guard: GuardSettings = GuardSettings()
+    rollouts: RolloutSettings = RolloutSettings()
     redis_url: str | None = Field(
         default=None,
         description="Shared state (sessions, limits, breakers) in Redis; absent: in-process.",
@@ -651,6 +678,7 @@ class Settings(BaseSettings):
     models: dict[str, ModelSettings] = Field(default_factory=_default_models)
     agents: dict[str, AgentSettings] = Field(default_factory=_default_agents)
     default_agent: str = "assistant"
+    quality: QualityScoringSettings = Field(default_factory=QualityScoringSettings)
 
     @model_validator(mode="before")
     @classmethod
@@ -659,10 +687,23 @@ class Settings(BaseSettings):
         on its first model (rather than one pointing at a local model it left out)."""
         if isinstance(data, dict) and data.get("models") and "agents" not in data:
             models = data["models"]
-            if isinstance(models, dict) and LOCAL_MODEL not in models:
+            if isinstance(models, dict) and DEFAULT_AGENT_MODEL not in models:
                 data = {**data, "agents": {"assistant": {"model": next(iter(models))}}}
                 data.setdefault("default_agent", "assistant")
         return data
+
+    @model_validator(mode="after")
+    def _quality_references_resolve(self) -> Settings:
+        for name, agent in self.agents.items():
+            for scorer in agent.quality.scorers if agent.quality else ():
+                if scorer not in self.quality.scorers:
+                    raise ValueError(f"agents.{name}.quality.scorers: unknown scorer {scorer!r}")
+        for name, scorer_settings in self.quality.scorers.items():
+            if scorer_settings.model is not None and scorer_settings.model not in self.models:
+                raise ValueError(
+                    f"quality.scorers.{name}.model: unknown model {scorer_settings.model!r}"
+                )
+        return self
 
     @model_validator(mode="after")
     def _references_resolve(self) -> Settings:
@@ -724,6 +765,17 @@ class Settings(BaseSettings):
                 model = getattr(agent.routing, level)
                 if model not in self.models:
                     raise ValueError(f"agents.{name}.routing.{level}: unknown model {model!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _auth_tiers_exist(self) -> Settings:
+        known = ", ".join(sorted(self.limits.tiers))
+        for tier in self.auth.tier_roles:
+            if tier not in self.limits.tiers:
+                raise ValueError(f"auth.tier_roles.{tier}: unknown tier {tier!r} (known: {known})")
+        default = self.auth.jwt.default_tier
+        if default is not None and default not in self.limits.tiers:
+            raise ValueError(f"auth.jwt.default_tier: unknown tier {default!r} (known: {known})")
         return self
 
     @model_validator(mode="after")

@@ -9,11 +9,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import structlog
 
 from guarita.settings import TierLimits
+
+if TYPE_CHECKING:  # the guard extra's
+    from guarita.guard.pii import Redactor
 
 _log = structlog.get_logger("guarita.pipeline")
 _UNOWNED: set[asyncio.Task[None]] = set()
@@ -61,16 +64,24 @@ Operation = Literal["chat", "embeddings"]
 @dataclass(slots=True, frozen=True)
 class Caller:
     """The authenticated identity behind a call; ``key_id`` is None for anonymous local use.
-    ``limits`` are the key's own, over its tier's."""
+    ``limits`` are the key's own, over its tier's. ``roles`` decide what it may call
+    (:func:`guarita.auth.require_role`); ``auth`` says how it was identified: ``key``,
+    ``jwt`` (then ``subject`` is the token's ``sub`` and ``key_id`` is ``jwt:`` and a hash
+    of its issuer and subject), or ``none`` (anonymous local use, with every role)."""
 
     key_id: str | None
     name: str
     tier: str
     limits: TierLimits | None = None
+    roles: frozenset[str] = frozenset()
+    subject: str | None = None
+    auth: Literal["key", "jwt", "none"] = "key"
 
     @classmethod
     def anonymous(cls) -> Caller:
-        return cls(key_id=None, name="anonymous", tier="local")
+        return cls(
+            key_id=None, name="anonymous", tier="local", roles=frozenset({"admin"}), auth="none"
+        )
 
 
 def new_record_id() -> str:
@@ -127,6 +138,19 @@ class RequestRecord:
     """What a cache hit saved: the cached answer's cost at its model's prices."""
     cache_similarity: float | None = None
     """A semantic hit's cosine (the log line's, not a column)."""
+    guard: dict[str, Any] | None = None
+    """What the guards found, by guard (``input``, ``injection``, ``pii``, ``code``): kinds,
+    counts, verdicts and scores, never a matched value."""
+    prompt_name: str | None = None
+    """The registry prompt the call rendered (with its version and content hash)."""
+    prompt_version: int | None = None
+    prompt_hash: str | None = None
+    variant: str | None = None
+    """``stable``, ``canary`` or ``shadow`` when a rollout chose the call's variant."""
+    rollout_id: str | None = None
+    scores: dict[str, float] | None = None
+    """Quality score per scorer name (``quality`` is their combination)."""
+    consistency: float | None = None
     error_detail: str | None = None
 
     def row(self) -> dict[str, Any]:
@@ -162,10 +186,13 @@ class RequestRecord:
         return fields_
 
 
+# scores and consistency are notes until their columns exist (migration 0010)
 _NOT_COLUMNS = frozenset({"error_detail", "cache_similarity"})
 _RECORD_COLUMNS = tuple(f.name for f in fields(RequestRecord) if f.name not in _NOT_COLUMNS)
 _RECORD_NOTES = ("tokens_saved", "route", "complexity", "economy", "reserved_usd", "cache",
-                 "cache_saved_usd", "cache_similarity", "error_detail")  # fmt: skip
+                 "cache_saved_usd", "cache_similarity", "guard", "prompt_name", "prompt_version",
+                 "prompt_hash", "variant", "rollout_id", "scores", "consistency",
+                 "error_detail")  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -225,6 +252,9 @@ class Call:
     """Headers stages add to the answer (OpenAI's ``x-ratelimit-*``)."""
     cache_bypass: bool = False
     """The caller asked to skip the response cache's lookup (``Cache-Control: no-cache``)."""
+    redactor: Redactor | None = None
+    """Set by InputGuard when it redacted personal data: what the provider saw maps back
+    to the caller's values through it (for this call only)."""
     record: RequestRecord = field(init=False)
 
     def __post_init__(self) -> None:

@@ -26,6 +26,8 @@ CONFIG: dict[str, Any] = {
     "agents": {"a": {"model": "m"}},
     "default_agent": "a",
     "server": {"max_body_bytes": MAX_BODY},
+    # the body limit is what is tested: messages may be as long as a body
+    "guard": {"input": {"max_message_chars": MAX_BODY}},
     # No key cache, so a revocation made with the CLI applies to the very next request.
     "auth": {"key_cache_ttl_s": 0},
 }

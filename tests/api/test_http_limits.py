@@ -35,6 +35,9 @@ CONFIG: dict[str, Any] = {
     "agents": {"a": {"model": "m"}},
     "default_agent": "a",
     "server": {"max_header_bytes": MAX_HEAD, "header_timeout_s": HEAD_TIMEOUT_S},
+    # The large-body test sends one 2 MB message: over the input guard's default
+    # per-message limit (10,000 characters), which is tested in tests/pipeline/test_guard.py.
+    "guard": {"input": {"max_message_chars": 4 * 1024 * 1024}},
 }
 # Every wait on the server is bounded by this socket timeout (a deadline, not a measurement).
 DEADLINE_S = 20.0

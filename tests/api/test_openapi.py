@@ -38,29 +38,36 @@ ERROR_REF = "#/components/schemas/ErrorResponse"
 # 408 and 431 everywhere (the HTTP layer's bounds on the request head).
 ERRORS = {
     ("post", "/v1/chat/completions"): {400, 401, 403, 404, 408, 413, 429, 431, 500, 502, 503, 504},
-    ("get", "/v1/models"): {401, 408, 431, 500},
+    ("get", "/v1/models"): {401, 403, 408, 431, 500},
     ("post", "/v1/embeddings"): {400, 401, 403, 404, 408, 413, 429, 431, 500, 502, 503, 504},
     ("post", "/api/chat"): {400, 401, 403, 404, 408, 413, 429, 431, 500, 502, 503, 504},
     ("post", "/api/tasks"): {400, 401, 403, 404, 408, 413, 429, 431, 500, 503},
-    ("get", "/api/tasks/{task_id}"): {401, 404, 408, 431, 500},
+    ("get", "/api/tasks/{task_id}"): {401, 403, 404, 408, 431, 500},
     ("get", "/health"): {408, 431, 500},
     ("get", "/ready"): {408, 431, 500, 503},
     ("get", "/metrics"): {408, 431, 500},
     ("get", "/admin/breakers"): {401, 403, 408, 431, 500},
     ("get", "/admin/usage"): {400, 401, 403, 408, 431, 500},
+    ("get", "/admin/audit"): {400, 401, 403, 408, 431, 500},
     ("get", "/admin/economy"): {401, 403, 408, 431, 500},
     ("post", "/admin/economy/off"): {400, 401, 403, 408, 413, 431, 500},
     ("get", "/admin/cache"): {401, 403, 408, 431, 500},
     ("post", "/admin/cache/clear"): {400, 401, 403, 408, 413, 431, 500},
-    ("post", "/v1/files"): {400, 401, 408, 413, 431, 500},
-    ("get", "/v1/files"): {400, 401, 408, 431, 500},
-    ("get", "/v1/files/{file_id}"): {401, 404, 408, 431, 500},
-    ("get", "/v1/files/{file_id}/content"): {401, 404, 408, 431, 500},
-    ("delete", "/v1/files/{file_id}"): {401, 404, 408, 431, 500},
-    ("post", "/v1/batches"): {400, 401, 404, 408, 413, 431, 500},
-    ("get", "/v1/batches"): {400, 401, 408, 431, 500},
-    ("get", "/v1/batches/{batch_id}"): {401, 404, 408, 431, 500},
-    ("post", "/v1/batches/{batch_id}/cancel"): {401, 404, 408, 409, 431, 500},
+    ("post", "/v1/files"): {400, 401, 403, 408, 413, 431, 500},
+    ("get", "/v1/files"): {400, 401, 403, 408, 431, 500},
+    ("get", "/v1/files/{file_id}"): {401, 403, 404, 408, 431, 500},
+    ("get", "/v1/files/{file_id}/content"): {401, 403, 404, 408, 431, 500},
+    ("delete", "/v1/files/{file_id}"): {401, 403, 404, 408, 431, 500},
+    ("post", "/v1/batches"): {400, 401, 403, 404, 408, 413, 431, 500},
+    ("get", "/v1/batches"): {400, 401, 403, 408, 431, 500},
+    ("get", "/v1/batches/{batch_id}"): {401, 403, 404, 408, 431, 500},
+    ("post", "/v1/batches/{batch_id}/cancel"): {401, 403, 404, 408, 409, 431, 500},
+    ("get", "/admin/prompts"): {401, 403, 408, 431, 500},
+    ("post", "/admin/prompts"): {400, 401, 403, 408, 409, 413, 431, 500},
+    ("get", "/admin/prompts/{name}"): {401, 403, 404, 408, 431, 500},
+    ("get", "/admin/prompts/{name}/versions/{version}"): {401, 403, 404, 408, 431, 500},
+    ("get", "/admin/prompts/{name}/diff"): {400, 401, 403, 404, 408, 431, 500},
+    ("put", "/admin/prompts/{name}/labels/{label}"): {400, 401, 403, 404, 408, 409, 413, 431, 500},
 }
 OPEN = {("get", "/health"), ("get", "/ready"), ("get", "/metrics")}
 EXAMPLES_PER_OPERATION = 25
@@ -178,10 +185,15 @@ def test_the_request_schemas_say_what_is_refused(document: dict[str, Any]) -> No
     assert schemas["ChatCompletionRequest"]["additionalProperties"] == {
         "$ref": "#/components/schemas/JsonValue"
     }
-    # 8192-token window, 256 for the answer: about 31,700 characters fit the default agent
+    # 8192-token window, 256 for the answer: about 31,700 characters fit the default agent,
+    # but the input guard takes 10,000 a message (guard.input.max_message_chars)
+    assert 4 * (8192 - 256 - 4 - 4) + 3 > 10_000
     message = schemas["AgentChatRequest"]["properties"]["message"]
-    assert message["maxLength"] == 4 * (8192 - 256 - 4 - 4) + 3
-    assert schemas["TaskRequest"]["properties"]["message"]["maxLength"] == 100_000
+    assert message["maxLength"] == 10_000
+    assert schemas["TaskRequest"]["properties"]["message"]["maxLength"] == 10_000
+    assert schemas["ChatCompletionRequest"]["properties"]["messages"]["maxItems"] == 256
+    [text, _, _] = schemas["Message"]["properties"]["content"]["anyOf"]
+    assert text["maxLength"] == 10_000
     assert schemas["ChatCompletionRequest"]["properties"]["model"]["examples"] == ["m", "a"]
 
 
@@ -262,3 +274,21 @@ def test_schemathesis_finds_nothing(
     run = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     report = f"{run.stdout}\n{run.stderr}\n(after {time.monotonic() - started:.1f}s)"
     assert run.returncode == 0, report
+
+
+def test_each_403_says_which_roles_may_call(document: dict[str, Any]) -> None:
+    """docs/auth.md's table, route by route: reads for viewers, changes for operators, the
+    audit log for admins."""
+    for (method, path), operation in operations(document):
+        if "403" not in operation["responses"]:
+            continue
+        said = operation["responses"]["403"]["description"]
+        if path == "/admin/audit":  # the log names every caller: admin only
+            assert "`admin`" in said and "`viewer`" not in said and "`operator`" not in said
+        elif path.startswith("/admin/"):
+            expected = "`viewer`" if method == "get" else "`operator`"
+            assert expected in said and "`admin`" in said, (method, path, said)
+            if method != "get":
+                assert "`viewer`" not in said, (method, path, said)
+        elif path.startswith(("/v1/files", "/v1/batches", "/v1/models", "/api/tasks/")):
+            assert "`user`" in said, (method, path, said)

@@ -10,9 +10,10 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from guarita.api.deps import (
-    CallerDep,
     RuntimeDep,
+    UserDep,
     client_ip,
+    record_audit,
     request_context,
     request_id,
 )
@@ -20,6 +21,7 @@ from guarita.api.openai import requested_deadline_ms
 from guarita.api.openapi import (
     DEADLINE_HEADER,
     MODEL_CALL_ERRORS,
+    NO_USER_ROLE,
     RATE_LIMIT_HEADERS,
     ROUTE_HEADERS,
     SECURED,
@@ -63,7 +65,7 @@ _JSON = "application/json"
     openapi_extra={**SECURED, "parameters": [DEADLINE_HEADER]},
 )
 async def chat(
-    payload: AgentChatRequest, request: Request, runtime: RuntimeDep, caller: CallerDep
+    payload: AgentChatRequest, request: Request, runtime: RuntimeDep, caller: UserDep
 ) -> Response:
     result = await runtime.agents.chat(
         payload.message,
@@ -108,7 +110,7 @@ async def chat(
     openapi_extra=SECURED,
 )
 async def create_task(
-    payload: TaskRequest, request: Request, runtime: RuntimeDep, caller: CallerDep
+    payload: TaskRequest, request: Request, runtime: RuntimeDep, caller: UserDep
 ) -> Response:
     agent, settings = runtime.agents.resolve(payload.agent)
     admission = Call(
@@ -120,9 +122,14 @@ async def create_task(
         endpoint="api.chat",  # a task is an agent chat, run later
         client_ip=client_ip(request),
     )
+    # the guards' refusals come now, and the task keeps the message as the provider will
+    # see it (personal data as placeholders, which the answer keeps: nothing maps them
+    # back once the request is over)
+    runtime.input_guard.prepare(admission)
+    message = admission.messages[-1]["content"]
     limit_headers = await runtime.rate_limits.admit_submission(admission)
     body: dict[str, Any] = {
-        "message": payload.message,
+        "message": message,
         "caller_name": caller.name,
         "tier": caller.tier,
     }
@@ -146,14 +153,21 @@ async def create_task(
     response_model=None,
     responses={
         200: ok(TaskStatus, "The task's status, and its result or error once finished"),
-        **errors(401, 404, described={404: "No task of that id for this key"}),
+        **errors(401, 403, 404, described={**NO_USER_ROLE, 404: "No task of that id for this key"}),
     },
     openapi_extra=SECURED,
 )
-async def get_task(task_id: str, runtime: RuntimeDep, caller: CallerDep) -> Response:
+async def get_task(
+    task_id: str, request: Request, runtime: RuntimeDep, caller: UserDep
+) -> Response:
+    """A task's status; reading a finished one (its result or error) is audited as
+    ``data.read``."""
     task = await runtime.task_store.get(task_id) if _TASK_ID.fullmatch(task_id) else None
     if task is None or task.key_id != caller.key_id:
         raise TaskNotFound(f"task {task_id!r} does not exist", param="task_id")
+    if task.result is not None or task.error is not None:
+        record_audit(request, "data", "data.read", f"task:{task.id}", "success",
+                     details={"status": task.status})  # fmt: skip
     return Response(orjson.dumps(task_json(task)), media_type=_JSON)
 
 

@@ -14,12 +14,18 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import APIRouter, File, Form, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from starlette.responses import Response
 
-from guarita.api.admin import ADMIN_TIER
-from guarita.api.deps import CallerDep, RuntimeDep, request_context, request_id
-from guarita.api.openapi import SECURED, errors, ok
+from guarita.api.deps import (
+    RuntimeDep,
+    UserDep,
+    get_caller,
+    record_audit,
+    request_context,
+    request_id,
+)
+from guarita.api.openapi import NO_USER_ROLE, SECURED, errors, ok
 from guarita.api.schemas import (
     BatchCreateRequest,
     BatchList,
@@ -28,8 +34,15 @@ from guarita.api.schemas import (
     FileList,
     FileObject,
 )
+from guarita.auth import OPERATOR, USER, has_role, require_role
 from guarita.batches.input import parse_input
-from guarita.errors import BatchNotFound, Conflict, FileNotFound, InvalidRequest
+from guarita.errors import (
+    BatchNotFound,
+    Conflict,
+    FileNotFound,
+    InvalidRequest,
+    PermissionDenied,
+)
 from guarita.runtime import Runtime
 from guarita.store.batches import (
     CANCELLABLE,
@@ -55,8 +68,19 @@ def _json(body: Any) -> Response:
     return Response(orjson.dumps(body), media_type=_JSON)
 
 
-def _yours(owner: str | None, caller: Caller, *, admin_too: bool = False) -> bool:
-    return owner == caller.key_id or (admin_too and caller.tier == ADMIN_TIER)
+def _yours(owner: str | None, caller: Caller, *, operators_too: bool = False) -> bool:
+    """The caller's own; with ``operators_too``, anyone's for an admin or operator."""
+    return owner == caller.key_id or (operators_too and has_role(caller, OPERATOR))
+
+
+async def _batch_viewer(caller: Annotated[Caller, Depends(get_caller)]) -> Caller:
+    """Who may look at or cancel a batch: its key's holder (role user), or an admin or
+    operator (any batch)."""
+    require_role(caller, USER, OPERATOR)
+    return caller
+
+
+BatchViewerDep = Annotated[Caller, Depends(_batch_viewer)]
 
 
 def _unix(moment: datetime | None) -> int | None:
@@ -120,7 +144,7 @@ async def _own_file(runtime: Runtime, file_id: str, caller: Caller) -> FileInfo:
 
 async def _visible_batch(runtime: Runtime, batch_id: str, caller: Caller) -> BatchInfo:
     batch = await runtime.batches.get(batch_id) if _ID.fullmatch(batch_id) else None
-    if batch is None or not _yours(batch.key_id, caller, admin_too=True):
+    if batch is None or not _yours(batch.key_id, caller, operators_too=True):
         raise BatchNotFound(f"No such Batch object: {batch_id}", param="batch_id")
     return batch
 
@@ -146,8 +170,11 @@ _BATCH_LINKS = {
     name: {"operationId": operation, "parameters": {"batch_id": "$response.body#/id"}}
     for name, operation in (("GetBatch", "retrieveBatch"), ("CancelBatch", "cancelBatch"))
 }
-_NO_FILE = {404: "No file of that id for this key"}
-_NO_BATCH = {404: "No batch of that id for this key"}
+_NO_FILE = {**NO_USER_ROLE, 404: "No file of that id for this key"}
+_NO_BATCH = {
+    403: "The caller holds none of the roles `user`, `operator`, `admin`",
+    404: "No batch of that id for this key (an admin or operator sees every batch)",
+}
 
 
 @router.post(
@@ -159,8 +186,10 @@ _NO_BATCH = {404: "No batch of that id for this key"}
         **errors(
             400,
             401,
+            403,
             413,
             described={
+                **NO_USER_ROLE,
                 400: "Not a batch input file: the message names the line and what is wrong",
                 413: "Larger than `batches.max_file_bytes`",
             },
@@ -170,7 +199,7 @@ _NO_BATCH = {404: "No batch of that id for this key"}
 )
 async def create_file(
     runtime: RuntimeDep,
-    caller: CallerDep,
+    caller: UserDep,
     file: Annotated[
         UploadFile, File(description="JSONL: one request a line", examples=[_EXAMPLE_LINE])
     ],
@@ -192,12 +221,15 @@ async def create_file(
     "/files",
     operation_id="listFiles",
     response_model=None,
-    responses={200: ok(FileList, "The key's files, newest first by default"), **errors(400, 401)},
+    responses={
+        200: ok(FileList, "The key's files, newest first by default"),
+        **errors(400, 401, 403, described=NO_USER_ROLE),
+    },
     openapi_extra=SECURED,
 )
 async def list_files(
     runtime: RuntimeDep,
-    caller: CallerDep,
+    caller: UserDep,
     purpose: Annotated[Literal["batch", "batch_output"] | None, Query()] = None,
     after: Annotated[
         str | None,
@@ -222,10 +254,10 @@ async def list_files(
     "/files/{file_id}",
     operation_id="retrieveFile",
     response_model=None,
-    responses={200: ok(FileObject, "The file"), **errors(401, 404, described=_NO_FILE)},
+    responses={200: ok(FileObject, "The file"), **errors(401, 403, 404, described=_NO_FILE)},
     openapi_extra=SECURED,
 )
-async def retrieve_file(file_id: str, runtime: RuntimeDep, caller: CallerDep) -> Response:
+async def retrieve_file(file_id: str, runtime: RuntimeDep, caller: UserDep) -> Response:
     return _json(file_json(await _own_file(runtime, file_id, caller)))
 
 
@@ -241,15 +273,26 @@ async def retrieve_file(file_id: str, runtime: RuntimeDep, caller: CallerDep) ->
                 "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
             },
         },
-        **errors(401, 404, described=_NO_FILE),
+        **errors(401, 403, 404, described=_NO_FILE),
     },
     openapi_extra=SECURED,
 )
-async def file_content(file_id: str, runtime: RuntimeDep, caller: CallerDep) -> Response:
-    info = await _own_file(runtime, file_id, caller)
-    content = await runtime.files.content(info.id)
-    if content is None:  # deleted meanwhile
-        raise FileNotFound(f"No such File object: {file_id}", param="file_id")
+async def file_content(
+    file_id: str, request: Request, runtime: RuntimeDep, caller: UserDep
+) -> Response:
+    """The file's bytes; every download (or attempt) is audited as ``data.read``."""
+    target = f"file:{file_id[:64]}"
+    try:
+        info = await _own_file(runtime, file_id, caller)
+        content = await runtime.files.content(info.id)
+        if content is None:  # deleted meanwhile
+            raise FileNotFound(f"No such File object: {file_id}", param="file_id")
+    except FileNotFound:
+        record_audit(request, "data", "data.read", target, "failure",
+                     details={"reason": "not_found"})  # fmt: skip
+        raise
+    record_audit(request, "data", "data.read", target, "success",
+                 details={"purpose": info.purpose, "bytes": len(content)})  # fmt: skip
     return Response(content, media_type="application/octet-stream")
 
 
@@ -257,10 +300,10 @@ async def file_content(file_id: str, runtime: RuntimeDep, caller: CallerDep) -> 
     "/files/{file_id}",
     operation_id="deleteFile",
     response_model=None,
-    responses={200: ok(FileDeleted, "Deleted"), **errors(401, 404, described=_NO_FILE)},
+    responses={200: ok(FileDeleted, "Deleted"), **errors(401, 403, 404, described=_NO_FILE)},
     openapi_extra=SECURED,
 )
-async def delete_file(file_id: str, runtime: RuntimeDep, caller: CallerDep) -> Response:
+async def delete_file(file_id: str, runtime: RuntimeDep, caller: UserDep) -> Response:
     info = await _own_file(runtime, file_id, caller)
     deleted = await runtime.files.delete(info.id)
     return _json({"id": info.id, "object": "file", "deleted": deleted})
@@ -275,9 +318,12 @@ async def delete_file(file_id: str, runtime: RuntimeDep, caller: CallerDep) -> R
         **errors(
             400,
             401,
+            403,
             404,
             413,
             described={
+                403: "The caller holds neither the role `user` nor `admin`, or is identified "
+                "by a JWT (a batch runs later, as its API key is then)",
                 400: "Invalid request, or an input file a batch cannot run (the message names "
                 "the line)",
                 404: "No input file of that id for this key",
@@ -287,8 +333,13 @@ async def delete_file(file_id: str, runtime: RuntimeDep, caller: CallerDep) -> R
     openapi_extra=SECURED,
 )
 async def create_batch(
-    payload: BatchCreateRequest, request: Request, runtime: RuntimeDep, caller: CallerDep
+    payload: BatchCreateRequest, request: Request, runtime: RuntimeDep, caller: UserDep
 ) -> Response:
+    if caller.auth == "jwt":
+        raise PermissionDenied(
+            "a batch needs an API key: it runs later, as its key is then (a token cannot be "
+            "checked again); upload and run it with a key"
+        )
     settings = runtime.settings.batches
     if payload.completion_window not in settings.completion_windows:
         known = ", ".join(repr(w) for w in settings.completion_windows)
@@ -328,11 +379,11 @@ async def create_batch(
     response_model=None,
     responses={
         200: ok(BatchObject, "The batch, with its progress"),
-        **errors(401, 404, described=_NO_BATCH),
+        **errors(401, 403, 404, described=_NO_BATCH),
     },
     openapi_extra=SECURED,
 )
-async def retrieve_batch(batch_id: str, runtime: RuntimeDep, caller: CallerDep) -> Response:
+async def retrieve_batch(batch_id: str, runtime: RuntimeDep, caller: BatchViewerDep) -> Response:
     return _json(batch_json(await _visible_batch(runtime, batch_id, caller)))
 
 
@@ -340,12 +391,15 @@ async def retrieve_batch(batch_id: str, runtime: RuntimeDep, caller: CallerDep) 
     "/batches",
     operation_id="listBatches",
     response_model=None,
-    responses={200: ok(BatchList, "The key's batches, newest first"), **errors(400, 401)},
+    responses={
+        200: ok(BatchList, "The key's batches, newest first"),
+        **errors(400, 401, 403, described=NO_USER_ROLE),
+    },
     openapi_extra=SECURED,
 )
 async def list_batches(
     runtime: RuntimeDep,
-    caller: CallerDep,
+    caller: UserDep,
     after: Annotated[
         str | None,
         Query(
@@ -364,11 +418,11 @@ async def list_batches(
     response_model=None,
     responses={
         200: ok(BatchObject, "The batch, `cancelling` until the lines in flight end"),
-        **errors(401, 404, 409, described={**_NO_BATCH, 409: "The batch has already ended"}),
+        **errors(401, 403, 404, 409, described={**_NO_BATCH, 409: "The batch has already ended"}),
     },
     openapi_extra=SECURED,
 )
-async def cancel_batch(batch_id: str, runtime: RuntimeDep, caller: CallerDep) -> Response:
+async def cancel_batch(batch_id: str, runtime: RuntimeDep, caller: BatchViewerDep) -> Response:
     batch = await _visible_batch(runtime, batch_id, caller)
     if batch.status in CANCELLABLE:
         batch = await runtime.batches.cancel(batch.id) or batch

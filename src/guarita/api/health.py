@@ -61,6 +61,8 @@ async def ready(runtime: RuntimeDep) -> Response:
 async def metrics(runtime: RuntimeDep) -> Response:
     runtime.metrics.records_pending.set(runtime.records.pending)
     runtime.metrics.records_spooled.set(runtime.records.spooled)
+    runtime.metrics.audit_pending.set(runtime.audit.writer.pending)
+    runtime.metrics.audit_spooled.set(runtime.audit.writer.spooled)
     cache = runtime.cache
     if cache.enabled:  # read at scrape time: written to the multiprocess files like the rest
         runtime.metrics.cache_hit_ratio.set(cache.hit_ratio or 0.0)

@@ -47,10 +47,12 @@ _HEADER_LINE_OVERHEAD = 4
 
 @dataclass(frozen=True, slots=True)
 class HeaderLimits:
-    """The most bytes of request line and headers, and the longest wait for them."""
+    """The most bytes of request line and headers, and the longest wait for them; ``headers``
+    go on the refusals too (the security headers every answer carries)."""
 
     max_bytes: int
     timeout_s: float
+    headers: tuple[tuple[bytes, bytes], ...] = ()
 
 
 def header_limited_protocol(limits: HeaderLimits) -> Callable[..., asyncio.Protocol]:
@@ -182,7 +184,7 @@ class _HeadGuard:
             self.timeout_keep_alive_task.cancel()
             self.timeout_keep_alive_task = None
         request_id = uuid.uuid4().hex
-        defaults = self.server_state.default_headers
+        defaults = [*self.server_state.default_headers, *self._limits.headers]
         self.transport.write(_refusal(status, code, message, request_id, defaults))
         structlog.get_logger("guarita.access").info(
             "request_refused",

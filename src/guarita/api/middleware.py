@@ -12,17 +12,14 @@ import structlog
 from opentelemetry import propagate, trace
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from guarita.api.security_headers import SecurityHeaders
 from guarita.errors import GuaritaError, PayloadTooLarge
+from guarita.settings import ServerSettings
 from guarita.store.models import REQUEST_ID_MAX
 from guarita.telemetry.metrics import Metrics
 from guarita.types import RequestContext
 
 REQUEST_ID_HEADER = b"x-request-id"
-_SECURITY_HEADERS = [
-    (b"x-content-type-options", b"nosniff"),
-    (b"x-frame-options", b"DENY"),
-    (b"referrer-policy", b"no-referrer"),
-]
 _QUIET_PATHS = frozenset({"/health", "/metrics"})
 
 
@@ -31,12 +28,20 @@ def _valid_request_id(value: bytes) -> bool:
 
 
 class RequestContextMiddleware:
-    """Accept or make the request id, echo it, time the request and log one JSON line."""
+    """Accept or make the request id, echo it with the security headers, time the request
+    and log one JSON line."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, tracer: trace.Tracer | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        metrics: Metrics,
+        tracer: trace.Tracer | None = None,
+        security: SecurityHeaders | None = None,
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.tracer = tracer
+        self.security = security or SecurityHeaders.from_settings(ServerSettings())
         self.log = structlog.get_logger("guarita.access")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -77,6 +82,8 @@ class RequestContextMiddleware:
         scope.setdefault("state", {})["context"] = context
         status = 500
         response_started = False
+        security = self.security
+        path = scope["path"]
 
         async def send_with_headers(message: Message) -> None:
             nonlocal status, response_started
@@ -85,7 +92,7 @@ class RequestContextMiddleware:
                 response_started = True
                 headers = list(message.get("headers", ()))
                 headers.append((REQUEST_ID_HEADER, request_id))
-                headers.extend(_SECURITY_HEADERS)
+                security.add_to(path, headers)
                 message["headers"] = headers
             await send(message)
 

@@ -16,16 +16,17 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
 from guarita.api.deps import (
-    CallerDep,
     RuntimeDep,
+    UserDep,
     client_ip,
-    get_caller,
+    get_user,
     request_context,
     request_id,
 )
 from guarita.api.openapi import (
     DEADLINE_HEADER,
     MODEL_CALL_ERRORS,
+    NO_USER_ROLE,
     RATE_LIMIT_HEADERS,
     ROUTE_HEADERS,
     SECURED,
@@ -124,7 +125,7 @@ async def answer_chat(
     # the hot path: runtime and caller fetched directly rather than through Depends,
     # whose resolution costs more than the rest of this function (bench/README.md)
     runtime: Runtime = request.app.state.runtime
-    caller = await get_caller(request)
+    caller = await get_user(request)
     model, agent, body = target or chat_target(runtime, payload)
     include_usage = bool(payload.stream_options and payload.stream_options.include_usage)
     asked = payload.max_completion_tokens or payload.max_tokens
@@ -183,10 +184,13 @@ async def _sse(
     "/models",
     operation_id="listModels",
     response_model=None,
-    responses={200: ok(ModelList, "The configured models and agents"), **errors(401)},
+    responses={
+        200: ok(ModelList, "The configured models and agents"),
+        **errors(401, 403, described=NO_USER_ROLE),
+    },
     openapi_extra=SECURED,
 )
-async def list_models(runtime: RuntimeDep, _caller: CallerDep) -> Response:
+async def list_models(runtime: RuntimeDep, _caller: UserDep) -> Response:
     created = int(time.time())
     data = [
         {"id": name, "object": "model", "created": created, "owned_by": m.provider}
@@ -216,7 +220,7 @@ async def list_models(runtime: RuntimeDep, _caller: CallerDep) -> Response:
     openapi_extra={**SECURED, "parameters": [DEADLINE_HEADER]},
 )
 async def embeddings(
-    payload: EmbeddingRequest, request: Request, runtime: RuntimeDep, caller: CallerDep
+    payload: EmbeddingRequest, request: Request, runtime: RuntimeDep, caller: UserDep
 ) -> Response:
     model, agent = resolve_model(runtime.settings, payload.model)
     inputs = [payload.input] if isinstance(payload.input, str) else payload.input

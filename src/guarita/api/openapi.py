@@ -31,7 +31,9 @@ _REF = "#/components/schemas/"
 _MAX_JSON_DEPTH = 128
 
 _ERRORS: dict[int, str] = {
-    400: "Invalid request: malformed JSON, wrong types or values, or refused by the upstream",
+    400: "Invalid request: malformed JSON, wrong types or values, a guard's refusal "
+    "(`message_too_long`, `too_many_messages`, `prompt_injection_detected`, `pii_detected`), "
+    "or refused by the upstream",
     401: "API key missing, invalid or revoked",
     403: "The key's tier may not use this endpoint or model",
     404: "Not found",
@@ -104,6 +106,9 @@ ROUTE_HEADERS: dict[str, Any] = {
         "schema": {"type": "string"},
     },
 }
+
+NO_USER_ROLE = {403: "The caller holds neither the role `user` nor `admin`"}
+"""The 403 of a model API route to a caller without the role ``user`` (docs/auth.md)."""
 
 MODEL_CALL_ERRORS = (400, 401, 403, 404, 413, 429, 502, 503, 504)
 """What a keyed route that calls a model can answer: its request, its key (and the limits
@@ -205,7 +210,8 @@ def build_openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
         BEARER: {
             "type": "http",
             "scheme": "bearer",
-            "description": "An API key from `guarita keys create`",
+            "description": "An API key from `guarita keys create`, or a JWT when `auth.jwt` "
+            "is on (docs/auth.md)",
         }
     }
     for operation in _operations(schema):
@@ -216,12 +222,41 @@ def build_openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
             headers = response.setdefault("headers", {})
             headers["x-request-id"] = {"$ref": "#/components/headers/RequestId"}
     _add_examples(schemas, settings)
+    chars, count = guard_limits(settings)
     longest = longest_agent_message(settings)
-    if longest is not None and "AgentChatRequest" in schemas:
-        # a task takes any message: one too long for the agent fails later, as the task
+    if "AgentChatRequest" in schemas:
         message = schemas["AgentChatRequest"]["properties"]["message"]
-        message["maxLength"] = min(message.get("maxLength", longest), longest)
+        message["maxLength"] = min(message.get("maxLength", chars), chars, longest or chars)
+    if "TaskRequest" in schemas and "message" in schemas["TaskRequest"].get("properties", {}):
+        # a task takes any message the input guard does: one too long for the agent's
+        # context fails later, as the task
+        message = schemas["TaskRequest"]["properties"]["message"]
+        message["maxLength"] = min(message.get("maxLength", chars), chars)
+    _bound_messages(schemas, chars, count)
     return schema
+
+
+def guard_limits(settings: Settings) -> tuple[int, int]:
+    """The longest text and the most messages every agent's input guard takes (the
+    schema states the strictest; ``guard.input`` and ``agents.<name>.guard.input``)."""
+    inputs = [settings.guard.input]
+    inputs += [a.guard.input for a in settings.agents.values() if a.guard and a.guard.input]
+    return min(i.max_message_chars for i in inputs), min(i.max_messages for i in inputs)
+
+
+def _bound_messages(schemas: dict[str, Any], chars: int, count: int) -> None:
+    """Messages, their text and their text parts no longer than the input guard takes."""
+    request = schemas.get("ChatCompletionRequest", {}).get("properties", {})
+    if "messages" in request:
+        messages = request["messages"]
+        messages["maxItems"] = min(messages.get("maxItems", count), count)
+    for name, field in (("Message", "content"), ("ContentPart", "text")):
+        prop = schemas.get(name, {}).get("properties", {}).get(field)
+        if prop is None:
+            continue
+        for option in prop.get("anyOf", [prop]):
+            if option.get("type") == "string":
+                option["maxLength"] = min(option.get("maxLength", chars), chars)
 
 
 def _operations(schema: dict[str, Any]) -> Iterator[dict[str, Any]]:

@@ -440,6 +440,31 @@ class UsageReport(BaseModel):
     economy: EconomyReport = Field(description="budgets in economy mode or lifted, now")
 
 
+class AuditEntryObject(BaseModel):
+    """One audit log entry (docs/audit.md)."""
+
+    seq: int = Field(description="Its place in the chain, from 1, without gaps")
+    entry_id: str
+    created_at: str = Field(description="UTC, `YYYY-MM-DDTHH:MM:SS.ffffffZ`")
+    category: Literal["access", "data", "change"]
+    action: str = Field(description="e.g. `auth.failed`, `admin.usageReport`, `data.read`")
+    actor: str = Field(description="A key id, `anonymous`, a key's short prefix, `cli:<user>`")
+    target: str | None
+    outcome: Literal["success", "denied", "failure"]
+    request_id: str | None
+    client_ip: str | None
+    details: dict[str, Any] | None = Field(description="Never a prompt, personal data or a key")
+    prev_hash: str = Field(description="The previous entry's `hash` (64 zeros for the first)")
+    hash: str = Field(description="SHA-256 of the entry's canonical JSON with `prev_hash`")
+
+
+class AuditList(BaseModel):
+    object: Literal["list"]
+    data: list[AuditEntryObject]
+    has_more: bool = Field(description="whether more entries match: pass `last_seq` as `after`")
+    last_seq: int | None = Field(description="the `seq` of the last entry here")
+
+
 # -- The Batch API (OpenAI's shapes) ------------------------------------------------------
 
 

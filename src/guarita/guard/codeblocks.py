@@ -70,6 +70,11 @@ class BlockSplitter:
         self._after_blank = True
         self._in_list = False
 
+    @property
+    def in_block(self) -> bool:
+        """A block is open: its fence line ended and its closing one has not come yet."""
+        return self._open is not None
+
     def feed(self, chunk: str) -> list[CodeBlock]:
         done: list[CodeBlock] = []
         pieces = chunk.split("\n")

@@ -239,6 +239,12 @@ class StreamingCodeScanner:
     def score(self) -> float:
         return risk_score(self._findings, self._scanner.config.weights)
 
+    @property
+    def in_block(self) -> bool:
+        """Inside a code block that is not complete yet (a stage that blocks holds the
+        block's text back until it is scanned)."""
+        return self._splitter.in_block
+
     def feed(self, chunk: str) -> list[Finding]:
         """The findings of the blocks that ``chunk`` completed."""
         if self._finished is not None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal, get_args
 
-from guarita.errors import ConfigError, InvalidRequest
+from guarita.errors import ConfigError, PiiBlocked
 from guarita.guard.pii_cards import MAX_CARD_DIGITS, MIN_CARD_DIGITS, card_issuer
 from guarita.guard.pii_secrets import PEM_MARKER, PEM_PRIVATE_KEY, SECRET_PATTERNS, is_jwt
 
@@ -114,22 +114,6 @@ class PiiPolicy:
         unknown = set(self.kinds) - ALL_KINDS
         if unknown:
             raise ConfigError(f"pii kinds: unknown {sorted(unknown)}; known: {sorted(ALL_KINDS)}")
-
-
-class PiiBlocked(InvalidRequest):
-    """The agent blocks personal data and the request has some. It carries the kinds
-    found, never the values, so the 400 can name them and the log line stays clean."""
-
-    code = "pii_detected"
-
-    def __init__(self, kinds: Collection[PiiKind]) -> None:
-        self.kinds: frozenset[PiiKind] = frozenset(kinds)
-        names = ", ".join(sorted(self.kinds))
-        super().__init__(
-            f"The request contains personal data or credentials this agent does not accept "
-            f"({names}); remove them and try again.",
-            param="messages",
-        )
 
 
 class PiiScanner:

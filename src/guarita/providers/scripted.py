@@ -3,6 +3,8 @@
 Options (``models.<name>.options``):
     reply: str            answer text; default echoes the last user message
     replies: [str]        answers used in turn
+    echo: str             what the default answer echoes: user (the last user message) or
+                          system (the system messages, joined by a space)
     delay_s: float        wait before answering (and between stream chunks: chunk_delay_s)
     fail_first: int       the first N calls fail
     fail_every: int       every Nth call fails
@@ -50,6 +52,9 @@ class ScriptedProvider(BaseProvider):
         replies = opts.get("replies")
         self._replies = itertools.cycle(replies) if replies else None
         self._reply: str | None = opts.get("reply")
+        self._echo = str(opts.get("echo", "user"))
+        if self._echo not in ("user", "system"):
+            raise ConfigError(f"models.{model_name}.options.echo: user or system")
         self._delay = float(opts.get("delay_s", 0.0))
         self._chunk_delay = float(opts.get("chunk_delay_s", 0.0))
         self._fail_first = int(opts.get("fail_first", 0))
@@ -77,8 +82,10 @@ class ScriptedProvider(BaseProvider):
         elif self._reply is not None:
             text = self._reply
         else:
-            users = [m for m in call.messages if m.get("role") == "user"]
-            text = "echo: " + (message_text(users[-1]) if users else "")
+            echoed = [m for m in call.messages if m.get("role") == self._echo]
+            if self._echo == "user":
+                echoed = echoed[-1:]
+            text = "echo: " + " ".join(message_text(m) for m in echoed)
         max_tokens = call.body.get("max_tokens") or call.body.get("max_completion_tokens")
         if max_tokens:
             text = " ".join(text.split(" ")[: int(max_tokens)])

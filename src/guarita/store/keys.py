@@ -5,6 +5,9 @@ lookup cache keeps authentication off the database for all but the first call of
 in each ``ttl`` window. A revocation made anywhere (the CLI, another API process) empties
 every process's cache within ``revocation_check_s``: :class:`RevocationWatch` asks the
 store for its revocation mark (a count and the latest time, one small query) that often.
+
+A key may expire (``expires_at``): :meth:`KeyStore.lookup` checks the expiry on every call,
+cached answers included, so an expired key is refused from that moment on every process.
 """
 
 from __future__ import annotations
@@ -41,11 +44,34 @@ class KeyInfo:
     created_at: datetime
     revoked_at: datetime | None
     limits: TierLimits | None = None
+    roles: tuple[str, ...] | None = None
+    """The key's own roles; None: those of its tier (``auth.tier_roles``)."""
+    expires_at: datetime | None = None
 
     @classmethod
     def of(cls, row: ApiKey) -> KeyInfo:
         limits = TierLimits.model_validate(row.limits) if row.limits else None
-        return cls(row.id, row.name, row.tier, row.prefix, row.created_at, row.revoked_at, limits)
+        roles = tuple(row.roles) if row.roles is not None else None
+        return cls(row.id, row.name, row.tier, row.prefix, row.created_at, row.revoked_at,
+                   limits, roles, _utc(row.expires_at))  # fmt: skip
+
+    def expired(self, now: datetime | None = None) -> bool:
+        return self.expires_at is not None and (now or datetime.now(UTC)) >= self.expires_at
+
+
+class KeyExpired(Exception):
+    """The key presented exists but its ``expires_at`` has passed."""
+
+    def __init__(self, info: KeyInfo) -> None:
+        super().__init__(f"key {info.id} expired")
+        self.info = info
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    """SQLite hands timezone-aware columns back naive (they were written in UTC)."""
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)
 
 
 def hash_key(plaintext: str) -> str:
@@ -61,9 +87,11 @@ class KeyStore:
         self._generation = 0
 
     async def create(
-        self, name: str, tier: str, limits: TierLimits | None = None
-    ) -> tuple[str, KeyInfo]:
-        """Create a key; the plain text is returned once and never stored."""
+        self, name: str, tier: str, limits: TierLimits | None = None, *,
+        roles: tuple[str, ...] | None = None, expires_at: datetime | None = None,
+    ) -> tuple[str, KeyInfo]:  # fmt: skip
+        """Create a key; the plain text is returned once and never stored. ``roles``: its
+        own (else its tier's); ``expires_at``: when it stops working (else never)."""
         plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
         row = ApiKey(
             id="key_" + secrets.token_hex(8),
@@ -73,6 +101,8 @@ class KeyStore:
             prefix=plaintext[:10],
             created_at=datetime.now(UTC),
             limits=_stored(limits),
+            roles=list(roles) if roles is not None else None,
+            expires_at=expires_at,
         )
         async with self._db.sessions.begin() as session:
             session.add(row)
@@ -85,18 +115,25 @@ class KeyStore:
 
     async def get(self, key_id: str) -> KeyInfo | None:
         """The active key of that id (work done later on a key's behalf, such as a batch,
-        runs with its tier and limits as they are then); None if revoked or unknown."""
+        runs with its tier and limits as they are then); None if revoked, expired or
+        unknown."""
         async with self._db.sessions() as session:
             row = await session.get(ApiKey, key_id)
-        return KeyInfo.of(row) if row is not None and row.revoked_at is None else None
+        if row is None or row.revoked_at is not None:
+            return None
+        info = KeyInfo.of(row)
+        return None if info.expired() else info
 
     async def update(
         self, key_id: str, *, tier: str | None = None, limits: TierLimits | None = None,
-        replace_limits: bool = False,
+        replace_limits: bool = False, roles: tuple[str, ...] | None = None,
+        expires_at: datetime | None = None, no_expiry: bool = False, reset_roles: bool = False,
     ) -> KeyInfo | None:  # fmt: skip
-        """Change an active key's tier and limits (the limits given are merged into the
-        key's own, or replace them with ``replace_limits``); None if there is no such key.
-        Every process sees the change within ``auth.revocation_check_s``."""
+        """Change an active key's tier, limits, roles or expiry (the limits given are merged
+        into the key's own, or replace them with ``replace_limits``; ``roles`` replace its
+        own, ``reset_roles`` drops them (its tier's apply); ``no_expiry`` drops its expiry);
+        None if there is no such key. Every process
+        sees the change within ``auth.revocation_check_s``."""
         async with self._db.sessions.begin() as session:
             row = await session.scalar(
                 select(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
@@ -109,6 +146,14 @@ class KeyStore:
                 current = {} if replace_limits else dict(row.limits or {})
                 current.update(_stored(limits) or {})
                 row.limits = current or None
+            if roles is not None:
+                row.roles = list(roles)
+            elif reset_roles:
+                row.roles = None
+            if expires_at is not None:
+                row.expires_at = expires_at
+            elif no_expiry:
+                row.expires_at = None
             row.updated_at = datetime.now(UTC)
         self.invalidate()
         return KeyInfo.of(row)
@@ -146,7 +191,15 @@ class KeyStore:
         return int(row[0]), row[1], row[2]
 
     async def lookup(self, plaintext: str) -> KeyInfo | None:
-        """The active key for a presented secret, or None."""
+        """The active key for a presented secret, or None (unknown or revoked); raises
+        :class:`KeyExpired` for a key past its ``expires_at``, checked on every call (a
+        cached answer too, so the cache never serves a key past its expiry)."""
+        info = await self._lookup(plaintext)
+        if info is not None and info.expired():
+            raise KeyExpired(info)
+        return info
+
+    async def _lookup(self, plaintext: str) -> KeyInfo | None:
         digest = hash_key(plaintext)
         now = time.monotonic()
         cached = self._cache.get(digest)

@@ -42,6 +42,10 @@ class ApiKey(Base):
     limits: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     """The key's own limits over its tier's (``TierLimits`` fields it sets)."""
     updated_at: Mapped[datetime | None] = mapped_column(default=None)
+    roles: Mapped[list[str] | None] = mapped_column(JSON, default=None)
+    """The key's roles (admin, operator, viewer, user); None: those its tier maps to."""
+    expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    """After this the key is refused, as a revoked one is."""
 
 
 class RequestRow(Base):
@@ -86,6 +90,15 @@ class RequestRow(Base):
     economy: Mapped[str | None] = mapped_column(String(200), default=None)
     cache: Mapped[str | None] = mapped_column(String(20), default=None)
     cache_saved_usd: Mapped[float] = mapped_column(Float, default=0.0)
+    guard: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    """What the guards found: kinds and counts, verdicts and scores (never a value)."""
+    prompt_name: Mapped[str | None] = mapped_column(String(200), default=None)
+    prompt_version: Mapped[int | None] = mapped_column(Integer, default=None)
+    prompt_hash: Mapped[str | None] = mapped_column(String(64), default=None)
+    variant: Mapped[str | None] = mapped_column(String(20), default=None)
+    rollout_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    scores: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    consistency: Mapped[float | None] = mapped_column(Float, default=None)
 
 
 class ChatSession(Base):
@@ -205,3 +218,86 @@ class BatchResult(Base):
     body: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     error: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     created_at: Mapped[datetime]
+
+
+class AuditEntry(Base):
+    """One entry of the audit log: access, data access or a change. Append-only; each row's
+    ``hash`` covers its fields and the previous row's hash, so an edited or deleted row
+    breaks the chain (``guarita audit verify``)."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (UniqueConstraint("entry_id", name="uq_audit_log_entry_id"),)
+
+    seq: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    entry_id: Mapped[str] = mapped_column(String(32))
+    """Unique per entry, so that writing an entry twice (from the spool) stores it once."""
+    created_at: Mapped[datetime] = mapped_column(index=True)
+    category: Mapped[str] = mapped_column(String(20))
+    """``access``, ``data`` or ``change``."""
+    action: Mapped[str] = mapped_column(String(60), index=True)
+    actor: Mapped[str] = mapped_column(String(200), index=True)
+    target: Mapped[str | None] = mapped_column(String(500), default=None)
+    outcome: Mapped[str] = mapped_column(String(20))
+    request_id: Mapped[str | None] = mapped_column(String(REQUEST_ID_MAX), default=None)
+    client_ip: Mapped[str | None] = mapped_column(String(64), default=None)
+    details: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditHead(Base):
+    """The chain's last link (one row, ``id`` 1): writers lock it to append in order."""
+
+    __tablename__ = "audit_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class Prompt(Base):
+    """A named prompt of the registry; its content lives in its versions."""
+
+    __tablename__ = "prompts"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    created_at: Mapped[datetime]
+
+
+class PromptVersionRow(Base):
+    """One immutable version of a prompt: written once, never updated."""
+
+    __tablename__ = "prompt_versions"
+    __table_args__ = (UniqueConstraint("name", "version", name="uq_prompt_versions_name_version"),)
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    name: Mapped[str] = mapped_column(ForeignKey("prompts.name", ondelete="CASCADE"))
+    version: Mapped[int] = mapped_column(Integer)
+    template: Mapped[list[dict[str, str]]] = mapped_column(JSON)
+    variables: Mapped[list[str]] = mapped_column(JSON)
+    model_config_: Mapped[dict[str, Any]] = mapped_column("model_config", JSON)
+    author: Mapped[str | None] = mapped_column(String(200), default=None)
+    tags: Mapped[list[str]] = mapped_column(JSON)
+    message: Mapped[str | None] = mapped_column(Text, default=None)
+    sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+
+
+class PromptLabel(Base):
+    """A label (``production``, ``staging``, ...) pointing at a version; ``revision`` grows
+    by one at each move, which a move compares and swaps."""
+
+    __tablename__ = "prompt_labels"
+
+    name: Mapped[str] = mapped_column(
+        ForeignKey("prompts.name", ondelete="CASCADE"), primary_key=True
+    )
+    label: Mapped[str] = mapped_column(String(100), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime]
+    updated_by: Mapped[str] = mapped_column(String(200))
+    revision: Mapped[int] = mapped_column(Integer)

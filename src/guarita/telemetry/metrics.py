@@ -84,6 +84,30 @@ class Metrics:
             "Request records the store refused, moved to the dead-letter file.",
             registry=r,
         )
+        self.audit_entries = Counter(
+            "guarita_audit_entries_total",
+            "Audit entries recorded, by category (access, data, change) and outcome "
+            "(success, denied, failure).",
+            ["category", "outcome"],
+            registry=r,
+        )
+        self.audit_pending = Gauge(
+            "guarita_audit_pending",
+            "Audit entries waiting to be written.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.audit_spooled = Gauge(
+            "guarita_audit_spooled",
+            "Audit entries waiting in spool files on disk (the store was away).",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.audit_dead_lettered = Counter(
+            "guarita_audit_dead_lettered_total",
+            "Audit entries the store refused, moved to the dead-letter file.",
+            registry=r,
+        )
         self.budget_alerts = Counter(
             "guarita_budget_alerts_total",
             "Budget thresholds reached (once per budget, threshold and period).",
@@ -151,6 +175,13 @@ class Metrics:
             registry=r,
             multiprocess_mode="liveall",
         )
+        self.guard_verdicts = Counter(
+            "guarita_guard_verdicts_total",
+            "Guard verdicts other than allow: guard (injection, pii, pii_output, code), "
+            "action (flag, block, redact, mask, report, annotate, review) and agent.",
+            ["guard", "action", "agent_name"],
+            registry=r,
+        )
         self.tokens_saved = Counter(
             "guarita_tokens_saved_total",
             "Prompt tokens (estimated) that prompt compression removed.",
@@ -190,6 +221,20 @@ class Metrics:
             "guarita_fallback_answers_total",
             "Answers by fallback level.",
             ["agent_name", "level"],
+            registry=r,
+        )
+        # quality (docs/quality.md): live scores and consistency checks
+        self.quality_scores = Histogram(
+            "guarita_quality_score",
+            "Combined quality score of agents' live answers.",
+            ["agent_name"],
+            buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+            registry=r,
+        )
+        self.consistency_checks = Counter(
+            "guarita_consistency_checks_total",
+            "Consistency checks of agents' calls, by outcome (ok, low).",
+            ["agent_name", "outcome"],
             registry=r,
         )
         self._multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")

@@ -42,6 +42,7 @@ PRICE_TABLE: dict[str, Price] = {
     "text-embedding-3-small": Price(0.02, 0.0),
     "text-embedding-3-large": Price(0.13, 0.0),
     "gemma3-270m": FREE,
+    "smollm2-135m": FREE,
 }
 
 
