@@ -38,6 +38,9 @@ from guarita.settings_auth import (
     Role as Role,
 )
 from guarita.settings_base import Strict as _Strict
+from guarita.settings_cache import CacheSettings as CacheSettings
+from guarita.settings_cache import EmbeddingEndpoint as EmbeddingEndpoint
+from guarita.settings_cache import SemanticCacheSettings as SemanticCacheSettings
 from guarita.settings_cors import CorsSettings as CorsSettings
 from guarita.settings_guard import (
     AgentGuardSettings as AgentGuardSettings,
@@ -96,6 +99,7 @@ from guarita.settings_rollouts import (
 from guarita.settings_rollouts import (
     ShadowPolicy as ShadowPolicy,
 )
+from guarita.settings_server import ServerSettings as ServerSettings
 
 LOCAL_MODEL = "gemma3-270m"
 SMOLLM2_MODEL = "smollm2-135m"
@@ -277,85 +281,6 @@ class CompressionSettings(_Strict):
     )
 
 
-class EmbeddingEndpoint(_Strict):
-    """An OpenAI-compatible ``/v1/embeddings`` endpoint for the semantic tier."""
-
-    base_url: str = Field(description="e.g. https://api.openai.com/v1")
-    model: str
-    api_key_env: str | None = Field(
-        default=None, description="The variable holding its key (none: no Authorization)."
-    )
-
-
-class SemanticCacheSettings(_Strict):
-    """The semantic tier: the embedder, the threshold and the in-process vector index."""
-
-    embedder: Literal["wordllama"] | EmbeddingEndpoint = Field(
-        default="wordllama",
-        description="wordllama: the local model in the `semantic` extra; or an endpoint.",
-    )
-    threshold: float | None = Field(
-        default=None,
-        gt=0,
-        le=1,
-        description="Cosine from which a verified candidate is served; none: the threshold "
-        "calibrated for wordllama (required with an endpoint: `guarita cache calibrate`).",
-    )
-    judge: Literal["model", "rules"] | None = Field(
-        default=None,
-        description="model: the learned judge (all-MiniLM-L6-v2 and boosted trees, with "
-        "wordllama only); rules: the cosine threshold and the rule verifier; none: model "
-        "with wordllama, rules with an endpoint.",
-    )
-    judge_threshold: float | None = Field(
-        default=None,
-        gt=0,
-        lt=1,
-        description="The judge's probability from which a candidate is served; none: the "
-        "one shipped with it, calibrated for at most 1 % of trap pairs served.",
-    )
-    candidates: int = Field(default=4, ge=1, le=32, description="Neighbours verified per lookup.")
-    max_entries: int = Field(default=100_000, gt=0, description="Indexed questions (LRU).")
-    max_question_chars: int = Field(
-        default=2000, gt=0, description="A longer last user message is looked up exactly only."
-    )
-    embedding_cache_entries: int = Field(
-        default=50_000, ge=0, description="Embeddings kept in process, by text (LRU)."
-    )
-
-    @model_validator(mode="after")
-    def _judge_needs_wordllama(self) -> SemanticCacheSettings:
-        if self.judge == "model" and self.embedder != "wordllama":
-            raise ValueError("judge: model reads WordLlama's vectors; with an endpoint "
-                             "embedder use judge: rules and a calibrated threshold")  # fmt: skip
-        return self
-
-    @property
-    def judge_mode(self) -> Literal["model", "rules"]:
-        if self.judge is not None:
-            return self.judge
-        return "model" if self.embedder == "wordllama" else "rules"
-
-
-class CacheSettings(_Strict):
-    """The response cache's storage: in process (embedded) or in Redis (with redis_url)."""
-
-    max_entries: int = Field(default=10_000, gt=0, description="In-process entries (LRU).")
-    max_bytes: int = Field(
-        default=64 * 1024 * 1024, gt=0, description="In-process entries' total size (LRU)."
-    )
-    max_entry_bytes: int = Field(
-        default=1024 * 1024, gt=0, description="Larger answers are not cached."
-    )
-    stale_s: float = Field(
-        default=86400.0,
-        ge=0,
-        description="How long an answer is kept after its TTL, to answer at the `cache` "
-        "fallback level when every model fails.",
-    )
-    semantic: SemanticCacheSettings = SemanticCacheSettings()
-
-
 _PROMPT_REF = re.compile(
     r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}(@([1-9][0-9]*|[A-Za-z][A-Za-z0-9_.-]{0,99}))?$"
 )
@@ -433,63 +358,6 @@ class ResilienceSettings(_Strict):
         description="The last fallback level, e.g. 'The service is busy, please try again.'; "
         "unset: callers get the error itself.",
     )
-
-
-class ServerSettings(_Strict):
-    host: str = "127.0.0.1"
-    port: int = Field(default=8080, ge=1, le=65535)
-    max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
-    max_header_bytes: int = Field(
-        default=32 * 1024,
-        ge=1024,
-        description="Request line plus headers; a larger head gets 431 and the connection closed.",
-    )
-    header_timeout_s: float = Field(
-        default=10.0,
-        gt=0,
-        description="Longest wait for a request's line and headers, from its first byte "
-        "(a new connection: from its opening); slower heads get 408 (slowloris).",
-    )
-    worker_healthcheck_s: int = Field(
-        default=30,
-        ge=1,
-        description="With --workers: how long an API process may take to answer the "
-        "supervisor's ping before it is killed and replaced (uvicorn's default of 5 s kills "
-        "busy processes on small machines, and their requests in flight with them).",
-    )
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
-    ssl_certfile: Path | None = Field(
-        default=None, description="PEM certificate chain: serve HTTPS (and send HSTS)."
-    )
-    ssl_keyfile: Path | None = Field(
-        default=None, description="PEM private key; default: the key inside ssl_certfile."
-    )
-    ssl_keyfile_password_env: str | None = Field(
-        default=None,
-        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
-        description="The environment variable holding the private key's password.",
-    )
-    hsts_max_age_s: int = Field(
-        default=63_072_000,
-        ge=0,
-        description="Strict-Transport-Security max-age while TLS is on (0: no HSTS header).",
-    )
-    hsts_include_subdomains: bool = True
-    cors: CorsSettings = CorsSettings()
-    docs: bool = Field(
-        default=True,
-        description="Serve /docs, /redoc and /openapi.json; turn off in production (404).",
-    )
-
-    @model_validator(mode="after")
-    def _key_needs_certificate(self) -> ServerSettings:
-        if self.ssl_certfile is None and (self.ssl_keyfile or self.ssl_keyfile_password_env):
-            raise ValueError("ssl_keyfile: a private key needs ssl_certfile too")
-        return self
-
-    @property
-    def tls(self) -> bool:
-        return self.ssl_certfile is not None
 
 
 class StoreSettings(_Strict):

@@ -64,8 +64,8 @@ ERRORS = {
     ("post", "/v1/batches/{batch_id}/cancel"): {401, 403, 404, 408, 409, 431, 500},
     ("get", "/admin/prompts"): {401, 403, 408, 431, 500},
     ("post", "/admin/prompts"): {400, 401, 403, 408, 409, 413, 431, 500},
-    ("get", "/admin/prompts/{name}"): {401, 403, 404, 408, 431, 500},
-    ("get", "/admin/prompts/{name}/versions/{version}"): {401, 403, 404, 408, 431, 500},
+    ("get", "/admin/prompts/{name}"): {400, 401, 403, 404, 408, 431, 500},
+    ("get", "/admin/prompts/{name}/versions/{version}"): {400, 401, 403, 404, 408, 431, 500},
     ("get", "/admin/prompts/{name}/diff"): {400, 401, 403, 404, 408, 431, 500},
     ("put", "/admin/prompts/{name}/labels/{label}"): {400, 401, 403, 404, 408, 409, 413, 431, 500},
 }
@@ -254,6 +254,9 @@ def test_schemathesis_finds_nothing(
         '[[operations]]\ninclude-operation-id = "createFile"\nwarnings = false\n'
         'checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404"]\n'
         '[[operations]]\ninclude-operation-id = "createBatch"\nwarnings = false\n'
+        # nor what makes a string a Jinja2 template or a model name a configured model
+        '[[operations]]\ninclude-operation-id = "pushPrompt"\n'
+        'checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "409"]\n'
         # a batch made outside the run, for the operations on one
         '[[operations]]\ninclude-operation-id = ["retrieveBatch", "cancelBatch"]\n'
         f'parameters = {{ batch_id = "{_a_batch(server, key)}" }}\n'

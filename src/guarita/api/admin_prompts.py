@@ -27,12 +27,29 @@ router = APIRouter(prefix="/admin/prompts", tags=["admin"], route_class=AuditedR
 _NAME = NAME.pattern
 _LABEL = LABEL.pattern
 NameParam = Annotated[str, Path(pattern=_NAME, description="The prompt's name")]
+MAX_VERSION = 2**31 - 1
+"""Versions are 32-bit integers in the store; a larger number is a 400, not a lookup."""
+VersionParam = Annotated[int, Path(gt=0, le=MAX_VERSION, description="The version number")]
+
+
+class ModelConfigIn(BaseModel):
+    """What a version asks of the model; unset fields are the agent's."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    model: str | None = Field(default=None, description="A configured model's name")
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_VERSION)
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
+    stop: list[str] | None = None
+    response_format: dict[str, Any] | None = None
 
 
 class PromptPush(BaseModel):
     """A new version: the YAML file's fields (docs/prompts.md)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     name: str = Field(pattern=_NAME)
     template: str | list[dict[str, str]] = Field(
@@ -41,10 +58,7 @@ class PromptPush(BaseModel):
     variables: list[str] | None = Field(
         default=None, description="The template's variables; absent: those it uses"
     )
-    model: dict[str, Any] | None = Field(
-        default=None,
-        description="model, temperature, top_p, max_tokens, seed, stop, response_format",
-    )
+    model: ModelConfigIn | None = None
     author: str | None = Field(default=None, max_length=200)
     tags: list[str] = Field(default_factory=list)
     message: str | None = Field(default=None, max_length=10_000)
@@ -94,11 +108,11 @@ class PromptDetail(BaseModel):
 
 
 class LabelMove(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    version: int = Field(gt=0)
+    version: int = Field(gt=0, le=MAX_VERSION)
     expected_version: int | None = Field(
-        default=None, ge=0,
+        default=None, ge=0, le=MAX_VERSION,
         description="Move only if the label points at this version now (0: it does not "
         "exist yet); else 409 label_conflict",
     )  # fmt: skip
@@ -135,7 +149,8 @@ async def list_prompts(runtime: RuntimeDep, caller: CallerDep) -> Response:
     operation_id="pushPrompt",
     response_model=None,
     status_code=201,
-    responses={201: ok(PushedOut, "The new version (or the newest, if unchanged)"),
+    responses={201: ok(PushedOut, "The new version"),
+               200: ok(PushedOut, "Unchanged: the newest version has this content"),
                **errors(400, 401, 403, 409, 413, described=_CHANGERS)},
     openapi_extra=SECURED,
 )  # fmt: skip
@@ -145,7 +160,8 @@ async def push_prompt(payload: PromptPush, runtime: RuntimeDep, caller: CallerDe
     require_role(caller, *CHANGE_ROLES)
     actor = actor_of(caller)
     version, created = await runtime.prompts.push(
-        payload.name, payload.template, variables=payload.variables, model=payload.model,
+        payload.name, payload.template, variables=payload.variables,
+        model=payload.model.model_dump(exclude_none=True) if payload.model else None,
         author=payload.author, tags=payload.tags, message=payload.message, actor=actor,
     )  # fmt: skip
     label = None
@@ -162,7 +178,7 @@ async def push_prompt(payload: PromptPush, runtime: RuntimeDep, caller: CallerDe
     operation_id="showPrompt",
     response_model=None,
     responses={200: ok(PromptDetail, "The prompt's versions and labels"),
-               **errors(401, 403, 404, described=_READERS)},
+               **errors(400, 401, 403, 404, described=_READERS)},
     openapi_extra=SECURED,
 )  # fmt: skip
 async def show_prompt(name: NameParam, runtime: RuntimeDep, caller: CallerDep) -> Response:
@@ -179,11 +195,11 @@ async def show_prompt(name: NameParam, runtime: RuntimeDep, caller: CallerDep) -
     operation_id="showPromptVersion",
     response_model=None,
     responses={200: ok(PromptVersionOut, "One version"),
-               **errors(401, 403, 404, described=_READERS)},
+               **errors(400, 401, 403, 404, described=_READERS)},
     openapi_extra=SECURED,
 )  # fmt: skip
 async def show_version(
-    name: NameParam, version: Annotated[int, Path(gt=0)], runtime: RuntimeDep, caller: CallerDep
+    name: NameParam, version: VersionParam, runtime: RuntimeDep, caller: CallerDep
 ) -> Response:
     """One version of a prompt, as stored (immutable)."""
     require_role(caller, *READ_ROLES)
@@ -200,8 +216,8 @@ async def show_version(
 )  # fmt: skip
 async def diff_prompt(
     name: NameParam,
-    a: Annotated[int, Query(gt=0, description="The older version")],
-    b: Annotated[int, Query(gt=0, description="The newer version")],
+    a: Annotated[int, Query(gt=0, le=MAX_VERSION, description="The older version")],
+    b: Annotated[int, Query(gt=0, le=MAX_VERSION, description="The newer version")],
     runtime: RuntimeDep,
     caller: CallerDep,
 ) -> Response:

@@ -61,6 +61,12 @@ class ModelConfig:
         _check(data, "max_tokens", int, low=1)
         _check(data, "seed", int)
         _check(data, "response_format", dict)
+        if data.get("response_format") is not None:
+            try:  # stored and hashed as JSON: a number past 64 bits cannot be
+                orjson.dumps(data["response_format"])
+            except TypeError as exc:
+                raise InvalidRequest(f"model.response_format: {exc}",
+                                     param="model.response_format") from None  # fmt: skip
         stop = data.get("stop")
         if stop is not None and (
             not isinstance(stop, list) or not all(isinstance(s, str) for s in stop)
