@@ -186,7 +186,7 @@ class RequestRecord:
         return fields_
 
 
-# scores and consistency are notes until their columns exist (migration 0010)
+# not columns of the requests table (error_detail goes to the log line only)
 _NOT_COLUMNS = frozenset({"error_detail", "cache_similarity"})
 _RECORD_COLUMNS = tuple(f.name for f in fields(RequestRecord) if f.name not in _NOT_COLUMNS)
 _RECORD_NOTES = ("tokens_saved", "route", "complexity", "economy", "reserved_usd", "cache",
