@@ -19,6 +19,7 @@ in one place (``api/errors.py``).
     │   ├── FileNotFound              404 (code file_not_found)
     │   └── BatchNotFound             404 (code batch_not_found)
     ├── Conflict                      409 invalid_request_error (code conflict)
+    │   └── DeployFrozen              409 (code deploy_frozen)
     ├── PayloadTooLarge               413 invalid_request_error
     ├── RateLimited                   429 rate_limit_error (Retry-After)
     │   ├── RateLimitExceeded         429 rate_limit_error (code rate_limit_exceeded)
@@ -171,6 +172,12 @@ class Conflict(GuaritaError):
     status_code = 409
     error_type = "invalid_request_error"
     code = "conflict"
+
+
+class DeployFrozen(Conflict):
+    """A rollout refused: an agent's error budget is used up (docs/slo.md)."""
+
+    code = "deploy_frozen"
 
 
 class PayloadTooLarge(GuaritaError):

@@ -155,7 +155,16 @@ class Runtime:
             alerts=alerts,
             economy=self.economy,
         )
-        self.recording = Recording(self.metrics, self.records, self.events)
+        # error budgets (docs/slo.md): the evaluation, the deploy freeze, the event counter
+        from guarita.ops import slo_service
+
+        self.slo, count_slo_events = slo_service.build(
+            settings, self.db, self.metrics, audit=self.audit.record, publish=self.events.publish
+        )
+        self.freeze = self.slo.freeze
+        self.recording = Recording(
+            self.metrics, self.records, self.events, on_record=count_slo_events
+        )
         tracer = self.tracing.tracer if self.tracing.enabled else None
         compression = PromptCompression(
             {n: a.compression for n, a in settings.agents.items() if a.compression is not None},
@@ -404,6 +413,7 @@ class Runtime:
             await self.cache.semantic.start()
         await self.prompts.start()
         if self.role == "api":
+            await self.slo.start()  # error budgets: every API process evaluates (docs/slo.md)
             await self.tasks.start()
             if self.settings.auth.enabled:
                 await self.revocations.start()
@@ -505,6 +515,7 @@ class Runtime:
 
     async def aclose(self) -> None:
         if self.role == "api":
+            await self.slo.aclose()
             await self.revocations.aclose()
             await self.auth.aclose()
             await self.tasks.aclose()

@@ -100,6 +100,7 @@ from guarita.settings_rollouts import (
     ShadowPolicy as ShadowPolicy,
 )
 from guarita.settings_server import ServerSettings as ServerSettings
+from guarita.settings_slo import SloSettings as SloSettings
 
 LOCAL_MODEL = "gemma3-270m"
 SMOLLM2_MODEL = "smollm2-135m"
@@ -536,6 +537,7 @@ class Settings(BaseSettings):
     cache: CacheSettings = CacheSettings()
     guard: GuardSettings = GuardSettings()
     rollouts: RolloutSettings = RolloutSettings()
+    slo: SloSettings = SloSettings()
     redis_url: str | None = Field(
         default=None,
         description="Shared state (sessions, limits, breakers) in Redis; absent: in-process.",

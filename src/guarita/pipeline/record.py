@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
+from typing import Any
 
 from guarita.errors import GuaritaError
 from guarita.pipeline import Background, Next
@@ -25,8 +27,12 @@ class Recording:
         writer: RecordWriter,
         events: EventPublisher,
         background: Background | None = None,
+        on_record: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
+        """``on_record``: each finished record's row, after it is handed to the writer
+        (the SLO event counter)."""
         self._metrics = metrics
+        self._on_record = on_record
         self._writer = writer
         self._events = events
         self.background = background or Background()
@@ -80,7 +86,10 @@ class Recording:
                 m.child(m.cost, agent).inc(reply.cost_usd)
             if error is None:
                 m.child(m.fallbacks, agent, reply.fallback_level).inc()
-        self._writer.add(record.row())
+        row = record.row()
+        self._writer.add(row)
+        if self._on_record is not None:
+            self._on_record(row)
         if self._events.enabled:
             self._events.publish(REQUEST_COMPLETED, record.event())
         if call.context is not None:

@@ -53,7 +53,10 @@ class RequestRow(Base):
     from a :class:`guarita.types.RequestRecord`, whose fields document the columns."""
 
     __tablename__ = "requests"
-    __table_args__ = (UniqueConstraint("record_id", name="uq_requests_record_id"),)
+    __table_args__ = (
+        UniqueConstraint("record_id", name="uq_requests_record_id"),
+        Index("ix_requests_agent_created_at", "agent", "created_at"),  # SLO counts (0013)
+    )
 
     id: Mapped[int] = mapped_column(
         BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
@@ -301,3 +304,18 @@ class PromptLabel(Base):
     updated_at: Mapped[datetime]
     updated_by: Mapped[str] = mapped_column(String(200))
     revision: Mapped[int] = mapped_column(Integer)
+
+
+class SloState(Base):
+    """Where one agent's SLO budget stands (``ok``, ``warning``, ``exhausted``: deploys
+    frozen). ``revision`` grows by one at each change, which a change compares and swaps,
+    so that of several processes seeing the same change exactly one announces it."""
+
+    __tablename__ = "slo_states"
+
+    agent: Mapped[str] = mapped_column(String(200), primary_key=True)
+    slo: Mapped[str] = mapped_column(String(20), primary_key=True)
+    state: Mapped[str] = mapped_column(String(20))
+    consumed: Mapped[float] = mapped_column(Float)
+    revision: Mapped[int] = mapped_column(Integer)
+    changed_at: Mapped[datetime]

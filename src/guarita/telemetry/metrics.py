@@ -237,6 +237,42 @@ class Metrics:
             ["agent_name", "outcome"],
             registry=r,
         )
+        # error budgets and the deploy freeze (docs/slo.md)
+        self.slo_events = Counter(
+            "guarita_slo_events_total",
+            "SLO events of agents' calls (the generated burn-rate rules' input), by SLO "
+            "(availability, quality, consistency) and outcome (good, bad).",
+            ["agent", "slo", "outcome"],
+            registry=r,
+        )
+        self.slo_budget_remaining = Gauge(
+            "guarita_slo_budget_remaining",
+            "Share of an SLO's error budget left over its period, as evaluated in process "
+            "(below 0: overspent).",
+            ["agent", "slo"],
+            registry=r,
+            multiprocess_mode="mostrecent",
+        )
+        self.deploy_frozen = Gauge(
+            "guarita_deploy_frozen",
+            "1 while an agent's deploys are frozen by this SLO's used-up error budget.",
+            ["agent", "slo"],
+            registry=r,
+            multiprocess_mode="max",
+        )
+        self.slo_budget_transitions = Counter(
+            "guarita_slo_budget_transitions_total",
+            "Error budget state changes (to ok, warning, exhausted), counted once across "
+            "processes.",
+            ["agent", "slo", "state"],
+            registry=r,
+        )
+        self.deploy_freeze_refusals = Counter(
+            "guarita_deploy_freeze_refusals_total",
+            "Rollouts refused by a deploy freeze.",
+            ["agent", "slo"],
+            registry=r,
+        )
         self._multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
 
