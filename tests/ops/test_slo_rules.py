@@ -89,7 +89,7 @@ def test_the_deploy_rule_file_is_generated_from_the_deploy_settings() -> None:
     config = yaml.safe_load((ROOT / "deploy" / "guarita.yaml").read_text(encoding="utf-8"))
     expected = render(Settings(**config))
     assert DEPLOY_RULES.read_text(encoding="utf-8") == expected, (
-        "regenerate: guarita slo rules --config deploy/guarita.yaml -o "
+        "regenerate: GUARITA_CONFIG=deploy/guarita.yaml guarita slo rules -o "
         "deploy/prometheus/slo_rules.yml"
     )
     prometheus = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
