@@ -856,7 +856,8 @@ def test_metric_names_in_alerts_and_dashboard_are_ones_guarita_exports(
 
 def test_prometheus_scrapes_every_api_replica(compose: dict[str, Any]) -> None:
     config = load_yaml(PROMETHEUS / "prometheus.yml")
-    assert config["rule_files"] == ["alerts.yml"]  # relative: works in the container and here
+    # relative: works in the container and here; slo_rules.yml is generated (docs/slo.md)
+    assert config["rule_files"] == ["alerts.yml", "slo_rules.yml"]
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     api = jobs["guarita-api"]  # the job name NoRequests relies on
     assert api.get("metrics_path", "/metrics") == "/metrics"
@@ -931,6 +932,11 @@ REQUIRED_PANELS = {
     "Tokens per hour": ("agent_tokens_used_total", "[1h]"),
     "Cost per hour (USD)": ("agent_cost_usd_total", "[1h]"),
     "Active requests": ("agent_active_requests", "agent_active_requests"),
+    # error budgets: the generated rules' series (deploy/prometheus/slo_rules.yml)
+    "Error budget remaining": ("guarita:slo_error_budget_remaining:ratio", "agent=~"),
+    "Burn rates (page windows)": ("guarita:slo_burn_rate:rate1h", "agent=~"),
+    "Quality and consistency: bad share (1h)": ("guarita:slo_error_ratio:rate1h", "quality"),
+    "Deploys frozen": ("guarita_deploy_frozen", "max by (agent, slo)"),
 }
 
 
