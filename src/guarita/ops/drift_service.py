@@ -378,3 +378,44 @@ class DriftService:
     async def aclose(self) -> None:
         await self.evaluator.aclose()
         await self.collector.aclose()
+
+
+async def fix_baseline(
+    store: DriftStore,
+    agent: str,
+    kind: str,
+    *,
+    since: datetime | None,
+    until: datetime | None,
+    window: int,
+    set_by: str,
+) -> Baseline:
+    """The agent's baseline from its samples between ``since`` and ``until``; without
+    them, its newest ``window`` samples. ValueError when fewer than 8 samples are there."""
+    if since is None and until is None:
+        found = await store.window(agent, kind, limit=window, newest=True)
+    else:
+        found = await store.window(agent, kind, since=since, until=until,
+                                   limit=window * BASELINE_FACTOR, newest=True)  # fmt: skip
+    if len(found) < 8 or found.starts_at is None or found.ends_at is None:
+        raise ValueError(f"{len(found)} {kind} samples of agent {agent!r} there; at least 8 needed")
+    return await store.set_baseline(agent, kind, found.starts_at, found.ends_at, set_by)
+
+
+async def drift_report(store: DriftStore, agents: Iterable[str], agent: str | None = None
+                       ) -> list[dict[str, Any]]:  # fmt: skip
+    """Per agent and kind: the baseline, the latest evaluation and the samples stored."""
+    names = {agent} if agent is not None else set(agents) | set(await store.agents())
+    baselines = {(b.agent, b.kind): b for b in await store.baselines()}
+    latest = {(e.agent, e.kind): e for e in await store.latest(agent)}
+    rows = []
+    for name in sorted(names):
+        for kind in KINDS:
+            count = await store.count(name, kind)
+            baseline, evaluation = baselines.get((name, kind)), latest.get((name, kind))
+            if not count and baseline is None and evaluation is None:
+                continue
+            rows.append({"agent": name, "kind": kind, "samples": count,
+                         "baseline": baseline.to_json() if baseline else None,
+                         "latest": evaluation.to_json() if evaluation else None})  # fmt: skip
+    return rows

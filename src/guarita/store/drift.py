@@ -64,6 +64,10 @@ class DriftStore:
     def __init__(self, db: Database) -> None:
         self._db = db
 
+    @property
+    def db(self) -> Database:
+        return self._db
+
     async def add_samples(self, rows: Sequence[dict[str, Any]]) -> None:
         """One multi-row insert (columns of ``drift_samples``)."""
         if not rows:
