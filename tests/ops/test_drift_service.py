@@ -10,7 +10,7 @@ import json
 import random
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ LLAMA = {"provider": "llamacpp", "context_window": 1024}
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
+def store(tmp_path: Path) -> Iterator[dict[str, Any]]:
     if not scale_out():
         yield {"store": {"url": f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"}}
         return
