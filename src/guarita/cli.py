@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from guarita.cli_common import audit_entry, cli_settings, err, out, parse_option, run_async
+from guarita.cli_drift import drift_app
 from guarita.cli_keys import keys_app
 from guarita.cli_prompts import prompts_app
 from guarita.cli_slo import slo_app
@@ -52,6 +53,7 @@ cache_app = typer.Typer(
 app.add_typer(cache_app, name="cache")
 app.add_typer(prompts_app, name="prompts")
 app.add_typer(slo_app, name="slo")
+app.add_typer(drift_app, name="drift")
 
 
 @app.command()

@@ -24,6 +24,7 @@ from guarita.backends.tasks import LocalTaskQueue, Outcome, TaskExecutor, TaskQu
 from guarita.batches.lines import LineRunner
 from guarita.batches.runner import BatchRunner
 from guarita.cache.exact import Entries, LocalEntries, SharedEntries
+from guarita.errors import ConfigError
 from guarita.ops.consistency import ConsistencyStage
 from guarita.ops.prompts import PromptRegistry
 from guarita.ops.scorers import Scoring, ScoringStage
@@ -62,6 +63,8 @@ from guarita.traffic.economy import EconomyMode
 if TYPE_CHECKING:  # the semantic tier's modules need its extra (numpy, the embedder)
     from guarita.cache.embedder import Embedder
     from guarita.cache.semantic import SemanticTier
+    from guarita.ops.drift import DriftReport
+    from guarita.ops.drift_service import DriftService
 from guarita.traffic.ratelimit import RateLimits
 
 log = structlog.get_logger("guarita.runtime")
@@ -189,8 +192,8 @@ class Runtime:
             cached=self.cache.fallback_answer if self.cache.enabled else None,
         )
         stages: list[Stage] = [
-            self.recording, *scoring_stages, self.input_guard, compression, routing,
-            self.rate_limits,
+            self.recording, *self._behaviour_stages(), *scoring_stages, self.input_guard,
+            compression, routing, self.rate_limits,
         ]  # fmt: skip
         if self.cache.enabled:
             stages.append(self.cache)
@@ -247,6 +250,41 @@ class Runtime:
         )
         self.tasks: TaskQueue = self._task_queue()
 
+    # -- AI behaviour and drift (docs/observability.md) ------------------------------------
+    def _behaviour_stages(self) -> list[Stage]:
+        """Behaviour metrics on every chat answer; drift sampling of the watched agents."""
+        from guarita.pipeline.behaviour import Behaviour
+
+        self.drift = self._drift_service()
+        stages: list[Stage] = [Behaviour(self.metrics)]
+        if self.drift is not None:
+            stages.append(self.drift.sampling)
+        return stages
+
+    def _drift_service(self) -> DriftService | None:
+        s = self.settings.drift
+        if not s.enabled:
+            return None
+        from guarita.ops.drift_service import DriftService
+        from guarita.store.drift import DriftStore
+
+        agents = s.agents if s.agents is not None else list(self.settings.agents)
+        unknown = sorted(set(agents) - set(self.settings.agents))
+        if unknown:
+            raise ConfigError(f"drift.agents: unknown agent {unknown[0]!r}")
+        m = self.metrics
+
+        def result(agent: str, kind: str, report: DriftReport) -> None:
+            m.drift_score.labels(agent, kind).set(report.score)
+            m.drift_level.labels(agent, kind).set(int(report.level))
+
+        return DriftService(
+            s, DriftStore(self.db), agents, embedder=self.scoring.similarity.embedder,
+            turns=self.state, publish=self.events.publish, audit=self.audit.record,
+            on_result=result, on_drop=m.drift_samples_dropped.inc,
+        )  # fmt: skip
+
+    # -- quality ---------------------------------------------------------------------------
     def _quality_stages(self) -> list[Stage]:
         """Consistency trials and live scoring (docs/quality.md), when an agent uses them."""
         m, agents = self.metrics, self.settings.agents.values()
@@ -412,6 +450,8 @@ class Runtime:
         if self.cache.semantic is not None:
             await self.cache.semantic.start()
         await self.prompts.start()
+        if self.drift is not None:  # samples in every process, evaluated by API processes
+            await self.drift.start(evaluate=self.role == "api")
         if self.role == "api":
             await self.slo.start()  # error budgets: every API process evaluates (docs/slo.md)
             await self.tasks.start()
@@ -526,6 +566,8 @@ class Runtime:
         await self.economy.aclose()
         await self.breakers.aclose()
         await self.prompts.aclose()
+        if self.drift is not None:
+            await self.drift.aclose()
         await self.scoring.aclose()
         if self.cache.semantic is not None:
             await self.cache.semantic.aclose()

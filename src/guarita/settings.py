@@ -42,6 +42,7 @@ from guarita.settings_cache import CacheSettings as CacheSettings
 from guarita.settings_cache import EmbeddingEndpoint as EmbeddingEndpoint
 from guarita.settings_cache import SemanticCacheSettings as SemanticCacheSettings
 from guarita.settings_cors import CorsSettings as CorsSettings
+from guarita.settings_drift import DriftSettings
 from guarita.settings_guard import (
     AgentGuardSettings as AgentGuardSettings,
 )
@@ -538,6 +539,7 @@ class Settings(BaseSettings):
     guard: GuardSettings = GuardSettings()
     rollouts: RolloutSettings = RolloutSettings()
     slo: SloSettings = SloSettings()
+    drift: DriftSettings = DriftSettings()
     redis_url: str | None = Field(
         default=None,
         description="Shared state (sessions, limits, breakers) in Redis; absent: in-process.",

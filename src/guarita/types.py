@@ -151,6 +151,12 @@ class RequestRecord:
     scores: dict[str, float] | None = None
     """Quality score per scorer name (``quality`` is their combination)."""
     consistency: float | None = None
+    answer_chars: int | None = None
+    """The answer's length in characters (chat answers)."""
+    refusal: bool | None = None
+    """The answer opens as a refusal ("I'm sorry", "I cannot", ...)."""
+    confidence: float | None = None
+    """exp(mean token logprob) of the answer, when the provider returned logprobs."""
     error_detail: str | None = None
 
     def row(self) -> dict[str, Any]:
@@ -192,7 +198,7 @@ _RECORD_COLUMNS = tuple(f.name for f in fields(RequestRecord) if f.name not in _
 _RECORD_NOTES = ("tokens_saved", "route", "complexity", "economy", "reserved_usd", "cache",
                  "cache_saved_usd", "cache_similarity", "guard", "prompt_name", "prompt_version",
                  "prompt_hash", "variant", "rollout_id", "scores", "consistency",
-                 "error_detail")  # fmt: skip
+                 "answer_chars", "refusal", "confidence", "error_detail")  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -290,6 +296,9 @@ class Completion:
     usage: Usage
     model: str
     raw: bytes | None = None
+    confidence: float | None = None
+    """exp(mean token logprob) of the answer, when the provider measured it itself
+    (llama.cpp) rather than returning OpenAI ``logprobs``."""
 
     @property
     def text(self) -> str:

@@ -69,6 +69,7 @@ ERRORS = {
     ("get", "/admin/prompts/{name}/versions/{version}"): {400, 401, 403, 404, 408, 431, 500},
     ("get", "/admin/prompts/{name}/diff"): {400, 401, 403, 404, 408, 431, 500},
     ("put", "/admin/prompts/{name}/labels/{label}"): {400, 401, 403, 404, 408, 409, 413, 431, 500},
+    ("get", "/admin/drift"): {400, 401, 403, 408, 431, 500},
 }
 OPEN = {("get", "/health"), ("get", "/ready"), ("get", "/metrics")}
 EXAMPLES_PER_OPERATION = 25

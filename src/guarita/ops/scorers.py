@@ -152,6 +152,10 @@ class Similarity:
                 self._embedder = await asyncio.to_thread(WordLlamaEmbedder)
         return self._embedder
 
+    async def embedder(self) -> WordLlamaEmbedder:
+        """The embedder itself, shared with drift sampling (one model in memory)."""
+        return await self._ready()
+
     async def __call__(self, a: str, b: str) -> float:
         if not a.strip() or not b.strip():
             return 1.0 if a.strip() == b.strip() else 0.0

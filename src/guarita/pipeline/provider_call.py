@@ -41,6 +41,13 @@ class ProviderCall:
         span.set_attribute("gen_ai.operation.name", call.operation)
         span.set_attribute("gen_ai.system", group.primary.provider.name)
         span.set_attribute("gen_ai.request.model", call.model)
+        record = call.record
+        if call.agent:
+            span.set_attribute("gen_ai.agent.name", call.agent)
+        if record.prompt_hash:  # no GenAI name for a prompt's version yet: ours
+            span.set_attribute("guarita.prompt.name", record.prompt_name or "")
+            span.set_attribute("guarita.prompt.version", record.prompt_version or 0)
+            span.set_attribute("guarita.prompt.hash", record.prompt_hash)
         for field, attribute in _REQUEST_ATTRIBUTES.items():
             value = call.body.get(field)
             if isinstance(value, int | float):

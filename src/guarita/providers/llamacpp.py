@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import importlib.util
 import io
+import math
 import os
 import sys
 import threading
@@ -150,12 +151,52 @@ class _TokenCounter:
         return Usage(self.prompt_tokens, generated)
 
 
+class _ConfidenceMeter:
+    """The mean logprob of the sampled tokens, from the logits llama.cpp computed for each
+    sample anyway, so that no ``logits_all`` (a vocabulary-wide row per prompt token) is
+    needed. A log-sum-exp over the vocabulary per token, on the generation thread:
+    about 0.1 ms for Gemma's 262k tokens, against tens of ms to generate one."""
+
+    def __init__(self, llm: Any) -> None:
+        self._llm = llm
+        self._sample = llm.sample
+        self.total = 0.0
+        self.count = 0
+
+    def __enter__(self) -> _ConfidenceMeter:
+        self._llm.sample = self._measuring_sample
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        del self._llm.sample
+
+    def _measuring_sample(self, *args: Any, **kwargs: Any) -> Any:
+        import llama_cpp
+        import numpy as np
+
+        token = self._sample(*args, **kwargs)
+        pointer = llama_cpp.llama_get_logits_ith(self._llm.ctx, -1)
+        logits = np.ctypeslib.as_array(pointer, shape=(self._llm.n_vocab(),))
+        peak = float(logits.max())
+        log_sum = peak + float(np.log(np.exp(logits - peak).sum()))
+        self.total += float(logits[int(token)]) - log_sum
+        self.count += 1
+        return token
+
+    def confidence(self) -> float | None:
+        if not self.count:
+            return None
+        return round(math.exp(self.total / self.count), 6)
+
+
 class LlamaCppProvider(BaseProvider):
     """Options: ``path`` (a GGUF file) or ``packaged`` (``gemma3``, the default, or
     ``smollm2``), ``instances`` (1), ``max_queue`` (64), ``n_threads`` (all cores),
     ``n_batch``, ``prompt_cache`` (true: a call reuses the evaluated prefix it shares with
     the instance's previous call; false: every prompt is evaluated afresh, so that the same
-    greedy request always gets the same answer, which reuse does not guarantee)."""
+    greedy request always gets the same answer, which reuse does not guarantee),
+    ``confidence`` (true: a complete answer's ``exp(mean token logprob)`` is measured,
+    docs/observability.md)."""
 
     name = "llamacpp"
 
@@ -174,6 +215,7 @@ class LlamaCppProvider(BaseProvider):
         self._n_threads = int(opts.get("n_threads") or os.cpu_count() or 2)
         self._n_batch = int(opts.get("n_batch", 512))
         self._prompt_cache = bool(opts.get("prompt_cache", True))
+        self._confidence = bool(opts.get("confidence", True))
         # The packaged Gemma GGUF carries no chat template; Gemma's turn format has no
         # system role, so system prompts are folded into the first user turn. SmolLM2's
         # GGUF carries its own (ChatML) template.
@@ -297,20 +339,24 @@ class LlamaCppProvider(BaseProvider):
         args = self._arguments(call)
         loop = asyncio.get_running_loop()
         async with self._instance() as llm:
-            result = await loop.run_in_executor(self._executor, lambda: self._create(llm, args))
+            result, confidence = await loop.run_in_executor(
+                self._executor, lambda: self._create(llm, args)
+            )
         result["model"] = self.model_name
-        return Completion(
-            body=result, usage=Usage.from_openai(result.get("usage")), model=self.model_name
-        )
+        return Completion(body=result, usage=Usage.from_openai(result.get("usage")),
+                          model=self.model_name, confidence=confidence)  # fmt: skip
 
-    def _create(self, llm: Any, args: dict[str, Any]) -> dict[str, Any]:
+    def _create(self, llm: Any, args: dict[str, Any]) -> tuple[dict[str, Any], float | None]:
         if not self._prompt_cache:
             llm.reset()
         try:
-            result: dict[str, Any] = llm.create_chat_completion(**args)
+            if not self._confidence:
+                return llm.create_chat_completion(**args), None
+            with _ConfidenceMeter(llm) as meter:
+                result: dict[str, Any] = llm.create_chat_completion(**args)
+            return result, meter.confidence()
         except ValueError as exc:  # llama.cpp reports a prompt over the context this way
             raise InvalidRequest(str(exc), code="context_length_exceeded") from exc
-        return result
 
     async def stream(self, call: Call) -> AsyncIterator[Chunk]:
         args = self._arguments(call)

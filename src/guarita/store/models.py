@@ -102,6 +102,10 @@ class RequestRow(Base):
     rollout_id: Mapped[str | None] = mapped_column(String(64), default=None)
     scores: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     consistency: Mapped[float | None] = mapped_column(Float, default=None)
+    answer_chars: Mapped[int | None] = mapped_column(Integer, default=None)
+    refusal: Mapped[bool | None] = mapped_column(Boolean, default=None)
+    confidence: Mapped[float | None] = mapped_column(Float, default=None)
+    """exp(mean token logprob) of the answer, when the provider returned logprobs."""
 
 
 class ChatSession(Base):
@@ -319,3 +323,55 @@ class SloState(Base):
     consumed: Mapped[float] = mapped_column(Float)
     revision: Mapped[int] = mapped_column(Integer)
     changed_at: Mapped[datetime]
+
+
+class DriftSample(Base):
+    """One sampled answer's (or input's) embedding, for drift detection (ops/drift.py)."""
+
+    __tablename__ = "drift_samples"
+    __table_args__ = (Index("ix_drift_samples_agent_kind_time", "agent", "kind", "created_at"),)
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    agent: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(10))
+    """``output`` (the answer) or ``input`` (the last user message)."""
+    model: Mapped[str] = mapped_column(String(200))
+    prompt_version: Mapped[int | None] = mapped_column(Integer, default=None)
+    created_at: Mapped[datetime]
+    embedder: Mapped[str] = mapped_column(String(100))
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+    """float32, little-endian, L2-normalised."""
+
+
+class DriftBaseline(Base):
+    """The window an agent's current behaviour is compared with: its samples between
+    ``starts_at`` and ``ends_at``."""
+
+    __tablename__ = "drift_baselines"
+
+    agent: Mapped[str] = mapped_column(String(200), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(10), primary_key=True)
+    starts_at: Mapped[datetime]
+    ends_at: Mapped[datetime]
+    set_at: Mapped[datetime]
+    set_by: Mapped[str] = mapped_column(String(200))
+    """``auto`` (the first window after a start), or who fixed it (``cli:<user>``, a key)."""
+
+
+class DriftResult(Base):
+    """One evaluation of an agent's current window against its baseline."""
+
+    __tablename__ = "drift_results"
+    __table_args__ = (Index("ix_drift_results_agent_time", "agent", "kind", "created_at"),)
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    agent: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(10))
+    created_at: Mapped[datetime]
+    level: Mapped[str] = mapped_column(String(20))
+    score: Mapped[float] = mapped_column(Float)
+    report: Mapped[dict[str, Any]] = mapped_column(JSON)

@@ -32,6 +32,8 @@ TASK_STARTED = "guarita.task.started"
 TASK_FINISHED = "guarita.task.finished"
 TASK_FAILED = "guarita.task.failed"
 BATCH_ENDED = "guarita.batch.ended"
+DRIFT_LEVEL_CHANGED = "guarita.drift.level_changed"
+DRIFT_REVIEW_REQUESTED = "guarita.drift.review_requested"
 
 
 class EventSink(Protocol):

@@ -21,6 +21,8 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+SHARE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
+LENGTH_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
@@ -273,8 +275,48 @@ class Metrics:
             ["agent", "slo"],
             registry=r,
         )
+        self._behaviour(r)
         self._multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def _behaviour(self, r: CollectorRegistry) -> None:
+        """AI behaviour per agent, model and prompt version, and drift (docs/observability.md)."""
+        answer = ["agent_name", "model", "prompt_version"]
+        self.answer_quality = Histogram(
+            "guarita_answer_quality", "Quality score of scored answers (0..1).", answer,
+            buckets=SHARE_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.answer_consistency = Histogram(
+            "guarita_answer_consistency", "Agreement of an answer's consistency trials (0..1).",
+            answer, buckets=SHARE_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.answer_length = Histogram(
+            "guarita_answer_length_chars", "Chat answers' length in characters (its _count: "
+            "answers, the refusal rate's denominator).", answer, buckets=LENGTH_BUCKETS,
+            registry=r,
+        )  # fmt: skip
+        self.answer_refusals = Counter(
+            "guarita_answer_refusals_total", "Chat answers that open as a refusal.", answer,
+            registry=r,
+        )  # fmt: skip
+        self.answer_confidence = Histogram(
+            "guarita_answer_confidence", "exp(mean token logprob) of answers whose provider "
+            "returned logprobs (0..1).", answer, buckets=SHARE_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.drift_score = Gauge(
+            "guarita_drift_score", "Latest drift score (a lower bound on the total variation "
+            "distance from the baseline window, 0..1) by agent and kind (output, input).",
+            ["agent_name", "kind"], registry=r, multiprocess_mode="mostrecent",
+        )  # fmt: skip
+        self.drift_level = Gauge(
+            "guarita_drift_level", "Latest drift level: 0 no_action, 1 monitor, 2 warning, "
+            "3 urgent_rollback.", ["agent_name", "kind"], registry=r,
+            multiprocess_mode="mostrecent",
+        )  # fmt: skip
+        self.drift_samples_dropped = Counter(
+            "guarita_drift_samples_dropped_total", "Drift samples dropped (queue full, or the "
+            "embedder or store failed).", registry=r,
+        )  # fmt: skip
 
     def child(self, metric: Any, *labels: str) -> Any:
         """``metric.labels(*labels)``, looked up once: prometheus_client takes a lock and
