@@ -26,7 +26,11 @@ from guarita.batches.runner import BatchRunner
 from guarita.cache.exact import Entries, LocalEntries, SharedEntries
 from guarita.ops.consistency import ConsistencyStage
 from guarita.ops.prompts import PromptRegistry
+from guarita.ops.rollout_evaluator import RolloutEvaluator
+from guarita.ops.rollout_samples import SampleRecorder
+from guarita.ops.rollouts import RolloutService
 from guarita.ops.scorers import Scoring, ScoringStage
+from guarita.ops.shadow import ShadowRunner
 from guarita.pipeline import Next, Stage, compose
 from guarita.pipeline.account import Accounting
 from guarita.pipeline.cache import ResponseCache
@@ -47,6 +51,7 @@ from guarita.store.database import Database
 from guarita.store.keys import KeyStore, RevocationWatch
 from guarita.store.prompts import PromptStore
 from guarita.store.records import RecordWriter
+from guarita.store.rollouts import PairWriter, RolloutStore, SampleWriter
 from guarita.store.sessions import SessionStore, SqlSessionStore
 from guarita.store.tasks import TaskInfo, TaskStore
 from guarita.telemetry import events
@@ -199,6 +204,7 @@ class Runtime:
             audit=self.audit.record, publish=self.events.publish,
         )  # fmt: skip
         self.scoring.bind(self.pipeline)
+        self._rollouts()
         self.agents = AgentService(
             settings,
             self.sessions,
@@ -206,6 +212,9 @@ class Runtime:
             tracer=self.tracing.tracer,
             deadline=self.deadline,
             prompts=self.prompts,
+            rollouts=self.rollouts,
+            samples=self.rollout_samples.observe,
+            mirror=self.shadow.mirror_live,
         )
         self.files = FileStore(self.db)
         self.batches = BatchStore(self.db)
@@ -237,6 +246,34 @@ class Runtime:
             listener=self._on_task_event,
         )
         self.tasks: TaskQueue = self._task_queue()
+
+    def _rollouts(self) -> None:
+        """Rollouts (docs/rollouts.md): the service, its samples' recorder, the shadow
+        runner (which calls back into the agent service) and the evaluator."""
+        s, m = self.settings, self.metrics
+        writer_options: dict[str, Any] = {
+            "spool_dir": s.data_dir / "rollout-spool",
+            "dead_letter_dir": s.data_dir / "dead-letter",
+            "flush_interval_s": s.store.record_flush_interval_s,
+        }
+        self.rollouts = RolloutService(
+            s, RolloutStore(self.db), prompts=self.prompts, broadcast=self.state, metrics=m,
+            audit=self.audit.record, publish=self.events.publish,
+        )  # fmt: skip
+        self.rollout_samples = SampleRecorder(
+            SampleWriter(self.db, **writer_options),
+            relevance=self.scoring.relevance if s.rollouts.relevance else None,
+            queue_size=s.rollouts.sample_queue_size,
+            on_drop=lambda agent: m.child(m.rollout_samples_dropped, agent).inc(),
+        )
+        self.shadow = ShadowRunner(
+            lambda job, ref, model, endpoint: self.agents.mirror(job, ref, model, endpoint),
+            PairWriter(self.db, **writer_options), self.scoring.similarity, s.rollouts.shadow,
+            on_outcome=lambda agent, outcome: m.child(m.shadow_runs, agent, outcome).inc(),
+        )  # fmt: skip
+        self.rollout_evaluator = RolloutEvaluator(
+            self.rollouts, s.rollouts, pending=[self.rollout_samples]
+        )
 
     def _quality_stages(self) -> list[Stage]:
         """Consistency trials and live scoring (docs/quality.md), when an agent uses them."""
@@ -403,7 +440,11 @@ class Runtime:
         if self.cache.semantic is not None:
             await self.cache.semantic.start()
         await self.prompts.start()
+        await self.rollouts.active.start()
+        await self.rollout_samples.start()
+        await self.shadow.start()
         if self.role == "api":
+            await self.rollout_evaluator.start()
             await self.tasks.start()
             if self.settings.auth.enabled:
                 await self.revocations.start()
@@ -510,6 +551,10 @@ class Runtime:
             await self.tasks.aclose()
         if self._background:  # batches abandoned by their task: failed before the store goes
             await asyncio.gather(*self._background, return_exceptions=True)
+        await self.rollout_evaluator.aclose()
+        await self.shadow.aclose()
+        await self.rollout_samples.aclose()
+        await self.rollouts.active.aclose()
         await self.recording.aclose()  # settlements of streams that ended
         await self.rate_limits.aclose()
         await self.economy.aclose()
