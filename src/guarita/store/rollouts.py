@@ -62,11 +62,12 @@ class Rollout:
 
     @property
     def percent(self) -> int:
-        """Of the agent's traffic on the candidate now."""
-        if not self.in_effect or self.state == "shadow":
-            return 0
+        """Of the agent's traffic on the candidate now (a completed one has it all: the
+        agent's label points at it, or the rollout routes to its model)."""
         if self.state == "completed":
             return 100
+        if not self.in_effect or self.state == "shadow":
+            return 0
         return self.stages[min(self.stage, len(self.stages) - 1)]
 
     def to_json(self) -> dict[str, Any]:
