@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from guarita import __version__
-from guarita.api import admin, admin_prompts, agents, batches, health, openai
+from guarita.api import admin, admin_prompts, admin_rollouts, agents, batches, health, openai
 from guarita.api.cached_chat import CachedChatPath
 from guarita.api.cors import CorsMiddleware
 from guarita.api.errors import install_error_handlers
@@ -46,7 +46,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.state.runtime = runtime
     install_error_handlers(app)
     routers = (openai.router, agents.router, batches.router, health.router, admin.router,
-               admin_prompts.router)  # fmt: skip
+               admin_prompts.router, admin_rollouts.router)  # fmt: skip
     for router in routers:
         app.include_router(router)
     app.state.endpoints = [route for router in routers for route in router.routes]

@@ -27,6 +27,8 @@ router = APIRouter(prefix="/admin/prompts", tags=["admin"], route_class=AuditedR
 _NAME = NAME.pattern
 _LABEL = LABEL.pattern
 NameParam = Annotated[str, Path(pattern=_NAME, description="The prompt's name")]
+MAX_VERSION = 2**31 - 1
+"""The largest version number a store column holds (a larger one is a 400, not a 500)."""
 
 
 class PromptPush(BaseModel):
@@ -35,7 +37,7 @@ class PromptPush(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=_NAME)
-    template: str | list[dict[str, str]] = Field(
+    template: str | Annotated[list[dict[str, str]], Field(min_length=1)] = Field(
         description="A string (one system message) or a list of {role, content}; Jinja2"
     )
     variables: list[str] | None = Field(
@@ -96,9 +98,9 @@ class PromptDetail(BaseModel):
 class LabelMove(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    version: int = Field(gt=0)
+    version: int = Field(gt=0, le=MAX_VERSION)
     expected_version: int | None = Field(
-        default=None, ge=0,
+        default=None, ge=0, le=MAX_VERSION,
         description="Move only if the label points at this version now (0: it does not "
         "exist yet); else 409 label_conflict",
     )  # fmt: skip
@@ -135,7 +137,8 @@ async def list_prompts(runtime: RuntimeDep, caller: CallerDep) -> Response:
     operation_id="pushPrompt",
     response_model=None,
     status_code=201,
-    responses={201: ok(PushedOut, "The new version (or the newest, if unchanged)"),
+    responses={201: ok(PushedOut, "The new version"),
+               200: ok(PushedOut, "The newest version, whose content was the same"),
                **errors(400, 401, 403, 409, 413, described=_CHANGERS)},
     openapi_extra=SECURED,
 )  # fmt: skip
@@ -162,7 +165,7 @@ async def push_prompt(payload: PromptPush, runtime: RuntimeDep, caller: CallerDe
     operation_id="showPrompt",
     response_model=None,
     responses={200: ok(PromptDetail, "The prompt's versions and labels"),
-               **errors(401, 403, 404, described=_READERS)},
+               **errors(400, 401, 403, 404, described=_READERS)},
     openapi_extra=SECURED,
 )  # fmt: skip
 async def show_prompt(name: NameParam, runtime: RuntimeDep, caller: CallerDep) -> Response:
@@ -179,11 +182,14 @@ async def show_prompt(name: NameParam, runtime: RuntimeDep, caller: CallerDep) -
     operation_id="showPromptVersion",
     response_model=None,
     responses={200: ok(PromptVersionOut, "One version"),
-               **errors(401, 403, 404, described=_READERS)},
+               **errors(400, 401, 403, 404, described=_READERS)},
     openapi_extra=SECURED,
 )  # fmt: skip
 async def show_version(
-    name: NameParam, version: Annotated[int, Path(gt=0)], runtime: RuntimeDep, caller: CallerDep
+    name: NameParam,
+    version: Annotated[int, Path(gt=0, le=MAX_VERSION)],
+    runtime: RuntimeDep,
+    caller: CallerDep,
 ) -> Response:
     """One version of a prompt, as stored (immutable)."""
     require_role(caller, *READ_ROLES)
@@ -200,8 +206,8 @@ async def show_version(
 )  # fmt: skip
 async def diff_prompt(
     name: NameParam,
-    a: Annotated[int, Query(gt=0, description="The older version")],
-    b: Annotated[int, Query(gt=0, description="The newer version")],
+    a: Annotated[int, Query(gt=0, le=MAX_VERSION, description="The older version")],
+    b: Annotated[int, Query(gt=0, le=MAX_VERSION, description="The newer version")],
     runtime: RuntimeDep,
     caller: CallerDep,
 ) -> Response:
