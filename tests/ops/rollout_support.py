@@ -27,6 +27,12 @@ CANARY = {
     "stages": [50, 100], "min_samples": 30, "max_samples": 240, "min_scored": 10,
     "max_error_rate": 0.05, "max_error_rate_increase": 0.05, "max_p95_increase": 20.0,
 }  # fmt: skip
+# every live request mirrored, and run again on the stable version; verdicts on 10 pairs
+# (approving an error rate below 1% at 95% takes 300 error-free pairs: 30% here)
+SHADOW = {
+    "sample_share": 1.0, "self_similarity_share": 1.0, "min_pairs": 10, "timeout_s": 3600,
+    "concurrency": 2, "queue_size": 8, "approve_error_rate": 0.3, "reject_error_rate": 0.5,
+}  # fmt: skip
 CHANGE_TYPES = {
     "prompt_update": {"strategy": "canary"},
     "model_swap": {"strategy": "canary"},
@@ -63,8 +69,7 @@ def rollout_settings(
         },
         "default_agent": "plain",
         "rollouts": {"canary": CANARY, "change_types": CHANGE_TYPES, "evaluate_every_s": 3600,
-                     "shadow": {"sample_share": 1.0, "min_pairs": 10, "timeout_s": 3600,
-                                "self_similarity_share": 0.5}},
+                     "shadow": SHADOW},
         **shared,
     }  # fmt: skip
     config.update(overrides)

@@ -67,33 +67,12 @@ def plan_json(plan: RolloutPlan) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def pending_step(rollout: Rollout) -> str | None:
-    """What an ``awaiting_approval`` rollout waits for: ``canary`` (leave shadow) or
-    ``promote`` (the next stage)."""
-    if rollout.state != "awaiting_approval" or not rollout.last_decision:
-        return None
-    pending = rollout.last_decision.get("figures", {}).get("pending")
-    return pending if isinstance(pending, str) else None
-
-
-def percent_of(rollout: Rollout) -> int:
-    """Of the agent's traffic on the candidate now (shadow mirrors, it takes none)."""
-    if pending_step(rollout) == "canary":
-        return 0
-    if (
-        rollout.state == "paused"
-        and (rollout.last_decision or {}).get("figures", {}).get("resume_to") == "shadow"
-    ):
-        return 0
-    return rollout.percent
-
-
 def assign(
     rollout: Rollout, session_id: str | None, key_id: str | None, request_id: str
 ) -> Variant:
     """Sticky: the same session (else key, else request) gets the same arm for the whole
     stage, and keeps the candidate as the stage grows (the hash is against the percent)."""
-    percent = percent_of(rollout)
+    percent = rollout.percent
     if percent <= 0:
         return "stable"
     if percent >= 100:
@@ -307,7 +286,7 @@ class RolloutService:
 
     async def _moved(self, rollout: Rollout, facts: DecisionFacts) -> None:
         details = {"agent": rollout.agent, "action": facts.action, "state": rollout.state,
-                   "stage": rollout.stage, "percent": percent_of(rollout),
+                   "stage": rollout.stage, "percent": rollout.percent,
                    "reasons": list(facts.reasons)}  # fmt: skip
         if self._audit is not None:
             self._audit("change", f"rollout.{facts.action}", facts.actor, rollout.id, "success",
@@ -317,7 +296,7 @@ class RolloutService:
                                             **details})  # fmt: skip
         m = self._metrics
         m.child(m.rollout_decisions, rollout.agent, facts.action).inc()
-        m.child(m.rollout_stage_percent, rollout.agent).set(percent_of(rollout))
+        m.child(m.rollout_stage_percent, rollout.agent).set(rollout.percent)
         log.info("rollout_decided", rollout_id=rollout.id, actor=facts.actor, **details)
         self.active.invalidate()
         if self._broadcast is not None:
@@ -401,7 +380,7 @@ class RolloutService:
         rollout = await self.store.get(rollout_id)
         self._must_be(rollout, frozenset({"awaiting_approval"}), "approved")
         facts = DecisionFacts("approve", (f"approved by {actor}",), {}, actor)
-        if pending_step(rollout) == "canary":
+        if rollout.pending_step == "canary":
             moved = await self.move(rollout, facts, state="canary", stage=0)
         else:
             moved = await self.promote(rollout, facts)
@@ -445,7 +424,7 @@ class RolloutService:
 
     @staticmethod
     def to_json(rollout: Rollout) -> dict[str, Any]:
-        return {**rollout.to_json(), "percent": percent_of(rollout)}
+        return rollout.to_json()
 
 
 def policy_of(rollout: Rollout) -> CanaryPolicy:

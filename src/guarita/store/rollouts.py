@@ -66,9 +66,24 @@ class Rollout:
         agent's label points at it, or the rollout routes to its model)."""
         if self.state == "completed":
             return 100
-        if not self.in_effect or self.state == "shadow":
+        if not self.in_effect or self.state == "shadow" or self._figure("resume_to") == "shadow":
+            return 0
+        if self.pending_step == "canary":
             return 0
         return self.stages[min(self.stage, len(self.stages) - 1)]
+
+    @property
+    def pending_step(self) -> str | None:
+        """What an ``awaiting_approval`` rollout waits for: ``canary`` (leave shadow) or
+        ``promote`` (the next stage)."""
+        pending = self._figure("pending") if self.state == "awaiting_approval" else None
+        return pending if isinstance(pending, str) else None
+
+    def _figure(self, name: str) -> Any:
+        """A figure of the last decision (which says where a pause or a wait goes on)."""
+        if self.state not in ("paused", "awaiting_approval") or not self.last_decision:
+            return None
+        return self.last_decision.get("figures", {}).get(name)
 
     def to_json(self) -> dict[str, Any]:
         return {
