@@ -7,6 +7,7 @@ entry and a metric; state survives a restart and a second runtime agrees."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 from collections.abc import AsyncIterator
@@ -14,13 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from jsonschema import Draft202012Validator
 
 from guarita.errors import AgentNotFound, Conflict, InvalidRequest, ModelNotFound, NotFound
 from guarita.ops.rollouts import ROLLOUT_DECIDED, assign
 from guarita.runtime import Runtime
 from guarita.store.rollouts import Rollout
 from guarita.types import Caller
-from tests.helpers import query
+from tests.helpers import ROOT, query
 from tests.ops.rollout_support import ask, drive, rollout_settings
 
 
@@ -78,6 +80,11 @@ async def assert_recorded(
     assert rows[0]["action"] == "start" and rows[-1]["action"] == action, rows
     assert rows[-1]["state"] == rollout.state and rows[-1]["actor"] == "service"
     assert published.actions(rollout.id) == [r["action"] for r in rows]
+    schema = json.loads((ROOT / "docs" / "events.schema.json").read_text())
+    validator = Draft202012Validator(schema["$defs"]["rollout_decided"])
+    for event_type, data in published.events:
+        if event_type == ROLLOUT_DECIDED:
+            validator.validate(data)
     assert await audit_actions(runtime, store_url, rollout.id) == [
         f"rollout.{r['action']}" for r in rows
     ]
