@@ -344,3 +344,23 @@ async def test_on_the_real_local_model_an_identical_candidate_is_promoted(
         print(f"relevance of smollm2's answers: {relevance}")
     finally:
         await runtime.aclose()
+
+
+async def test_a_store_that_cannot_be_read_keeps_the_rollouts_known(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    rollout = await runtime.rollouts.start("plain", "model_swap", candidate_model="twin",
+                                           actor="a")  # fmt: skip
+
+    assert await runtime.rollouts.active.get("plain") is not None  # known to this process
+
+    async def unreadable() -> list[Rollout]:
+        raise OperationalError("SELECT", {}, OSError("the store is away"))
+
+    monkeypatch.setattr(runtime.rollouts.store, "in_effect", unreadable)
+    runtime.rollouts.active.invalidate()
+    known = await runtime.rollouts.active.get("plain")
+    assert known is not None and known.id == rollout.id
+    assert await ask(runtime, "plain", 5) == 0  # chats go on, routed as before

@@ -56,6 +56,8 @@ class RolloutEvaluator:
                 await self.evaluate_once(flush=False)
             except (SQLAlchemyError, OSError, GuaritaError) as exc:
                 log.warning("rollout_evaluation_failed", error=type(exc).__name__)
+            except Exception:  # the service must outlive a bug in one evaluation
+                log.exception("rollout_evaluation_crashed")
 
     async def evaluate_once(self, *, flush: bool = True) -> list[Rollout]:
         """Judge every rollout in effect now; the ones this process moved. ``flush``:

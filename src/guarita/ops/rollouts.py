@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 import structlog
+from sqlalchemy.exc import SQLAlchemyError
 
 from guarita.errors import AgentNotFound, Conflict, InvalidRequest, ModelNotFound
 from guarita.ops.decide import canary_decision, shadow_report
@@ -135,12 +136,19 @@ class ActiveRollouts:
         self._expires = 0.0
 
     async def by_agent(self) -> dict[str, Rollout]:
+        """A store that cannot be read keeps the last rollouts known (for another TTL): a
+        chat must not fail because its rollout could not be looked up."""
         if time.monotonic() < self._expires:
             return self._by_agent
         generation = self._generation
-        found = {r.agent: r for r in await self._store.in_effect()}
-        if generation == self._generation:  # not invalidated meanwhile
-            self._by_agent = found
+        try:
+            found = {r.agent: r for r in await self._store.in_effect()}
+        except (SQLAlchemyError, OSError) as exc:
+            log.warning("rollouts_unreadable", error=type(exc).__name__)
+            self._expires = time.monotonic() + self._ttl
+            return self._by_agent
+        self._by_agent = found
+        if generation == self._generation:  # not invalidated meanwhile: kept for the TTL
             self._expires = time.monotonic() + self._ttl
         return found
 
