@@ -23,7 +23,7 @@ from guarita.errors import (
     ServiceUnavailable,
 )
 from guarita.ops.prompts import PromptRegistry, RenderedPrompt
-from guarita.ops.rollout_samples import Observation
+from guarita.ops.rollout_samples import Observation, answered_by_its_model
 from guarita.ops.rollouts import RolloutService, Route
 from guarita.ops.shadow import SHADOW_CALLER, ShadowJob
 from guarita.pipeline import Next
@@ -84,10 +84,6 @@ def _note_prompt(call: Call, rendered: RenderedPrompt | None) -> None:
         call.record.prompt_version = version.version
         call.record.prompt_hash = version.sha256
 
-
-_OWN_ANSWER = (FallbackLevel.PRIMARY, FallbackLevel.DEPLOYMENT)
-"""A sample is ok when the variant's model answered (another model, rules or the static
-reply answering means it failed)."""
 
 Mirror = Callable[["Route", Call, Reply, str, list[Turn]], bool]
 """(route, live call, live reply, message, history sent) -> offered to the shadow runner."""
@@ -312,7 +308,7 @@ class AgentService:
             return
         if error is not None and error.status_code < 500:
             return
-        ok = reply is not None and reply.fallback_level in _OWN_ANSWER
+        ok = reply is not None and answered_by_its_model(reply)
         record = call.record
         latency = record.latency_ms or (time.perf_counter() - call.started) * 1000
         self._samples(Observation(

@@ -18,6 +18,7 @@ import structlog
 from guarita.errors import ConfigError
 from guarita.ops.scorers import RelevanceScorer, ScoreInput
 from guarita.store.rollouts import SampleWriter
+from guarita.types import FallbackLevel, Reply
 
 log = structlog.get_logger("guarita.rollouts")
 
@@ -42,6 +43,15 @@ class Observation:
     cost_usd: float = 0.0
     messages: tuple[dict[str, Any], ...] = ()
     answer: str = ""
+
+
+MODEL_LEVELS = frozenset({FallbackLevel.PRIMARY, FallbackLevel.DEPLOYMENT})
+
+
+def answered_by_its_model(reply: Reply) -> bool:
+    """Whether the variant's own model answered: another model, rules or the static reply
+    answering means it failed."""
+    return reply.fallback_level in MODEL_LEVELS
 
 
 def sample_quality(quality: float | None, relevance: float | None) -> float | None:

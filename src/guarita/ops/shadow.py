@@ -26,11 +26,12 @@ from typing import Any
 import structlog
 
 from guarita.errors import GuaritaError
+from guarita.ops.rollout_samples import answered_by_its_model
 from guarita.ops.rollouts import Route
 from guarita.settings_rollouts import ShadowPolicy
 from guarita.store.rollouts import PairWriter
 from guarita.store.sessions import Turn
-from guarita.types import Call, Caller, FallbackLevel, Reply
+from guarita.types import Call, Caller, Reply
 
 log = structlog.get_logger("guarita.shadow")
 
@@ -94,13 +95,6 @@ class ShadowRunner:
         """Jobs queued or running."""
         return self._queue.qsize() + self.in_flight
 
-    def offer(self, job: ShadowJob) -> bool:
-        """Mirror ``job`` with probability ``sample_share``; never waits (a full queue
-        drops it). True when it was queued."""
-        if self._draw() >= self._policy.sample_share:
-            return False
-        return self._enqueue(job)
-
     def _enqueue(self, job: ShadowJob) -> bool:
         try:
             self._queue.put_nowait(job)
@@ -113,14 +107,15 @@ class ShadowRunner:
     def mirror_live(
         self, route: Route, call: Call, reply: Reply, message: str, history: list[Turn]
     ) -> bool:
-        """:meth:`offer` the live request the agent service just answered."""
+        """Offer the live request the agent service just answered, with probability
+        ``sample_share``; never waits (a full queue drops it). True when it was queued."""
         if self._draw() >= self._policy.sample_share:
             return False
         latency = call.record.latency_ms or (time.perf_counter() - call.started) * 1000
         return self._enqueue(ShadowJob(
             route=route, request_id=call.request_id, message=message,
             history=tuple((t.role, t.content) for t in history), live_answer=reply.text,
-            live_ok=reply.fallback_level in (FallbackLevel.PRIMARY, FallbackLevel.DEPLOYMENT),
+            live_ok=answered_by_its_model(reply),
             live_latency_ms=latency, live_tokens=reply.usage.total_tokens,
             live_quality=reply.quality,
         ))  # fmt: skip
@@ -156,7 +151,9 @@ class ShadowRunner:
         except GuaritaError as exc:
             return _Run(False, (time.perf_counter() - started) * 1000,
                         error=exc.code or exc.error_type)  # fmt: skip
-        return _Run(True, (time.perf_counter() - started) * 1000, reply)
+        ok = answered_by_its_model(reply)  # a fallback answering is the candidate failing
+        return _Run(ok, (time.perf_counter() - started) * 1000, reply,
+                    error=None if ok else f"fallback_{reply.fallback_level.value}")  # fmt: skip
 
     async def _pair(self, job: ShadowJob) -> dict[str, Any]:
         rollout = job.route.rollout
@@ -165,12 +162,12 @@ class ShadowRunner:
         self._on_outcome(job.agent, "ok" if candidate.ok else (candidate.error or "failed"))
         reply = candidate.reply
         similarity = None
-        if reply is not None and job.live_ok:
+        if reply is not None and candidate.ok and job.live_ok:
             similarity = await self._similarity(job.live_answer, reply.text)
         self_similarity = None
         if job.live_ok and self._draw() < self._policy.self_similarity_share:
             again = await self._timed(job, rollout.stable_prompt, None, "rollout.shadow_stable")
-            if again.reply is not None:
+            if again.reply is not None and again.ok:
                 self_similarity = await self._similarity(job.live_answer, again.reply.text)
         return {
             "pair_id": secrets.token_hex(16), "rollout_id": rollout.id, "at": datetime.now(UTC),
