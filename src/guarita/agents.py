@@ -6,6 +6,7 @@ and as much recent history as fits the model's context window next to the new me
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -14,13 +15,22 @@ from typing import Any
 from opentelemetry import trace
 from sqlalchemy.exc import SQLAlchemyError
 
-from guarita.errors import AgentNotFound, InvalidRequest, NotFound, ServiceUnavailable
+from guarita.errors import (
+    AgentNotFound,
+    GuaritaError,
+    InvalidRequest,
+    NotFound,
+    ServiceUnavailable,
+)
 from guarita.ops.prompts import PromptRegistry, RenderedPrompt
+from guarita.ops.rollout_samples import Observation, answered_by_its_model
+from guarita.ops.rollouts import RolloutService, Route
+from guarita.ops.shadow import SHADOW_CALLER, ShadowJob
 from guarita.pipeline import Next
 from guarita.settings import AgentSettings, ModelSettings, Settings
 from guarita.store.sessions import SessionStore, Turn
 from guarita.store.tasks import TaskInfo
-from guarita.types import Call, Caller, FallbackLevel, RequestContext, Usage
+from guarita.types import Call, Caller, FallbackLevel, Reply, RequestContext, Usage
 
 _TOKENS_PER_MESSAGE = 4
 
@@ -67,6 +77,18 @@ def _model_and_body(
     return config.model or agent.model, body
 
 
+def _note_prompt(call: Call, rendered: RenderedPrompt | None) -> None:
+    if rendered is not None:
+        version = rendered.version
+        call.record.prompt_name = version.name
+        call.record.prompt_version = version.version
+        call.record.prompt_hash = version.sha256
+
+
+Mirror = Callable[["Route", Call, Reply, str, list[Turn]], bool]
+"""(route, live call, live reply, message, history sent) -> offered to the shadow runner."""
+
+
 @dataclass(slots=True, frozen=True)
 class ChatResult:
     response: str
@@ -105,7 +127,15 @@ class AgentService:
         tracer: trace.Tracer,
         deadline: Callable[[str, str | None, float | None], float],
         prompts: PromptRegistry | None = None,
+        rollouts: RolloutService | None = None,
+        samples: Callable[[Observation], None] | None = None,
+        mirror: Mirror | None = None,
     ) -> None:
+        """``rollouts``: the arm of each request of an agent in a rollout; ``samples``:
+        where a canary's samples go; ``mirror``: where a shadow's live requests go."""
+        self._rollouts = rollouts
+        self._samples = samples
+        self._mirror = mirror
         self._deadline = deadline
         self._prompts = prompts
         self._settings = settings
@@ -163,6 +193,11 @@ class AgentService:
         client_ip: str | None = None,
     ) -> ChatResult:
         name, agent = self.resolve(agent_name)
+        route = None
+        if self._rollouts is not None:
+            route = await self._rollouts.route(
+                name, session_id=session_id, key_id=caller.key_id, request_id=request_id
+            )
         history: list[Turn] = []
         if session_id is not None:
             with self._tracer.start_as_current_span("guarita.session.load"):
@@ -175,36 +210,14 @@ class AgentService:
                     )
         else:
             session_id = uuid.uuid4().hex
-        rendered = await self.prompt_for(name, agent)
-        messages: list[dict[str, Any]] = []
-        if rendered is not None:
-            messages.extend(rendered.messages)
-        elif agent.system_prompt:
-            messages.append({"role": "system", "content": agent.system_prompt})
-        model_name, body = _model_and_body(agent, rendered)
-        model = self._settings.models[model_name]
-        window = model.context_window
-        prefix = (
-            sum(estimate_tokens(m["content"]) for m in messages)
-            if rendered is not None
-            else estimate_tokens(agent.system_prompt)
+        rendered = await self.prompt_for(name, agent, route.prompt_ref if route else None)
+        model_name, body, sent_history = self._request(
+            name, agent, rendered, history, message, model=route.model if route else None
         )
-        budget = window - body["max_tokens"] - prefix - estimate_tokens(message)
-        if budget < 0:
-            raise InvalidRequest(
-                f"message too long for agent {name!r}: about {estimate_tokens(message)} tokens, "
-                f"the model's context is {window}",
-                code="context_length_exceeded",
-                param="message",
-            )
-        messages.extend(
-            {"role": t.role, "content": t.content} for t in fit_history(history, budget)
-        )
-        messages.append({"role": "user", "content": message})
         call = Call(
             request_id=request_id,
             model=model_name,
-            body={"messages": messages, **body},
+            body=body,
             caller=caller,
             agent=name,
             endpoint=endpoint,
@@ -213,12 +226,18 @@ class AgentService:
             deadline=self._deadline(model_name, name, deadline_ms),
             client_ip=client_ip,
         )
-        if rendered is not None:
-            version = rendered.version
-            call.record.prompt_name = version.name
-            call.record.prompt_version = version.version
-            call.record.prompt_hash = version.sha256
-        reply = await self._pipeline(call)
+        _note_prompt(call, rendered)
+        if route is not None:
+            call.record.variant = route.variant
+            call.record.rollout_id = route.rollout.id
+        try:
+            reply = await self._pipeline(call)
+        except GuaritaError as exc:
+            if route is not None:
+                self._observe(route, call, None, exc)
+            raise
+        if route is not None:
+            self._observe(route, call, reply, None)
         # the session keeps the turn as the provider saw it: sanitised, and with personal
         # data as placeholders when the agent redacts (the values live for this call only)
         sent = call.messages[-1].get("content") if call.messages else message
@@ -233,6 +252,8 @@ class AgentService:
                     Turn("assistant", answer),
                 ],
             )
+        if route is not None and route.mirrored and self._mirror is not None:
+            self._mirror(route, call, reply, message, sent_history)
         return ChatResult(
             response=reply.text,
             session_id=session_id,
@@ -245,6 +266,82 @@ class AgentService:
             quality=reply.quality,
             response_headers=call.response_headers,
         )
+
+    def _request(
+        self, name: str, agent: AgentSettings, rendered: RenderedPrompt | None,
+        history: list[Turn], message: str, *, model: str | None = None,
+    ) -> tuple[str, dict[str, Any], list[Turn]]:  # fmt: skip
+        """The model to call, the body (prompt, the history that fits, the message) and
+        the history sent."""
+        messages: list[dict[str, Any]] = []
+        if rendered is not None:
+            messages.extend(rendered.messages)
+        elif agent.system_prompt:
+            messages.append({"role": "system", "content": agent.system_prompt})
+        model_name, body = _model_and_body(agent, rendered)
+        model_name = model or model_name
+        window = self._settings.models[model_name].context_window
+        prefix = (
+            sum(estimate_tokens(m["content"]) for m in messages)
+            if rendered is not None
+            else estimate_tokens(agent.system_prompt)
+        )
+        budget = window - body["max_tokens"] - prefix - estimate_tokens(message)
+        if budget < 0:
+            raise InvalidRequest(
+                f"message too long for agent {name!r}: about {estimate_tokens(message)} tokens, "
+                f"the model's context is {window}",
+                code="context_length_exceeded",
+                param="message",
+            )
+        kept = fit_history(history, budget)
+        messages.extend({"role": t.role, "content": t.content} for t in kept)
+        messages.append({"role": "user", "content": message})
+        return model_name, {"messages": messages, **body}, kept
+
+    def _observe(
+        self, route: Route, call: Call, reply: Reply | None, error: GuaritaError | None
+    ) -> None:
+        """A canary stage's sample of this request (none in shadow, or for a 4xx: the
+        caller's doing, not the variant's)."""
+        if self._samples is None or route.mirrored:
+            return
+        if error is not None and error.status_code < 500:
+            return
+        ok = reply is not None and answered_by_its_model(reply)
+        record = call.record
+        latency = record.latency_ms or (time.perf_counter() - call.started) * 1000
+        self._samples(Observation(
+            rollout_id=route.rollout.id, agent=route.rollout.agent, stage=route.stage,
+            variant=route.variant, request_id=call.request_id, ok=ok, latency_ms=latency,
+            quality=reply.quality if reply is not None else None,
+            consistency=record.consistency,
+            input_tokens=reply.usage.input_tokens if reply is not None else 0,
+            output_tokens=reply.usage.output_tokens if reply is not None else 0,
+            cost_usd=reply.cost_usd if reply is not None else 0.0,
+            messages=tuple(call.messages), answer=reply.text if reply is not None else "",
+        ))  # fmt: skip
+
+    async def mirror(
+        self, job: ShadowJob, prompt_ref: str | None, model: str | None, endpoint: str
+    ) -> Reply:
+        """Run a live request again on ``prompt_ref``/``model`` for the shadow: an internal
+        call (charged to no key), its record marked ``shadow``; no session is read or
+        written."""
+        name, agent = self.resolve(job.agent)
+        rendered = await self.prompt_for(name, agent, prompt_ref)
+        history = [Turn(role, content) for role, content in job.history]
+        model_name, body, _ = self._request(name, agent, rendered, history, job.message,
+                                            model=model)  # fmt: skip
+        call = Call(
+            request_id=f"{job.request_id}-{endpoint.rsplit('.', 1)[-1]}",
+            model=model_name, body=body, caller=SHADOW_CALLER, agent=name, endpoint=endpoint,
+            deadline=self._deadline(model_name, name, None),
+        )  # fmt: skip
+        _note_prompt(call, rendered)
+        call.record.variant = "shadow"
+        call.record.rollout_id = job.route.rollout.id
+        return await self._pipeline(call)
 
     async def run_task(self, task: TaskInfo) -> dict[str, Any]:
         """Run an accepted task: an agent chat whose caller is the task's submitter."""

@@ -12,6 +12,7 @@ from guarita.api import (
     admin,
     admin_drift,
     admin_prompts,
+    admin_rollouts,
     admin_slo,
     agents,
     batches,
@@ -55,7 +56,8 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.state.runtime = runtime
     install_error_handlers(app)
     routers = (openai.router, agents.router, batches.router, health.router, admin.router,
-               admin_prompts.router, admin_slo.router, admin_drift.router)  # fmt: skip
+               admin_prompts.router, admin_rollouts.router, admin_slo.router,
+               admin_drift.router)  # fmt: skip
     for router in routers:
         app.include_router(router)
     app.state.endpoints = [route for router in routers for route in router.routes]

@@ -15,10 +15,20 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from guarita.cli_common import audit_entry, cli_settings, err, out, parse_option, run_async
+from guarita.cli_common import (
+    UrlOption,
+    admin_call,
+    audit_entry,
+    cli_settings,
+    err,
+    out,
+    parse_option,
+    run_async,
+)
 from guarita.cli_drift import drift_app
 from guarita.cli_keys import keys_app
 from guarita.cli_prompts import prompts_app
+from guarita.cli_rollouts import rollout_app
 from guarita.cli_slo import slo_app
 from guarita.errors import ConfigError
 from guarita.settings import Settings
@@ -52,6 +62,7 @@ cache_app = typer.Typer(
 )
 app.add_typer(cache_app, name="cache")
 app.add_typer(prompts_app, name="prompts")
+app.add_typer(rollout_app, name="rollout")
 app.add_typer(slo_app, name="slo")
 app.add_typer(drift_app, name="drift")
 
@@ -166,43 +177,10 @@ def migrate() -> None:
     out.print("store schema is up to date")
 
 
-UrlOption = Annotated[
-    str, typer.Option("--url", help="The running server [default: http://127.0.0.1:8080].")
-]
-
-
-def _admin(method: str, url: str, path: str, body: dict[str, Any] | None = None) -> Any:
-    """Call an /admin endpoint of a running server with the API key or JWT in
-    GUARITA_ADMIN_KEY (reading needs the role viewer, operator or admin; changing, operator
-    or admin)."""
-    import httpx
-
-    key = os.environ.get("GUARITA_ADMIN_KEY", "").strip()
-    headers = {"authorization": f"Bearer {key}"} if key else {}
-    try:
-        response = httpx.request(method, url.rstrip("/") + path, json=body, headers=headers,
-                                 timeout=10)  # fmt: skip
-    except httpx.HTTPError as exc:
-        err.print(f"[red]error:[/red] --url: cannot reach {url} ({exc})", highlight=False)
-        raise typer.Exit(1) from None
-    if response.status_code != 200:
-        message = response.json().get("error", {}).get("message", response.text)
-        hint = ""
-        if response.status_code == 401:
-            hint = (" (set GUARITA_ADMIN_KEY to an API key or a JWT with the role needed)"
-                    if not key else " (GUARITA_ADMIN_KEY was refused)")  # fmt: skip
-        elif response.status_code == 403:
-            hint = (" (GUARITA_ADMIN_KEY lacks that role: give a key one with `guarita keys "
-                    "update KEY_ID --role operator`, or use a token that carries it)")  # fmt: skip
-        err.print(f"[red]error:[/red] {message}{hint}", highlight=False)
-        raise typer.Exit(1)
-    return response.json()
-
-
 @cache_app.command("stats")
 def cache_stats(url: UrlOption = "http://127.0.0.1:8080") -> None:
     """The cache's entries, and the answering process's lookups, hit ratio and saving."""
-    print(orjson.dumps(_admin("GET", url, "/admin/cache"), option=orjson.OPT_INDENT_2).decode())
+    print(orjson.dumps(admin_call("GET", url, "/admin/cache"), option=orjson.OPT_INDENT_2).decode())
 
 
 @cache_app.command("clear")
@@ -215,7 +193,7 @@ def cache_clear(
 ) -> None:
     """Drop cached answers: one namespace's, or all (in Redis: for every process)."""
     body = {"namespace": namespace} if namespace else {}
-    cleared = _admin("POST", url, "/admin/cache/clear", body)["cleared"]
+    cleared = admin_call("POST", url, "/admin/cache/clear", body)["cleared"]
     out.print(f"cleared {cleared} entries of {namespace or 'every namespace'}")
 
 
@@ -286,7 +264,9 @@ def cache_warm(
 @economy_app.command("status")
 def economy_status(url: UrlOption = "http://127.0.0.1:8080") -> None:
     """Budgets in economy mode, and lifted ones, as the server sees them."""
-    print(orjson.dumps(_admin("GET", url, "/admin/economy"), option=orjson.OPT_INDENT_2).decode())
+    print(
+        orjson.dumps(admin_call("GET", url, "/admin/economy"), option=orjson.OPT_INDENT_2).decode()
+    )
 
 
 @economy_app.command("off")
@@ -296,7 +276,7 @@ def economy_off(
 ) -> None:
     """Leave economy mode for a budget until the end of the UTC day: its calls are served as
     usual again and its budget only counts."""
-    report = _admin("POST", url, "/admin/economy/off", {"budget": budget})
+    report = admin_call("POST", url, "/admin/economy/off", {"budget": budget})
     out.print(f"economy mode lifted for {budget} until "
               f"{report['lifted'].get(budget, 0):.0f} (epoch s)", highlight=False)  # fmt: skip
 

@@ -4,8 +4,9 @@ shown as a user expects, option parsing, and the audit entries its commands writ
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -60,3 +61,36 @@ def parse_option(name: str, parse: Callable[[], T]) -> T:
         return parse()
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint=f"'--{name}'") from None
+
+
+UrlOption = Annotated[
+    str, typer.Option("--url", help="The running server [default: http://127.0.0.1:8080].")
+]
+
+
+def admin_call(method: str, url: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    """Call an /admin endpoint of a running server with the API key or JWT in
+    GUARITA_ADMIN_KEY (reading needs the role viewer, operator or admin; changing, operator
+    or admin)."""
+    import httpx
+
+    key = os.environ.get("GUARITA_ADMIN_KEY", "").strip()
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    try:
+        response = httpx.request(method, url.rstrip("/") + path, json=body, headers=headers,
+                                 timeout=10)  # fmt: skip
+    except httpx.HTTPError as exc:
+        err.print(f"[red]error:[/red] --url: cannot reach {url} ({exc})", highlight=False)
+        raise typer.Exit(1) from None
+    if not 200 <= response.status_code < 300:
+        message = response.json().get("error", {}).get("message", response.text)
+        hint = ""
+        if response.status_code == 401:
+            hint = (" (set GUARITA_ADMIN_KEY to an API key or a JWT with the role needed)"
+                    if not key else " (GUARITA_ADMIN_KEY was refused)")  # fmt: skip
+        elif response.status_code == 403:
+            hint = (" (GUARITA_ADMIN_KEY lacks that role: give a key one with `guarita keys "
+                    "update KEY_ID --role operator`, or use a token that carries it)")  # fmt: skip
+        err.print(f"[red]error:[/red] {message}{hint}", highlight=False)
+        raise typer.Exit(1)
+    return response.json()

@@ -27,7 +27,11 @@ from guarita.cache.exact import Entries, LocalEntries, SharedEntries
 from guarita.errors import ConfigError
 from guarita.ops.consistency import ConsistencyStage
 from guarita.ops.prompts import PromptRegistry
+from guarita.ops.rollout_evaluator import RolloutEvaluator
+from guarita.ops.rollout_samples import SampleRecorder
+from guarita.ops.rollouts import RolloutService
 from guarita.ops.scorers import Scoring, ScoringStage
+from guarita.ops.shadow import ShadowRunner
 from guarita.pipeline import Next, Stage, compose
 from guarita.pipeline.account import Accounting
 from guarita.pipeline.cache import ResponseCache
@@ -48,6 +52,7 @@ from guarita.store.database import Database
 from guarita.store.keys import KeyStore, RevocationWatch
 from guarita.store.prompts import PromptStore
 from guarita.store.records import RecordWriter
+from guarita.store.rollouts import PairWriter, RolloutStore, SampleWriter
 from guarita.store.sessions import SessionStore, SqlSessionStore
 from guarita.store.tasks import TaskInfo, TaskStore
 from guarita.telemetry import events
@@ -211,6 +216,9 @@ class Runtime:
             audit=self.audit.record, publish=self.events.publish,
         )  # fmt: skip
         self.scoring.bind(self.pipeline)
+        self._rollouts()
+        if self.drift is not None:  # urgent drift of an agent's answers rolls its canary back
+            self.drift.evaluator.on_urgent(self.rollout_evaluator.on_drift)
         self.agents = AgentService(
             settings,
             self.sessions,
@@ -218,6 +226,9 @@ class Runtime:
             tracer=self.tracing.tracer,
             deadline=self.deadline,
             prompts=self.prompts,
+            rollouts=self.rollouts,
+            samples=self.rollout_samples.observe,
+            mirror=self.shadow.mirror_live,
         )
         self.files = FileStore(self.db)
         self.batches = BatchStore(self.db)
@@ -249,6 +260,34 @@ class Runtime:
             listener=self._on_task_event,
         )
         self.tasks: TaskQueue = self._task_queue()
+
+    def _rollouts(self) -> None:
+        """Rollouts (docs/rollouts.md): the service, its samples' recorder, the shadow
+        runner (which calls back into the agent service) and the evaluator."""
+        s, m = self.settings, self.metrics
+        writer_options: dict[str, Any] = {
+            "spool_dir": s.data_dir / "rollout-spool",
+            "dead_letter_dir": s.data_dir / "dead-letter",
+            "flush_interval_s": s.store.record_flush_interval_s,
+        }
+        self.rollouts = RolloutService(
+            s, RolloutStore(self.db), prompts=self.prompts, broadcast=self.state, metrics=m,
+            audit=self.audit.record, publish=self.events.publish, freeze=self.freeze.check,
+        )  # fmt: skip
+        self.rollout_samples = SampleRecorder(
+            SampleWriter(self.db, **writer_options),
+            relevance=self.scoring.relevance if s.rollouts.relevance else None,
+            queue_size=s.rollouts.sample_queue_size,
+            on_drop=lambda agent: m.child(m.rollout_samples_dropped, agent).inc(),
+        )
+        self.shadow = ShadowRunner(
+            lambda job, ref, model, endpoint: self.agents.mirror(job, ref, model, endpoint),
+            PairWriter(self.db, **writer_options), self.scoring.similarity, s.rollouts.shadow,
+            on_outcome=lambda agent, outcome: m.child(m.shadow_runs, agent, outcome).inc(),
+        )  # fmt: skip
+        self.rollout_evaluator = RolloutEvaluator(
+            self.rollouts, s.rollouts, pending=[self.rollout_samples]
+        )
 
     # -- AI behaviour and drift (docs/observability.md) ------------------------------------
     def _behaviour_stages(self) -> list[Stage]:
@@ -452,8 +491,12 @@ class Runtime:
         await self.prompts.start()
         if self.drift is not None:  # samples in every process, evaluated by API processes
             await self.drift.start(evaluate=self.role == "api")
+        await self.rollouts.active.start()
+        await self.rollout_samples.start()
+        await self.shadow.start()
         if self.role == "api":
             await self.slo.start()  # error budgets: every API process evaluates (docs/slo.md)
+            await self.rollout_evaluator.start()
             await self.tasks.start()
             if self.settings.auth.enabled:
                 await self.revocations.start()
@@ -561,6 +604,10 @@ class Runtime:
             await self.tasks.aclose()
         if self._background:  # batches abandoned by their task: failed before the store goes
             await asyncio.gather(*self._background, return_exceptions=True)
+        await self.rollout_evaluator.aclose()
+        await self.shadow.aclose()
+        await self.rollout_samples.aclose()
+        await self.rollouts.active.aclose()
         await self.recording.aclose()  # settlements of streams that ended
         await self.rate_limits.aclose()
         await self.economy.aclose()

@@ -9,6 +9,10 @@ from pydantic import Field, model_validator
 
 from guarita.settings_base import Strict as _Strict
 
+RELEVANCE_FULL_AT = 0.25
+"""WordLlama cosine of a question and an on-topic answer at which relevance scores 1.0
+(docs/rollouts.md: measured on real answers)."""
+
 DEFAULT_RUBRIC = (
     "Rate how well the answer responds to the user's last message: relevant, correct, "
     "complete and clear. Reply with a single number from 0 (useless) to 10 (perfect)."
@@ -18,12 +22,21 @@ DEFAULT_RUBRIC = (
 class ScorerSettings(_Strict):
     """One named scorer. ``heuristic``: penalties for empty, refused, echoed, truncated or
     invalid-JSON answers; ``similarity``: cosine to a reference answer (embeddings);
-    ``judge``: a configured model rates the answer with a rubric."""
+    ``relevance``: cosine of the last user message and the answer (embeddings), so an
+    off-topic answer scores low; ``judge``: a configured model rates the answer with a
+    rubric."""
 
-    kind: Literal["heuristic", "similarity", "judge"]
+    kind: Literal["heuristic", "similarity", "relevance", "judge"]
     model: str | None = Field(default=None, description="judge: the model that rates.")
     rubric: str = Field(default=DEFAULT_RUBRIC, description="judge: what it rates against.")
     max_tokens: int = Field(default=8, gt=0, description="judge: room for the number.")
+    full_at: float = Field(
+        default=RELEVANCE_FULL_AT,
+        gt=0,
+        le=1,
+        description="relevance: the question-answer cosine that scores 1.0 (the score is "
+        "the cosine divided by this, within 0..1).",
+    )
 
     @model_validator(mode="after")
     def _judge_has_model(self) -> ScorerSettings:

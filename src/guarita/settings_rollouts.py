@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from guarita.settings_base import Strict as _Strict
+from guarita.settings_quality import RELEVANCE_FULL_AT
 
 Strategy = Literal["shadow_then_canary", "canary", "fast_canary", "immediate"]
 RollbackRule = Literal["auto", "manual"]
@@ -194,6 +195,24 @@ class RolloutSettings(_Strict):
     shadow: ShadowPolicy = ShadowPolicy()
     evaluate_every_s: float = Field(
         default=30.0, gt=0, description="How often the service judges each running rollout."
+    )
+    relevance: bool = Field(
+        default=True,
+        description="Score each rollout sample's relevance (cosine of the question and the "
+        "answer on WordLlama, off the live path); its quality is the lower of the record's "
+        "quality and this, so an off-topic candidate is rolled back.",
+    )
+    relevance_full_at: float = Field(
+        default=RELEVANCE_FULL_AT,
+        gt=0,
+        le=1,
+        description="The question-answer cosine that counts as fully relevant (1.0).",
+    )
+    sample_queue_size: int = Field(
+        default=10_000,
+        ge=1,
+        description="Samples waiting to be scored and written; past it they are dropped "
+        "(counted in guarita_rollout_samples_dropped_total).",
     )
     change_types: dict[str, ChangeTypeRule] = Field(
         default_factory=_default_change_types,

@@ -29,7 +29,7 @@ from guarita.settings import load_settings
 from tests.helpers import GuaritaServer
 
 CONFIG: dict[str, Any] = {
-    "models": {"m": {"provider": "scripted"}},
+    "models": {"m": {"provider": "scripted"}, "m2": {"provider": "scripted"}},
     "agents": {"a": {"model": "m"}},
     "default_agent": "a",
 }
@@ -70,6 +70,14 @@ ERRORS = {
     ("get", "/admin/prompts/{name}/diff"): {400, 401, 403, 404, 408, 431, 500},
     ("put", "/admin/prompts/{name}/labels/{label}"): {400, 401, 403, 404, 408, 409, 413, 431, 500},
     ("get", "/admin/drift"): {400, 401, 403, 408, 431, 500},
+    ("post", "/admin/rollouts"): {400, 401, 403, 404, 408, 409, 413, 431, 500},
+    ("get", "/admin/rollouts"): {400, 401, 403, 408, 431, 500},
+    ("get", "/admin/rollouts/{rollout_id}"): {401, 403, 404, 408, 431, 500},
+    ("get", "/admin/rollouts/{rollout_id}/report"): {401, 403, 404, 408, 431, 500},
+    ("post", "/admin/rollouts/{rollout_id}/pause"): {401, 403, 404, 408, 409, 431, 500},
+    ("post", "/admin/rollouts/{rollout_id}/resume"): {401, 403, 404, 408, 409, 431, 500},
+    ("post", "/admin/rollouts/{rollout_id}/abort"): {401, 403, 404, 408, 409, 431, 500},
+    ("post", "/admin/rollouts/{rollout_id}/approve"): {401, 403, 404, 408, 409, 431, 500},
 }
 OPEN = {("get", "/health"), ("get", "/ready"), ("get", "/metrics")}
 EXAMPLES_PER_OPERATION = 25
@@ -196,7 +204,7 @@ def test_the_request_schemas_say_what_is_refused(document: dict[str, Any]) -> No
     assert schemas["ChatCompletionRequest"]["properties"]["messages"]["maxItems"] == 256
     [text, _, _] = schemas["Message"]["properties"]["content"]["anyOf"]
     assert text["maxLength"] == 10_000
-    assert schemas["ChatCompletionRequest"]["properties"]["model"]["examples"] == ["m", "a"]
+    assert schemas["ChatCompletionRequest"]["properties"]["model"]["examples"] == ["m", "m2", "a"]
 
 
 @pytest.fixture(scope="module")
@@ -240,6 +248,15 @@ def _a_batch(server: GuaritaServer, key: str) -> str:
     return batch_id
 
 
+def _a_rollout(server: GuaritaServer, key: str) -> str:
+    body = {"agent": "a", "change_type": "prompt_update", "candidate_model": "m2"}
+    answer = httpx.post(server.base_url + "/admin/rollouts", json=body,
+                        headers={"authorization": f"Bearer {key}"})  # fmt: skip
+    assert answer.status_code == 201, answer.text
+    rollout_id: str = answer.json()["id"]
+    return rollout_id
+
+
 @pytest.mark.slow
 def test_schemathesis_finds_nothing(
     server_and_key: tuple[GuaritaServer, str], tmp_path: Path
@@ -256,9 +273,19 @@ def test_schemathesis_finds_nothing(
         '[[operations]]\ninclude-operation-id = "createFile"\nwarnings = false\n'
         'checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404"]\n'
         '[[operations]]\ninclude-operation-id = "createBatch"\nwarnings = false\n'
-        # nor what makes a string a Jinja2 template or a model name a configured model
-        '[[operations]]\ninclude-operation-id = "pushPrompt"\n'
-        'checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "409"]\n'
+        # nor which model configuration a prompt version may carry (its keys and values are
+        # checked by the registry), nor that a rollout's candidate must differ from what the
+        # agent runs now
+        '[[operations]]\ninclude-operation-id = ["pushPrompt", "startRollout"]\n'
+        'checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", '
+        '"404", "409"]\n'
+        # and a start it generates names an agent, a prompt version and a model that exist
+        # and differ from the agent's own only by chance: mostly refused, rightly
+        '[[operations]]\ninclude-operation-id = "startRollout"\nwarnings = false\n'
+        # a rollout started outside the run, for the operations on one
+        '[[operations]]\ninclude-operation-id = ["showRollout", "reportRollout", '
+        '"pauseRollout", "resumeRollout", "abortRollout", "approveRollout"]\n'
+        f'parameters = {{ rollout_id = "{_a_rollout(server, key)}" }}\n'
         # a batch made outside the run, for the operations on one
         '[[operations]]\ninclude-operation-id = ["retrieveBatch", "cancelBatch"]\n'
         f'parameters = {{ batch_id = "{_a_batch(server, key)}" }}\n'

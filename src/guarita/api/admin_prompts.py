@@ -52,7 +52,7 @@ class PromptPush(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     name: str = Field(pattern=_NAME)
-    template: str | list[dict[str, str]] = Field(
+    template: str | Annotated[list[dict[str, str]], Field(min_length=1)] = Field(
         description="A string (one system message) or a list of {role, content}; Jinja2"
     )
     variables: list[str] | None = Field(

@@ -380,3 +380,9 @@ def _add_examples(schemas: dict[str, Any], settings: Settings) -> None:
         }  # fmt: skip
     if "EmbeddingRequest" in schemas and models:
         schemas["EmbeddingRequest"]["examples"] = [{"model": models[0], "input": "Hello"}]
+    if "RolloutStart" in schemas:
+        properties = schemas["RolloutStart"]["properties"]
+        change_types = list(settings.rollouts.change_types)
+        properties["change_type"] = {**properties["change_type"], "enum": change_types,
+                                     "examples": change_types[:1]}  # fmt: skip
+        properties["agent"]["examples"] = list(settings.agents)[:1]

@@ -218,6 +218,11 @@ class DriftEvaluator:
         """Call ``hook(agent, evaluation)`` when an agent's answers reach urgent_rollback."""
         self._urgent.append(hook)
 
+    @property
+    def hooks(self) -> tuple[UrgentHook, ...]:
+        """The ``on_urgent`` hooks, in the order they are called."""
+        return tuple(self._urgent)
+
     async def start(self) -> None:
         self.started_at = datetime.now(UTC)
         if self._task is None:

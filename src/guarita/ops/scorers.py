@@ -7,6 +7,9 @@ scorers into one score, the weighted mean of those that could score. Three kinds
 * :class:`HeuristicScorer`: fast and synchronous, from the answer alone (penalties below).
 * :class:`SimilarityScorer`: cosine of the answer and a reference answer on the cache's
   WordLlama embedder; no reference, no score.
+* :class:`RelevanceScorer`: cosine of the last user message and the answer on the same
+  embedder, scaled so an on-topic answer scores 1: it catches an off-topic answer, which
+  the heuristic does not see (rollouts score their samples with it, off the live path).
 * :class:`JudgeScorer`: a configured model rates the answer against a rubric, called
   through the runtime's pipeline as an internal call (``endpoint="quality.judge"``, a caller
   with no key and no tier, so no key's limits or budget pays for it).
@@ -183,6 +186,32 @@ class SimilarityScorer:
         return max(0.0, await self._similarity(item.answer, item.reference))
 
 
+def last_user_text(messages: list[dict[str, Any]]) -> str:
+    users = [message_text(m) for m in messages if m.get("role") == "user"]
+    return users[-1] if users else ""
+
+
+class RelevanceScorer:
+    """How much the answer is about the question: their cosine divided by ``full_at`` (the
+    cosine of an on-topic answer), within 0..1; no question, no score."""
+
+    live = False
+
+    def __init__(
+        self, name: str, similarity: Callable[[str, str], Awaitable[float]], *, full_at: float
+    ) -> None:
+        self.name = name
+        self._similarity = similarity
+        self._full_at = full_at
+
+    async def score(self, item: ScoreInput) -> float | None:
+        question = last_user_text(item.messages)
+        if not question.strip():
+            return None
+        cosine = await self._similarity(question, item.answer)
+        return round(min(1.0, max(0.0, cosine) / self._full_at), 4)
+
+
 _RATING = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)\s*(?:(?:/|out of)\s*(\d+))?", re.IGNORECASE)
 
 
@@ -216,8 +245,7 @@ class JudgeScorer:
         self._pipeline = pipeline
 
     def judge_call(self, item: ScoreInput) -> Call:
-        users = [message_text(m) for m in item.messages if m.get("role") == "user"]
-        question = users[-1] if users else ""
+        question = last_user_text(item.messages)
         return Call(
             request_id=f"judge-{uuid.uuid4().hex}",
             model=self.model,
@@ -268,6 +296,10 @@ class Scoring:
 
     def __init__(self, settings: Settings) -> None:
         self.similarity = Similarity()
+        self.relevance = RelevanceScorer(
+            "relevance", self.similarity, full_at=settings.rollouts.relevance_full_at
+        )
+        """The rollouts' off-topic signal, whichever scorers an agent names."""
         self._pipeline: Next | None = None
         self._scorers: dict[str, QualityScorer] = {
             name: self._build(name, s) for name, s in settings.quality.scorers.items()
@@ -281,6 +313,8 @@ class Scoring:
             return HeuristicScorer(name)
         if settings.kind == "similarity":
             return SimilarityScorer(name, self.similarity)
+        if settings.kind == "relevance":
+            return RelevanceScorer(name, self.similarity, full_at=settings.full_at)
         return JudgeScorer(name, settings, self._bound_pipeline)
 
     def bind(self, pipeline: Next) -> None:

@@ -375,3 +375,107 @@ class DriftResult(Base):
     level: Mapped[str] = mapped_column(String(20))
     score: Mapped[float] = mapped_column(Float)
     report: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+_SEQ = BigInteger().with_variant(Integer, "sqlite")
+
+
+class RolloutRow(Base):
+    """A canary or shadow rollout of an agent's candidate prompt version and/or model. Its
+    state moves by compare-and-swap on ``version``; ``active_agent`` is the agent while the
+    rollout is in effect (unique: one per agent), NULL once it is over."""
+
+    __tablename__ = "rollouts"
+    __table_args__ = (UniqueConstraint("active_agent", name="uq_rollouts_active_agent"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    agent: Mapped[str] = mapped_column(String(200), index=True)
+    active_agent: Mapped[str | None] = mapped_column(String(200), default=None)
+    change_type: Mapped[str] = mapped_column(String(100))
+    strategy: Mapped[str] = mapped_column(String(40))
+    candidate_prompt: Mapped[str | None] = mapped_column(String(300), default=None)
+    candidate_model: Mapped[str | None] = mapped_column(String(200), default=None)
+    stable_prompt: Mapped[str | None] = mapped_column(String(300), default=None)
+    stable_model: Mapped[str] = mapped_column(String(200))
+    plan: Mapped[dict[str, Any]] = mapped_column(JSON)
+    stage: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(30))
+    stage_started_at: Mapped[datetime]
+    version: Mapped[int] = mapped_column(Integer)
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    last_decision: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+
+
+class RolloutDecisionRow(Base):
+    """One decision on a rollout (by the service or a person): what, why, on which figures."""
+
+    __tablename__ = "rollout_decisions"
+    __table_args__ = (Index("ix_rollout_decisions_rollout", "rollout_id", "id"),)
+
+    id: Mapped[int] = mapped_column(_SEQ, primary_key=True, autoincrement=True)
+    rollout_id: Mapped[str] = mapped_column(ForeignKey("rollouts.id", ondelete="CASCADE"))
+    at: Mapped[datetime]
+    stage: Mapped[int] = mapped_column(Integer)
+    action: Mapped[str] = mapped_column(String(30))
+    state: Mapped[str] = mapped_column(String(30))
+    """The rollout's state after the decision."""
+    reasons: Mapped[list[str]] = mapped_column(JSON)
+    figures: Mapped[dict[str, Any]] = mapped_column(JSON)
+    actor: Mapped[str] = mapped_column(String(200))
+
+
+class RolloutSampleRow(Base):
+    """One request of one arm of a canary stage (written in batches, off the hot path)."""
+
+    __tablename__ = "rollout_samples"
+    __table_args__ = (
+        UniqueConstraint("sample_id", name="uq_rollout_samples_sample_id"),
+        Index("ix_rollout_samples_stage", "rollout_id", "stage", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(_SEQ, primary_key=True, autoincrement=True)
+    sample_id: Mapped[str] = mapped_column(String(32))
+    rollout_id: Mapped[str] = mapped_column(String(32))
+    stage: Mapped[int] = mapped_column(Integer)
+    variant: Mapped[str] = mapped_column(String(20))
+    at: Mapped[datetime]
+    request_id: Mapped[str | None] = mapped_column(String(REQUEST_ID_MAX), default=None)
+    ok: Mapped[bool] = mapped_column(Boolean)
+    latency_ms: Mapped[float] = mapped_column(Float)
+    quality: Mapped[float | None] = mapped_column(Float, default=None)
+    relevance: Mapped[float | None] = mapped_column(Float, default=None)
+    consistency: Mapped[float | None] = mapped_column(Float, default=None)
+    input_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    output_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class ShadowPairRow(Base):
+    """One mirrored request: the live answer against the candidate's to the same request."""
+
+    __tablename__ = "shadow_pairs"
+    __table_args__ = (
+        UniqueConstraint("pair_id", name="uq_shadow_pairs_pair_id"),
+        Index("ix_shadow_pairs_rollout", "rollout_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(_SEQ, primary_key=True, autoincrement=True)
+    pair_id: Mapped[str] = mapped_column(String(32))
+    rollout_id: Mapped[str] = mapped_column(String(32))
+    at: Mapped[datetime]
+    request_id: Mapped[str | None] = mapped_column(String(REQUEST_ID_MAX), default=None)
+    live_ok: Mapped[bool] = mapped_column(Boolean)
+    candidate_ok: Mapped[bool] = mapped_column(Boolean)
+    candidate_error: Mapped[str | None] = mapped_column(String(60), default=None)
+    similarity: Mapped[float | None] = mapped_column(Float, default=None)
+    self_similarity: Mapped[float | None] = mapped_column(Float, default=None)
+    """The stable version's answer run again, against the live one (some pairs only)."""
+    live_latency_ms: Mapped[float] = mapped_column(Float)
+    candidate_latency_ms: Mapped[float] = mapped_column(Float)
+    live_tokens: Mapped[int] = mapped_column(Integer)
+    candidate_tokens: Mapped[int] = mapped_column(Integer)
+    candidate_cost_usd: Mapped[float] = mapped_column(Float)
+    live_quality: Mapped[float | None] = mapped_column(Float, default=None)
+    candidate_quality: Mapped[float | None] = mapped_column(Float, default=None)

@@ -276,6 +276,34 @@ class Metrics:
             registry=r,
         )
         self._behaviour(r)
+        # rollouts (docs/rollouts.md)
+        self.rollout_decisions = Counter(
+            "guarita_rollout_decisions_total",
+            "Rollout decisions that changed a rollout, by agent and action (start, promote, "
+            "rollback, complete, await_approval, approve, pause, resume, abort).",
+            ["agent", "action"],
+            registry=r,
+        )
+        self.rollout_stage_percent = Gauge(
+            "guarita_rollout_stage_percent",
+            "Percent of an agent's traffic on its rollout's candidate (0: none in effect).",
+            ["agent"],
+            registry=r,
+            multiprocess_mode="mostrecent",
+        )
+        self.rollout_samples_dropped = Counter(
+            "guarita_rollout_samples_dropped_total",
+            "Rollout samples dropped because the scoring queue was full.",
+            ["agent"],
+            registry=r,
+        )
+        self.shadow_runs = Counter(
+            "guarita_shadow_runs_total",
+            "Mirrored requests of shadow rollouts, by outcome (ok, failed, timeout, dropped: "
+            "the queue was full).",
+            ["agent", "outcome"],
+            registry=r,
+        )
         self._multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
 
