@@ -217,8 +217,11 @@ class Runtime:
         )  # fmt: skip
         self.scoring.bind(self.pipeline)
         self._rollouts()
-        if self.drift is not None:  # urgent drift of an agent's answers rolls its canary back
+        # urgent drift of an agent's answers rolls its canary back, and (like a used-up error
+        # budget) a completed change still in its monitoring window
+        if self.drift is not None:
             self.drift.evaluator.on_urgent(self.rollout_evaluator.on_drift)
+        self.freeze.on_exhausted(self.rollout_evaluator.on_budget_exhausted)
         self.agents = AgentService(
             settings,
             self.sessions,

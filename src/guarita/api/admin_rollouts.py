@@ -77,6 +77,10 @@ class RolloutOut(BaseModel):
     updated_at: str
     last_decision: Decision | None
     plan: dict[str, Any]
+    monitoring_until: str | None = Field(
+        description="A completed rollout: until when urgent drift or a used-up error budget "
+        "rolls it back (the change type's monitoring window)"
+    )
 
 
 class StageTotals(BaseModel):

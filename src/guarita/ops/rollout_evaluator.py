@@ -114,13 +114,34 @@ class RolloutEvaluator:
         """The drift evaluator's ``on_urgent`` hook: an agent whose answers drifted to
         urgent_rollback while a canary serves part of them has the canary rolled back
         (by the plan's rollback rule: a manual one pauses and advises)."""
+        reason = (f"urgent drift of the agent's answers (score {evaluation.score:.2f}, "
+                  f"{evaluation.level})")  # fmt: skip
+        facts = DecisionFacts("rollback", (reason,), {"drift": evaluation.to_json()}, "drift")
         for rollout in await self._service.store.in_effect():
-            if rollout.agent != agent or rollout.state != "canary":
+            if rollout.agent == agent and rollout.state == "canary":
+                await self._roll_back(rollout, facts)
+        await self._revert_monitored(agent, facts)
+
+    async def on_budget_exhausted(self, agent: str, slo: str) -> None:
+        """The deploy freeze's ``on_exhausted`` hook: an agent whose error budget was used up
+        within a completed rollout's monitoring window has that change rolled back (a canary
+        in progress is held by the freeze instead: docs/rollouts.md)."""
+        reason = f"the agent's {slo} error budget was used up within the monitoring window"
+        await self._revert_monitored(agent, DecisionFacts("rollback", (reason,), {"slo": slo},
+                                                          "slo-evaluator"))  # fmt: skip
+
+    async def _revert_monitored(self, agent: str, facts: DecisionFacts) -> None:
+        """Roll back the agent's completed rollouts still in their monitoring window (by the
+        plan's rule: a manual one is advised, not rolled back)."""
+        for rollout in await self._service.store.recent(agent=agent, limit=10):
+            if not rollout.monitored():
                 continue
-            reason = (f"urgent drift of the agent's answers (score {evaluation.score:.2f}, "
-                      f"{evaluation.level})")  # fmt: skip
-            facts = DecisionFacts("rollback", (reason,), {"drift": evaluation.to_json()}, "drift")
-            await self._roll_back(rollout, facts)
+            if rollout.plan.get("rollback") == "manual":
+                advised = DecisionFacts("rollback_advised", facts.reasons, facts.figures,
+                                        facts.actor)  # fmt: skip
+                await self._service.move(rollout, advised)
+            else:
+                await self._service.revert(rollout, facts)
 
     async def _judge_shadow(self, rollout: Rollout) -> Rollout | None:
         pairs, selves = await self._service.store.shadow_pairs(rollout.id)

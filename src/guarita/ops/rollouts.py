@@ -359,6 +359,28 @@ class RolloutService:
             return moved or rollout
         return rollout
 
+    async def revert(self, rollout: Rollout, facts: DecisionFacts) -> Rollout | None:
+        """Roll back a completed rollout (in its monitoring window): the candidate model no
+        longer routed, the agent's label moved back from the candidate version to the stable
+        one (compare-and-swap: a label moved by someone since is left, and said so)."""
+        moved = await self.move(rollout, facts, state="rolled_back", in_effect=False)
+        if moved is None or rollout.candidate_prompt is None:
+            return moved
+        own = self._settings.agents[rollout.agent].prompt
+        _, candidate = parse_ref(rollout.candidate_prompt)
+        _, stable = parse_ref(rollout.stable_prompt or "")
+        if own is None or not isinstance(candidate, int) or not isinstance(stable, int):
+            return moved
+        name, label = parse_ref(own)
+        try:
+            await self._prompts.move_label(name, str(label), stable, expected=candidate,
+                                           actor=f"rollout:{rollout.id}")  # fmt: skip
+        except Conflict as exc:
+            log.warning("rollout_revert_label_left", rollout_id=rollout.id, reason=exc.message)
+            note = DecisionFacts("label_move_failed", (exc.message,), {}, facts.actor)
+            return await self.move(moved, note) or moved
+        return moved
+
     def _must_be(self, rollout: Rollout, states: frozenset[str], verb: str) -> None:
         if rollout.state not in states or not rollout.in_effect:
             raise Conflict(f"rollout {rollout.id} is {rollout.state}: it cannot be {verb}",

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -121,6 +121,12 @@ class DeployFreeze:
         self._publish = publish
         self._on_transition = on_transition
         self._on_refusal = on_refusal
+        self._exhausted: list[Callable[[str, str], Awaitable[None]]] = []
+
+    def on_exhausted(self, hook: Callable[[str, str], Awaitable[None]]) -> None:
+        """Call ``hook(agent, slo)`` when this process moves a budget to ``exhausted`` (once
+        across processes: the move is a compare-and-swap)."""
+        self._exhausted.append(hook)
 
     async def check(self, agent: str, change_type: str, action: Action = "promote") -> None:
         """Return if ``agent`` may roll out a ``change_type`` change (``start`` a rollout or
@@ -155,6 +161,12 @@ class DeployFreeze:
             ):
                 won.append(Transition(s.agent, s.slo, before, after))
                 self._announce(s, before, after)
+                if after == "exhausted":
+                    for hook in self._exhausted:
+                        try:
+                            await hook(s.agent, s.slo)
+                        except Exception:  # one listener's bug stops no evaluation
+                            log.exception("slo_exhausted_hook_failed", agent=s.agent)
             s.frozen = self._settings.freeze.enabled and after == "exhausted"
         return won
 

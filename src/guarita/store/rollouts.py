@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 from sqlalchemy import Table, case, func, insert, select, update
@@ -73,6 +73,20 @@ class Rollout:
         return self.stages[min(self.stage, len(self.stages) - 1)]
 
     @property
+    def monitoring_until(self) -> datetime | None:
+        """Until when a completed rollout is watched (the plan's ``monitoring_window_s``
+        from when it reached 100%): urgent drift of the agent's answers or its error budget
+        used up meanwhile rolls it back. None: not completed, or no window."""
+        window = float(self.plan.get("monitoring_window_s") or 0)
+        if self.state != "completed" or window <= 0:
+            return None
+        return self.stage_started_at + timedelta(seconds=window)
+
+    def monitored(self, now: datetime | None = None) -> bool:
+        until = self.monitoring_until
+        return until is not None and (now or datetime.now(UTC)) < until
+
+    @property
     def pending_step(self) -> str | None:
         """What an ``awaiting_approval`` rollout waits for: ``canary`` (leave shadow) or
         ``promote`` (the next stage)."""
@@ -96,6 +110,7 @@ class Rollout:
             "created_by": self.created_by, "created_at": self.created_at.isoformat(),
             "updated_at": self.updated_at.isoformat(), "last_decision": self.last_decision,
             "plan": self.plan,
+            "monitoring_until": until.isoformat() if (until := self.monitoring_until) else None,
         }  # fmt: skip
 
 
