@@ -18,6 +18,7 @@ from starlette.responses import Response
 from guarita.api.admin import _CHANGERS, _READERS, CHANGE_ROLES, READ_ROLES, AuditedRoute
 from guarita.api.deps import CallerDep, RuntimeDep
 from guarita.api.openapi import SECURED, errors, ok
+from guarita.api.schemas import Integral
 from guarita.auth import require_role
 from guarita.ops.prompts import LABEL, NAME
 from guarita.telemetry.audit import actor_of
@@ -40,8 +41,8 @@ class ModelConfigIn(BaseModel):
     model: str | None = Field(default=None, description="A configured model's name")
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
-    max_tokens: int | None = Field(default=None, ge=1, le=MAX_VERSION)
-    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
+    max_tokens: Annotated[int, Field(ge=1, le=MAX_VERSION), Integral] | None = None
+    seed: Annotated[int, Field(ge=-(2**63), le=2**63 - 1), Integral] | None = None
     stop: list[str] | None = None
     response_format: dict[str, Any] | None = None
 
@@ -110,9 +111,9 @@ class PromptDetail(BaseModel):
 class LabelMove(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    version: int = Field(gt=0, le=MAX_VERSION)
-    expected_version: int | None = Field(
-        default=None, ge=0, le=MAX_VERSION,
+    version: Annotated[int, Field(gt=0, le=MAX_VERSION), Integral]
+    expected_version: Annotated[int, Field(ge=0, le=MAX_VERSION), Integral] | None = Field(
+        default=None,
         description="Move only if the label points at this version now (0: it does not "
         "exist yet); else 409 label_conflict",
     )  # fmt: skip
