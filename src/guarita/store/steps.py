@@ -8,7 +8,7 @@ batch written twice is stored once. Rows arrive already PII-masked and cut to si
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Insert, Table, delete, insert, select
@@ -80,13 +80,21 @@ async def request_with_steps(db: Database, request_id: str) -> list[dict[str, An
         )
     by_record: dict[str, list[dict[str, Any]]] = {}
     for step in steps:
-        by_record.setdefault(step["record_id"], []).append({k: step[k] for k in STEP_FIELDS})
+        by_record.setdefault(step["record_id"], []).append(_utc({k: step[k] for k in STEP_FIELDS}))
     out = []
     for record in records:
-        row = {k: v for k, v in record.items() if k != "id"}
+        row = _utc({k: v for k, v in record.items() if k != "id"})
         row["steps"] = by_record.get(row["record_id"] or "", [])
         out.append(row)
     return out
+
+
+def _utc(row: dict[str, Any]) -> dict[str, Any]:
+    """SQLite hands times back without their zone; they were written in UTC."""
+    created = row.get("created_at")
+    if isinstance(created, datetime) and created.tzinfo is None:
+        row["created_at"] = created.replace(tzinfo=UTC)
+    return row
 
 
 async def purge_steps(db: Database, before: datetime) -> int:
