@@ -12,6 +12,7 @@ from guarita.api import (
     admin,
     admin_drift,
     admin_prompts,
+    admin_requests,
     admin_rollouts,
     admin_slo,
     agents,
@@ -57,7 +58,8 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     install_error_handlers(app)
     routers = (openai.router, agents.router, batches.router, health.router, admin.router,
                admin_prompts.router, admin_rollouts.router, admin_slo.router,
-               admin_drift.router)  # fmt: skip
+               admin_drift.router,
+               admin_requests.router)  # fmt: skip
     for router in routers:
         app.include_router(router)
     app.state.endpoints = [route for router in routers for route in router.routes]

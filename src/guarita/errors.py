@@ -17,7 +17,8 @@ in one place (``api/errors.py``).
     │   ├── AgentNotFound             404 (code agent_not_found)
     │   ├── TaskNotFound              404 (code task_not_found)
     │   ├── FileNotFound              404 (code file_not_found)
-    │   └── BatchNotFound             404 (code batch_not_found)
+    │   ├── BatchNotFound             404 (code batch_not_found)
+    │   └── RequestNotFound           404 (code request_not_found)
     ├── Conflict                      409 invalid_request_error (code conflict)
     │   └── DeployFrozen              409 (code deploy_frozen)
     ├── PayloadTooLarge               413 invalid_request_error
@@ -164,6 +165,10 @@ class FileNotFound(NotFound):
 
 class BatchNotFound(NotFound):
     code = "batch_not_found"
+
+
+class RequestNotFound(NotFound):
+    code = "request_not_found"
 
 
 class Conflict(GuaritaError):

@@ -197,7 +197,8 @@ class Runtime:
             cached=self.cache.fallback_answer if self.cache.enabled else None,
         )
         stages: list[Stage] = [
-            self.recording, *self._behaviour_stages(), *scoring_stages, self.input_guard,
+            self.recording, *self._step_stages(), *self._behaviour_stages(), *scoring_stages,
+            self.input_guard,
             compression, routing, self.rate_limits,
         ]  # fmt: skip
         if self.cache.enabled:
@@ -291,6 +292,19 @@ class Runtime:
         self.rollout_evaluator = RolloutEvaluator(
             self.rollouts, s.rollouts, pending=[self.rollout_samples]
         )
+
+    # -- the reasoning log (docs/observability.md) -----------------------------------------
+    def _step_stages(self) -> list[Stage]:
+        """Reasoning and tool steps of chat calls into ``request_steps``; the purge."""
+        from guarita.ops.steps_retention import StepRetention
+        from guarita.pipeline.steps import StepCapture
+        from guarita.store.steps import StepWriter
+
+        s, data = self.settings.steps, self.settings.data_dir
+        self.steps = StepWriter(self.db, spool_dir=data / "steps-spool",
+                                dead_letter_dir=data / "dead-letter")  # fmt: skip
+        self.step_retention = StepRetention(self.db, s)
+        return [StepCapture(s, self.steps)] if s.enabled else []
 
     # -- AI behaviour and drift (docs/observability.md) ------------------------------------
     def _behaviour_stages(self) -> list[Stage]:
@@ -482,6 +496,7 @@ class Runtime:
         if self.settings.store.auto_migrate:
             await self.db.migrate()
         await self.records.start()
+        await self.steps.start()
         await self.audit.start()
         self._audit_settings_loaded()
         await self.events.start()
@@ -498,6 +513,7 @@ class Runtime:
         await self.rollout_samples.start()
         await self.shadow.start()
         if self.role == "api":
+            await self.step_retention.start()  # the reasoning log's retention
             await self.slo.start()  # error budgets: every API process evaluates (docs/slo.md)
             await self.rollout_evaluator.start()
             await self.tasks.start()
@@ -601,6 +617,7 @@ class Runtime:
 
     async def aclose(self) -> None:
         if self.role == "api":
+            await self.step_retention.aclose()
             await self.slo.aclose()
             await self.revocations.aclose()
             await self.auth.aclose()
@@ -623,6 +640,7 @@ class Runtime:
             await self.cache.semantic.aclose()
         await self.state.aclose()
         await self.records.aclose()
+        await self.steps.aclose()
         await self.audit.aclose()
         await self.events.aclose()
         await asyncio.gather(

@@ -102,6 +102,7 @@ from guarita.settings_rollouts import (
 )
 from guarita.settings_server import ServerSettings as ServerSettings
 from guarita.settings_slo import SloSettings as SloSettings
+from guarita.settings_steps import StepSettings as StepSettings
 
 LOCAL_MODEL = "gemma3-270m"
 SMOLLM2_MODEL = "smollm2-135m"
@@ -540,6 +541,7 @@ class Settings(BaseSettings):
     rollouts: RolloutSettings = RolloutSettings()
     slo: SloSettings = SloSettings()
     drift: DriftSettings = DriftSettings()
+    steps: StepSettings = StepSettings()
     redis_url: str | None = Field(
         default=None,
         description="Shared state (sessions, limits, breakers) in Redis; absent: in-process.",

@@ -362,6 +362,11 @@ class Reply:
     embeddings: Embeddings | None = None
     cache: str | None = None
     """``hit`` (or ``semantic-hit``) for an answer from the response cache."""
+    reasoning: str = ""
+    """The model's reasoning as the provider returned it (OpenAI-compatible
+    ``reasoning_content``, Anthropic thinking blocks), kept for the reasoning log."""
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    """The answer's tool calls in the OpenAI shape; a stream's deltas merged by index."""
 
     @property
     def billed_usage(self) -> Usage:
@@ -416,6 +421,7 @@ class Reply:
         """Iterate the stream, collecting text and usage, then run the finish hooks."""
         assert self.source is not None, "not a streamed reply"
         parts: list[str] = []
+        thoughts: list[str] = []
         error: BaseException | None = None
         try:
             async for chunk in self.source:
@@ -427,6 +433,10 @@ class Reply:
                     content = delta.get("content")
                     if content:
                         parts.append(content)
+                    if delta.get("reasoning_content"):
+                        thoughts.append(str(delta["reasoning_content"]))
+                    if delta.get("tool_calls"):
+                        merge_tool_call_deltas(self.tool_calls, delta["tool_calls"])
                     if choice.get("finish_reason"):
                         self.finish_reason = choice["finish_reason"]
                 yield chunk
@@ -435,6 +445,7 @@ class Reply:
             raise
         finally:
             self.text = "".join(parts)
+            self.reasoning = "".join(thoughts)
             self.finish(error)
 
     @classmethod
@@ -449,7 +460,37 @@ class Reply:
         reply.usage = completion.usage
         reply.text = completion.text
         try:
-            reply.finish_reason = completion.body["choices"][0].get("finish_reason")
-        except (KeyError, IndexError, TypeError):
-            reply.finish_reason = None
+            choice = completion.body["choices"][0]
+            reply.finish_reason = choice.get("finish_reason")
+            message = choice.get("message") or {}
+        except (KeyError, IndexError, TypeError, AttributeError):
+            reply.finish_reason, message = None, {}
+        reasoning = message.get("reasoning_content") if isinstance(message, dict) else None
+        reply.reasoning = reasoning if isinstance(reasoning, str) else ""
+        calls = message.get("tool_calls") if isinstance(message, dict) else None
+        reply.tool_calls = (
+            [c for c in calls if isinstance(c, dict)] if isinstance(calls, list) else []
+        )
         return reply
+
+
+def merge_tool_call_deltas(calls: list[dict[str, Any]], deltas: Any) -> None:
+    """Fold a stream's ``delta.tool_calls`` fragments into whole calls: the first fragment
+    of an index carries its id and name, the following ones pieces of its arguments."""
+    if not isinstance(deltas, list):
+        return
+    for delta in deltas:
+        if not isinstance(delta, dict):
+            continue
+        index = delta.get("index", len(calls))
+        if not isinstance(index, int) or not 0 <= index <= len(calls):
+            continue
+        if index == len(calls):
+            calls.append(
+                {"id": None, "type": "function", "function": {"name": "", "arguments": ""}}
+            )
+        call, function = calls[index], delta.get("function") or {}
+        call["id"] = call["id"] or delta.get("id")
+        if isinstance(function, dict):
+            call["function"]["name"] += str(function.get("name") or "")
+            call["function"]["arguments"] += str(function.get("arguments") or "")

@@ -64,6 +64,7 @@ ERRORS = {
     ("post", "/v1/batches/{batch_id}/cancel"): {401, 403, 404, 408, 409, 431, 500},
     ("get", "/admin/prompts"): {401, 403, 408, 431, 500},
     ("get", "/admin/slo"): {400, 401, 403, 404, 408, 431, 500},
+    ("get", "/admin/requests/{request_id}"): {400, 401, 403, 404, 408, 431, 500},
     ("post", "/admin/prompts"): {400, 401, 403, 408, 409, 413, 431, 500},
     ("get", "/admin/prompts/{name}"): {400, 401, 403, 404, 408, 431, 500},
     ("get", "/admin/prompts/{name}/versions/{version}"): {400, 401, 403, 404, 408, 431, 500},

@@ -28,6 +28,8 @@ The requested ``model`` picks a failure:
     fail-429        429 ``rate_limit_error`` with ``retry-after: 3``
     fail-500        500 ``api_error``
     stream-error    (stream) two text deltas, then an ``event: error`` (overloaded_error)
+    thinker         a ``thinking`` block and a ``tool_use`` block (``lookup``) before the
+                    text (stream: ``thinking_delta``, ``input_json_delta`` in two pieces)
 
 ``GET /_last`` returns the last request body and headers received, for assertions.
 """
@@ -165,6 +167,8 @@ async def messages(request: Request) -> Response:
         return _error(status, kind, f"fake failure {status}", headers)
     text, stop_reason, stop_sequence, input_tokens = _answer(body)
     msg_id = "msg_" + uuid.uuid4().hex[:24]
+    if model == "thinker":
+        return _thinker(msg_id, body, text, input_tokens)
     if body.get("stream"):
         return StreamingResponse(
             _stream(msg_id, model, text, stop_reason, stop_sequence, input_tokens),
@@ -182,6 +186,70 @@ async def messages(request: Request) -> Response:
             "usage": {"input_tokens": input_tokens, "output_tokens": len(text.split())},
         }
     )
+
+
+THINKING = "Mail them at canary.person@example.com, IBAN DE89 3704 0044 0532 0130 00."
+
+
+def _thinker(msg_id: str, body: dict[str, Any], text: str, input_tokens: int) -> Response:
+    """A message with extended thinking and a tool call, as the Messages API sends one."""
+    tool = {
+        "type": "tool_use",
+        "id": "toolu_1",
+        "name": "lookup",
+        "input": {"cpf": "529.982.247-25"},
+    }
+    usage = {"input_tokens": input_tokens, "output_tokens": len(text.split())}
+    if not body.get("stream"):
+        content = [{"type": "thinking", "thinking": THINKING, "signature": "sig"},
+                   {"type": "text", "text": text}, tool]  # fmt: skip
+        return JSONResponse({"id": msg_id, "type": "message", "role": "assistant",
+                             "model": "thinker", "content": content, "stop_reason": "tool_use",
+                             "stop_sequence": None, "usage": usage})  # fmt: skip
+    arguments = orjson.dumps(tool["input"]).decode()
+
+    async def events() -> AsyncIterator[bytes]:
+        message = {
+            "id": msg_id,
+            "type": "message",
+            "role": "assistant",
+            "content": [],
+            "model": "thinker",
+            "usage": {"input_tokens": input_tokens, "output_tokens": 1},
+        }
+        yield _event("message_start", {"type": "message_start", "message": message})
+        blocks: list[tuple[dict[str, Any], list[dict[str, Any]]]] = [
+            ({"type": "thinking", "thinking": ""},
+             [{"type": "thinking_delta", "thinking": THINKING[:15]},
+              {"type": "thinking_delta", "thinking": THINKING[15:]},
+              {"type": "signature_delta", "signature": "sig"}]),
+            ({"type": "text", "text": ""}, [{"type": "text_delta", "text": text}]),
+            ({**tool, "input": {}},
+             [{"type": "input_json_delta", "partial_json": arguments[:7]},
+              {"type": "input_json_delta", "partial_json": arguments[7:]}]),
+        ]  # fmt: skip
+        for index, (block, deltas) in enumerate(blocks):
+            yield _event(
+                "content_block_start",
+                {"type": "content_block_start", "index": index, "content_block": block},
+            )
+            for delta in deltas:
+                yield _event(
+                    "content_block_delta",
+                    {"type": "content_block_delta", "index": index, "delta": delta},
+                )
+            yield _event("content_block_stop", {"type": "content_block_stop", "index": index})
+        yield _event(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "usage": usage,
+                "delta": {"stop_reason": "tool_use", "stop_sequence": None},
+            },
+        )
+        yield _event("message_stop", {"type": "message_stop"})
+
+    return StreamingResponse(events(), media_type="text/event-stream")
 
 
 def _event(name: str, data: dict[str, Any]) -> bytes:

@@ -11,6 +11,10 @@ to this instead. The requested ``model`` picks the behaviour:
     stream-break                                (stream) two chunks, then the connection drops
     stream-cut                                  (stream) two chunks, then a clean end with no
                                                 finish reason and no [DONE]
+    reasoner                                    answers with ``reasoning_content`` and one
+                                                tool call (``lookup``, arguments
+                                                ``{"q": <last user text>}``); streamed as
+                                                deltas, the arguments in two fragments
     anything else                               "upstream says: <last user text>"
 
 ``GET /_last`` returns the last request body and headers received, for assertions.
@@ -142,6 +146,8 @@ async def chat(request: Request) -> Response:
         "completion_tokens": len(text.split()),
         "total_tokens": prompt + len(text.split()),
     }
+    if model == "reasoner":
+        return _reasoner(body, usage)
     if body.get("stream"):
         include = bool((body.get("stream_options") or {}).get("include_usage"))
         return StreamingResponse(
@@ -163,6 +169,49 @@ async def chat(request: Request) -> Response:
             "usage": usage,
         }
     )
+
+
+REASONING = "The user wants a lookup; their card 4111 1111 1111 1111 is on file."
+
+
+def _reasoner(body: dict[str, Any], usage: dict[str, int]) -> Response:
+    """A reasoning model's answer: its reasoning, a short text and a tool call."""
+    arguments = orjson.dumps({"q": _text_of(body.get("messages", []))}).decode()
+    call = {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": ""}}
+    if not body.get("stream"):
+        call["function"]["arguments"] = arguments
+        message = {"role": "assistant", "content": "Looking it up.",
+                   "reasoning_content": REASONING, "tool_calls": [call]}  # fmt: skip
+        return JSONResponse({"id": "chatcmpl-fake", "object": "chat.completion",
+                             "created": int(time.time()), "model": "reasoner",
+                             "choices": [{"index": 0, "message": message,
+                                          "finish_reason": "tool_calls"}],
+                             "usage": usage})  # fmt: skip
+
+    async def events() -> AsyncIterator[bytes]:
+        half = len(arguments) // 2
+        deltas = [
+            {"role": "assistant", "content": ""},
+            {"reasoning_content": REASONING[:20]},
+            {"reasoning_content": REASONING[20:]},
+            {"content": "Looking it up."},
+            {"tool_calls": [{"index": 0, **call}]},
+            {"tool_calls": [{"index": 0, "function": {"arguments": arguments[:half]}}]},
+            {"tool_calls": [{"index": 0, "function": {"arguments": arguments[half:]}}]},
+        ]
+        for i, delta in enumerate(deltas):
+            reason = "tool_calls" if i == len(deltas) - 1 else None
+            chunk = {
+                "id": "chatcmpl-fake",
+                "object": "chat.completion.chunk",
+                "model": "reasoner",
+                "created": int(time.time()),
+                "choices": [{"index": 0, "delta": delta, "finish_reason": reason}],
+            }
+            yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+        yield b"data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream")
 
 
 async def _stream(

@@ -76,6 +76,8 @@ class AnthropicProvider(BaseProvider):
         stop = body.get("stop")
         if stop:
             request["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+        if isinstance(body.get("thinking"), dict):  # extended thinking, as Anthropic spells it
+            request["thinking"] = body["thinking"]
         if stream:
             request["stream"] = True
         return request
@@ -90,6 +92,14 @@ class AnthropicProvider(BaseProvider):
         text = "".join(
             b.get("text", "") for b in blocks if isinstance(b, dict) and b.get("type") == "text"
         )
+        thinking = "".join(
+            str(b.get("thinking") or "")
+            for b in blocks
+            if isinstance(b, dict) and b.get("type") == "thinking"
+        )
+        tool_calls = [
+            _tool_call(b) for b in blocks if isinstance(b, dict) and b.get("type") == "tool_use"
+        ]
         raw_usage = parsed.get("usage") or {}
         usage = Usage(
             int(raw_usage.get("input_tokens") or 0), int(raw_usage.get("output_tokens") or 0)
@@ -102,12 +112,18 @@ class AnthropicProvider(BaseProvider):
             finish_reason=_FINISH.get(str(parsed.get("stop_reason")), "stop"),
             usage=usage,
         )
+        # the OpenAI-compatible names for what the OpenAI shape has no field of its own for
+        message = body["choices"][0]["message"]
+        if thinking:
+            message["reasoning_content"] = thinking
+        if tool_calls:
+            message["tool_calls"] = tool_calls
         return Completion(body=body, usage=usage, model=model)
 
     async def stream(self, call: Call) -> AsyncIterator[Chunk]:
         request = self.to_messages_request(call, stream=True)
         cid, model = "msg", self.upstream_model
-        input_tokens = output_tokens = 0
+        input_tokens = output_tokens = tools = 0
         stopped = False
         async with self.http.stream_lines("/messages", request) as lines:
             async for line in lines:
@@ -127,10 +143,10 @@ class AnthropicProvider(BaseProvider):
                     model = str(message.get("model") or model)
                     input_tokens = int((message.get("usage") or {}).get("input_tokens") or 0)
                     yield chunk(cid=cid, model=model, role="assistant", content="")
-                elif kind == "content_block_delta":
-                    delta = event.get("delta") or {}
-                    if delta.get("type") == "text_delta":
-                        yield chunk(cid=cid, model=model, content=str(delta.get("text", "")))
+                elif kind in ("content_block_start", "content_block_delta"):
+                    out, tools = _block_chunk(event, cid, model, tools)
+                    if out is not None:
+                        yield out
                 elif kind == "message_delta":
                     usage = event.get("usage") or {}
                     output_tokens = int(usage.get("output_tokens") or output_tokens)
@@ -155,3 +171,43 @@ class AnthropicProvider(BaseProvider):
 
     async def aclose(self) -> None:
         await self.http.aclose()
+
+
+def _tool_call(block: dict[str, Any], arguments: str | None = None) -> dict[str, Any]:
+    """An Anthropic ``tool_use`` block as an OpenAI tool call (arguments as JSON text)."""
+    if arguments is None:
+        arguments = orjson.dumps(block.get("input") or {}).decode()
+    return {
+        "id": str(block.get("id") or ""),
+        "type": "function",
+        "function": {"name": str(block.get("name") or ""), "arguments": arguments},
+    }
+
+
+def _tool_chunk(cid: str, model: str, index: int, part: dict[str, Any]) -> Chunk:
+    """A chunk whose delta carries one fragment of tool call ``index``."""
+    out = chunk(cid=cid, model=model)
+    out["choices"][0]["delta"]["tool_calls"] = [{"index": index, **part}]
+    return out
+
+
+def _block_chunk(
+    event: dict[str, Any], cid: str, model: str, tools: int
+) -> tuple[Chunk | None, int]:
+    """The chunk for one content-block event (text, thinking, a tool call's start or a piece
+    of its arguments), and the number of tool calls begun so far."""
+    if event.get("type") == "content_block_start":
+        block = event.get("content_block") or {}
+        if block.get("type") != "tool_use":
+            return None, tools
+        return _tool_chunk(cid, model, tools, _tool_call(block, arguments="")), tools + 1
+    delta = event.get("delta") or {}
+    kind = delta.get("type")
+    if kind == "text_delta":
+        return chunk(cid=cid, model=model, content=str(delta.get("text", ""))), tools
+    if kind == "thinking_delta":
+        return chunk(cid=cid, model=model, reasoning=str(delta.get("thinking", ""))), tools
+    if kind == "input_json_delta" and tools:
+        part = {"function": {"arguments": str(delta.get("partial_json", ""))}}
+        return _tool_chunk(cid, model, tools - 1, part), tools
+    return None, tools

@@ -41,6 +41,7 @@ def chunk(
     role: str | None = None,
     finish_reason: str | None = None,
     usage: Usage | None = None,
+    reasoning: str | None = None,
 ) -> Chunk:
     """An OpenAI ``chat.completion.chunk``; with ``usage`` it is the final usage chunk."""
     body: Chunk = {
@@ -58,6 +59,8 @@ def chunk(
         delta["role"] = role
     if content is not None:
         delta["content"] = content
+    if reasoning is not None:
+        delta["reasoning_content"] = reasoning
     body["choices"] = [{"index": 0, "delta": delta, "finish_reason": finish_reason}]
     return body
 

@@ -108,6 +108,29 @@ class RequestRow(Base):
     """exp(mean token logprob) of the answer, when the provider returned logprobs."""
 
 
+class RequestStepRow(Base):
+    """One step of a chat call (reasoning, a tool call, a tool result), PII-masked and cut
+    to ``steps.max_chars``; kept for ``steps.retention_days`` (docs/observability.md)."""
+
+    __tablename__ = "request_steps"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    step_id: Mapped[str] = mapped_column(String(48), unique=True)
+    """``<record_id>-<index>``: writing a step twice stores it once."""
+    record_id: Mapped[str] = mapped_column(String(32), index=True)
+    request_id: Mapped[str] = mapped_column(String(REQUEST_ID_MAX), index=True)
+    step_index: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(20))
+    name: Mapped[str | None] = mapped_column(String(200), default=None)
+    """The tool's name (tool calls and results), or None."""
+    call_id: Mapped[str | None] = mapped_column(String(100), default=None)
+    content: Mapped[str] = mapped_column(Text)
+    truncated: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(index=True)
+
+
 class ChatSession(Base):
     __tablename__ = "sessions"
 
