@@ -937,6 +937,11 @@ REQUIRED_PANELS = {
     "Burn rates (page windows)": ("guarita:slo_burn_rate:rate1h", "agent=~"),
     "Quality and consistency: bad share (1h)": ("guarita:slo_error_ratio:rate1h", "quality"),
     "Deploys frozen": ("guarita_deploy_frozen", "max by (agent, slo)"),
+    # AI behaviour and drift (docs/observability.md)
+    "Answer quality (mean) by prompt version": ("guarita_answer_quality_sum", "prompt_version"),
+    "Answer consistency (mean)": ("guarita_answer_consistency_sum", "agent_name"),
+    "Drift score": ("guarita_drift_score", "kind"),
+    "Drift level": ("guarita_drift_level", "kind"),
 }
 
 
