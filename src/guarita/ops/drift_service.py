@@ -229,15 +229,21 @@ class DriftEvaluator:
             self._task = asyncio.create_task(self._run(), name="drift-evaluator")
 
     async def _run(self) -> None:
-        interval = self._settings.interval_s
         while True:
-            await asyncio.sleep(interval)
-            turn = f"drift:turn:{int(time.time() // interval)}"
+            await asyncio.sleep(self._settings.interval_s)
             try:
-                if await self._turns.incr(turn, ttl_s=2 * interval) == 1:
+                if await self.take_turn():
                     await self.evaluate_all()
             except Exception:
                 log.exception("drift_evaluation_failed")
+
+    async def take_turn(self, now: float | None = None) -> bool:
+        """Whether this process evaluates the period ``now`` falls in: the first of all
+        processes to ask (an atomic counter in the shared state), so each window is tested
+        once however many API processes run."""
+        interval = self._settings.interval_s
+        period = int((time.time() if now is None else now) // interval)
+        return await self._turns.incr(f"drift:turn:{period}", ttl_s=2 * interval) == 1
 
     async def evaluate_all(self) -> list[Evaluation]:
         done = []
