@@ -16,6 +16,7 @@ from typing import Any, Literal, Protocol
 
 import structlog
 
+from guarita.aio import cancel_and_wait
 from guarita.errors import GuaritaError, InvalidRequest, NotFound
 from guarita.store.tasks import FINAL, RUNNING, TaskInfo, TaskStore
 
@@ -178,10 +179,8 @@ class TaskSweeper:
                 log.warning("task_sweep_failed", error=f"{type(exc).__name__}: {exc}")
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
+        self._task = None
 
 
 class LocalTaskQueue:

@@ -34,6 +34,7 @@ from typing import Any
 
 import structlog
 
+from guarita.aio import cancel_and_wait
 from guarita.ops.drift import DriftLevel, DriftReport, DriftThresholds, compare
 from guarita.pipeline import Next
 from guarita.providers.common import message_text
@@ -172,11 +173,8 @@ class DriftCollector:
             self.written += len(rows)
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         try:
             await self.flush()
         except Exception:  # noqa: BLE001 - shutting down: what cannot be written is lost
@@ -348,11 +346,8 @@ class DriftEvaluator:
                     log.exception("drift_urgent_hook_failed", agent=agent)
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
 
 class DriftService:

@@ -11,12 +11,12 @@ a shadow on its mirrored pairs (``shadow_report``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import TYPE_CHECKING, Protocol
 
 import structlog
 from sqlalchemy.exc import SQLAlchemyError
 
+from guarita.aio import cancel_and_wait
 from guarita.errors import DeployFrozen, GuaritaError
 from guarita.ops.decide import Action, ShadowVerdict, canary_decision, shadow_report
 from guarita.ops.rollouts import RolloutService, policy_of
@@ -47,10 +47,8 @@ class RolloutEvaluator:
         self._task = asyncio.create_task(self._run(), name="rollout-evaluator")
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         while True:

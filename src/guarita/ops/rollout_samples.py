@@ -15,6 +15,7 @@ from typing import Any
 
 import structlog
 
+from guarita.aio import cancel_and_wait
 from guarita.errors import ConfigError
 from guarita.ops.scorers import RelevanceScorer, ScoreInput
 from guarita.store.rollouts import SampleWriter
@@ -121,7 +122,5 @@ class SampleRecorder:
         if self._task is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._queue.join(), DRAIN_ON_CLOSE_S)
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
         await self.writer.aclose()

@@ -12,7 +12,6 @@ The per-record counter ``guarita_slo_events_total`` feeds the generated Promethe
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -21,6 +20,7 @@ from typing import Any, Literal
 import structlog
 from sqlalchemy.exc import SQLAlchemyError
 
+from guarita.aio import cancel_and_wait
 from guarita.errors import DeployFrozen
 from guarita.ops.slo import (
     EventRules,
@@ -239,11 +239,8 @@ class SloService:
             await asyncio.sleep(every)
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
 
 class SloEventCounter:

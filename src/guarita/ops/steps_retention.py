@@ -5,13 +5,13 @@ running it at once delete nothing twice)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import structlog
 from sqlalchemy.exc import SQLAlchemyError
 
+from guarita.aio import cancel_and_wait
 from guarita.settings_steps import StepSettings
 from guarita.store.database import Database
 from guarita.store.steps import purge_steps
@@ -54,8 +54,5 @@ class StepRetention:
             await asyncio.sleep(self._settings.purge_interval_s)
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import structlog
 
+from guarita.aio import cancel_and_wait
 from guarita.state import Broadcast
 
 log = structlog.get_logger("guarita.state")
@@ -68,8 +69,5 @@ class Listener:
                 await asyncio.sleep(self._retry_s)
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None

@@ -13,7 +13,6 @@ cached answers included, so an expired key is refused from that moment on every 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import secrets
 import time
@@ -25,6 +24,7 @@ import structlog
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
+from guarita.aio import cancel_and_wait
 from guarita.settings import TierLimits
 from guarita.state import Broadcast
 from guarita.state.listener import Listener
@@ -277,10 +277,8 @@ class RevocationWatch:
     async def aclose(self) -> None:
         if self._listener is not None:
             await self._listener.aclose()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
+        self._task = None
 
 
 async def announce_key_change(broadcast: Broadcast, key_id: str) -> None:

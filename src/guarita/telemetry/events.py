@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import orjson
 import structlog
 
+from guarita.aio import cancel_and_wait
 from guarita.providers.base import missing_extra
 from guarita.settings import EventSettings
 
@@ -211,9 +212,7 @@ class EventPublisher:
         if self._task is not None:
             self._closing = True
             self._wakeup.set()
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
         if self._sink is not None:
             await self.flush(timeout_s=3)
             if self._queue:
