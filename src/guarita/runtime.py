@@ -349,15 +349,12 @@ class Runtime:
         def checked(agent: str, _score: float, low: bool) -> None:
             m.child(m.consistency_checks, agent, "low" if low else "ok").inc()
 
-        def scored(agent: str, score: float) -> None:
-            m.child(m.quality_scores, agent).observe(score)
-
         if any(a.consistency is not None for a in agents):
             stages.append(
                 ConsistencyStage(self.settings, self.scoring.similarity, on_score=checked)
             )
         if any(a.quality is not None for a in agents):
-            stages.append(ScoringStage(self.scoring, on_score=scored))
+            stages.append(ScoringStage(self.scoring))
         return stages
 
     def _response_cache(self) -> ResponseCache:

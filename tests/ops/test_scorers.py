@@ -173,8 +173,8 @@ async def test_a_live_answer_is_scored_into_its_record_without_the_judge(
     await judged.pipeline(plain)
     assert plain.record.scores is None
     metrics = judged.metrics.render().decode()
-    assert 'guarita_quality_score_count{agent_name="judged"} 1.0' in metrics
-    assert 'guarita_quality_score_count{agent_name="plain"}' not in metrics
+    assert 'guarita_answer_quality_count{agent_name="judged"' in metrics
+    assert 'guarita_answer_quality_count{agent_name="plain"' not in metrics
 
 
 async def test_min_score_uses_the_heuristic_and_falls_back(judged: Runtime, store_url: str) -> None:

@@ -384,11 +384,8 @@ class ScoringStage:
     """Scores an agent's answers with its synchronous scorers before Recording writes the
     record (for a stream: when it ends); agents without ``quality`` pass through."""
 
-    def __init__(
-        self, scoring: Scoring, *, on_score: Callable[[str, float], None] = lambda a, s: None
-    ) -> None:
+    def __init__(self, scoring: Scoring) -> None:
         self._scoring = scoring
-        self._on_score = on_score
 
     async def __call__(self, call: Call, next: Next) -> Reply:
         reply = await next(call)
@@ -407,8 +404,6 @@ class ScoringStage:
             )
             combined, per = self._scoring.score_now(agent, item)
             note_scores(call, finished, combined, per)
-            if combined is not None and agent is not None:
-                self._on_score(agent, combined)
 
         reply.on_finish(score)
         return reply

@@ -225,14 +225,8 @@ class Metrics:
             ["agent_name", "level"],
             registry=r,
         )
-        # quality (docs/quality.md): live scores and consistency checks
-        self.quality_scores = Histogram(
-            "guarita_quality_score",
-            "Combined quality score of agents' live answers.",
-            ["agent_name"],
-            buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
-            registry=r,
-        )
+        # quality (docs/quality.md): consistency checks; live scores are
+        # guarita_answer_quality (per model and prompt version too, see _behaviour)
         self.consistency_checks = Counter(
             "guarita_consistency_checks_total",
             "Consistency checks of agents' calls, by outcome (ok, low).",
