@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal, get_args
 
-from guarita.errors import ConfigError, PiiBlocked
+from guarita.errors import ConfigError
 from guarita.guard.pii_cards import MAX_CARD_DIGITS, MIN_CARD_DIGITS, card_issuer
 from guarita.guard.pii_secrets import PEM_MARKER, PEM_PRIVATE_KEY, SECRET_PATTERNS, is_jwt
 
@@ -39,7 +39,6 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
     ) from exc
 
 PiiKind = Literal["email", "phone", "card", "iban", "cpf", "cnpj", "ssn", "ipv4", "ipv6", "secret"]
-PiiMode = Literal["redact", "block", "off"]
 ALL_KINDS: frozenset[PiiKind] = frozenset(get_args(PiiKind))
 _KIND_BY_LABEL: MappingProxyType[str, PiiKind] = MappingProxyType(
     {kind.upper(): kind for kind in ALL_KINDS}
@@ -98,22 +97,6 @@ class PiiConfig:
             phonenumbers.SUPPORTED_REGIONS
         ):
             raise ConfigError(f"pii phone_region: unknown region {self.phone_region!r}")
-
-
-@dataclass(frozen=True, slots=True)
-class PiiPolicy:
-    """One agent's choice: ``redact`` (placeholders to the provider, values back to the
-    caller), ``block`` (refuse the request with a 400 naming the kinds) or ``off``."""
-
-    mode: PiiMode = "redact"
-    kinds: frozenset[PiiKind] = ALL_KINDS
-
-    def __post_init__(self) -> None:
-        if self.mode not in get_args(PiiMode):
-            raise ConfigError(f"pii mode: {self.mode!r} is none of redact, block, off")
-        unknown = set(self.kinds) - ALL_KINDS
-        if unknown:
-            raise ConfigError(f"pii kinds: unknown {sorted(unknown)}; known: {sorted(ALL_KINDS)}")
 
 
 class PiiScanner:
@@ -450,29 +433,6 @@ def _replace(text: str, findings: Iterable[Finding], label: Callable[[Finding], 
         position = finding.end
     parts.append(text[position:])
     return "".join(parts)
-
-
-class PiiGuard:
-    """One agent's policy over a shared scanner: the two calls a pipeline stage makes."""
-
-    def __init__(self, scanner: PiiScanner, policy: PiiPolicy) -> None:
-        self.scanner = scanner
-        self.policy = policy
-
-    def check(self, texts: Iterable[str]) -> None:
-        """Raise :class:`PiiBlocked` naming every kind found when the policy blocks;
-        do nothing in the other modes."""
-        if self.policy.mode != "block":
-            return
-        kinds = {f.kind for text in texts for f in self.scanner.scan(text, self.policy.kinds)}
-        if kinds:
-            raise PiiBlocked(kinds)
-
-    def redactor(self) -> Redactor | None:
-        """A fresh :class:`Redactor` for one request when the policy redacts, else None."""
-        if self.policy.mode != "redact":
-            return None
-        return Redactor(self.scanner, self.policy.kinds)
 
 
 @dataclass(slots=True)

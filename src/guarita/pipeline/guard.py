@@ -409,16 +409,19 @@ class InputGuard:
                  score=round(worst.score, 4), reasons=list(worst.reasons))  # fmt: skip
 
     def _block_pii(self, call: Call, scanner: PiiScanner, messages: list[dict[str, Any]]) -> None:
-        kinds: set[str] = set()
         agent_turn = call.endpoint in ("api.chat", "task")
-        for index, message in enumerate(messages):
-            if agent_turn and index != len(messages) - 1:
-                continue  # the session's turns were checked when they came
-            if isinstance(message, dict):
-                kinds.update(f.kind for f in scanner.scan(message_text(message)))
+        # an agent's session turns were checked when they came: its new message only
+        checked = messages[-1:] if agent_turn else messages
+        texts = [message_text(m) for m in checked if isinstance(m, dict)]
+        self._refuse_pii(call, scanner, texts, "message" if agent_turn else "messages")
+
+    def _refuse_pii(self, call: Call, scanner: PiiScanner, texts: list[str], param: str) -> None:
+        """A 400 ``pii_detected`` naming the kinds found in ``texts`` (never a value), noted
+        as the call's verdict; nothing when there are none."""
+        kinds = {f.kind for text in texts for f in scanner.scan(text)}
         if kinds:
             _guard_note(call, "pii", {"action": "block", "kinds": sorted(kinds)}, self._count)
-            raise PiiBlocked(kinds, param="message" if agent_turn else "messages")
+            raise PiiBlocked(kinds, param=param)
 
     def _embeddings(self, call: Call, guard: AgentGuard) -> None:
         sanitiser = self._sanitiser(guard.input)
@@ -426,12 +429,7 @@ class InputGuard:
         if guard.pii.mode != "off":
             scanner = self._guards.pii_scanner(guard.pii)
             if guard.pii.mode == "block":
-                kinds = {f.kind for text in inputs for f in scanner.scan(text)}
-                if kinds:
-                    _guard_note(
-                        call, "pii", {"action": "block", "kinds": sorted(kinds)}, self._count
-                    )
-                    raise PiiBlocked(kinds, param="input")
+                self._refuse_pii(call, scanner, inputs, "input")
             else:
                 counts: Counter[str] = Counter()
                 masked = []
